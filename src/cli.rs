@@ -1,0 +1,323 @@
+//! The command line: `serve` (the default), `migrate`, `check-config`, `sign`, `verify`,
+//! `healthcheck`. Exit codes: 0 success, 1 a failed check, 2 a usage error.
+
+use crate::{
+    config::{Settings, Sources},
+    startup::{self, Application},
+    store, telemetry,
+    twilio::{RawRequest, verify},
+};
+use clap::{Parser, Subcommand};
+use secrecy::{ExposeSecret, SecretString};
+use std::{
+    io::Read,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "twilio-receiver",
+    version,
+    about = "Receives Twilio Messaging webhooks (WhatsApp, SMS), verifies them, stores them in Postgres and answers with TwiML."
+)]
+struct Cli {
+    /// A TOML file layered above the config directory's files and below environment variables.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the webhook server (the default command).
+    Serve,
+    /// Create the database if it is missing and apply pending migrations, then exit.
+    Migrate,
+    /// Load the configuration, report every problem, print the effective settings (secrets
+    /// redacted). Exits 1 when there is a problem.
+    CheckConfig,
+    /// Print the X-Twilio-Signature Twilio would send for a URL and a raw body read from stdin.
+    Sign {
+        /// The full URL Twilio calls, exactly as configured in Twilio (query string included).
+        #[arg(long)]
+        url: String,
+        /// The auth token to sign with (default: the first configured token).
+        #[arg(long)]
+        token: Option<String>,
+        /// The body's content type (form or JSON).
+        #[arg(long, default_value = FORM)]
+        content_type: String,
+    },
+    /// Check a signature exactly as the server does, for a URL and a raw body read from stdin.
+    /// Prints `valid` (exit 0) or the reason it is not (exit 1).
+    Verify {
+        /// The full URL Twilio called, taken exactly as given.
+        #[arg(long)]
+        url: String,
+        /// The X-Twilio-Signature header value. An empty value is a missing signature.
+        #[arg(long, allow_hyphen_values = true)]
+        signature: String,
+        /// An auth token to accept (repeatable; default: the configured tokens).
+        #[arg(long)]
+        token: Vec<String>,
+        /// The body's content type (form or JSON).
+        #[arg(long, default_value = FORM)]
+        content_type: String,
+    },
+    /// Exit 0 when the local server's /healthz answers (for container health checks).
+    Healthcheck,
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let sources = Sources::from_process(cli.config);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => with_settings(&sources, |s| runtime().block_on(serve(s))),
+        Command::Migrate => with_settings(&sources, |s| runtime().block_on(migrate(s))),
+        Command::CheckConfig => with_settings(&sources, check_config),
+        Command::Sign {
+            url,
+            token,
+            content_type,
+        } => sign(&sources, &url, token, &content_type),
+        Command::Verify {
+            url,
+            signature,
+            token,
+            content_type,
+        } => verify_command(&sources, &url, &signature, token, &content_type),
+        Command::Healthcheck => with_settings(&sources, |s| runtime().block_on(healthcheck(s))),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts")
+}
+
+fn with_settings(sources: &Sources, f: impl FnOnce(Settings) -> ExitCode) -> ExitCode {
+    match Settings::load(sources) {
+        Ok(settings) => f(settings),
+        Err(e) => {
+            eprintln!("error: cannot load the configuration: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> ExitCode {
+    telemetry::init(&settings.log);
+    let app = match Application::build(&settings).await {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!("{}", error_chain(&e));
+            eprintln!("error: {}", error_chain(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+    match app.run_until_stopped(startup::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn migrate(settings: Settings) -> ExitCode {
+    telemetry::init(&settings.log);
+    let result = match store::pool(&settings.database) {
+        Ok(pool) => store::migrate(&settings.database, &pool)
+            .await
+            .map_err(|e| error_chain(&e)),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => {
+            println!("migrations applied");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: migrations failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(settings: Settings) -> ExitCode {
+    print!("{}", settings.redacted_toml());
+    let problems = settings.problems();
+    if problems.is_empty() {
+        eprintln!("configuration OK");
+        ExitCode::SUCCESS
+    } else {
+        for p in &problems {
+            eprintln!("problem: {p}");
+        }
+        ExitCode::FAILURE
+    }
+}
+
+fn read_stdin() -> Result<Vec<u8>, ExitCode> {
+    let mut body = Vec::new();
+    std::io::stdin().read_to_end(&mut body).map_err(|e| {
+        eprintln!("error: cannot read the body from stdin: {e}");
+        ExitCode::FAILURE
+    })?;
+    Ok(body)
+}
+
+fn sign(sources: &Sources, url: &str, token: Option<String>, content_type: &str) -> ExitCode {
+    let token = match token {
+        Some(t) => SecretString::from(t),
+        None => match Settings::load(sources).map(|s| s.twilio.auth_tokens.into_iter().next()) {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                eprintln!("error: no token: pass --token or set TWILIO_AUTH_TOKEN");
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("error: cannot load the configuration: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let body = match read_stdin() {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    match verify::sign(
+        token.expose_secret().as_bytes(),
+        url,
+        Some(content_type),
+        &body,
+    ) {
+        Ok(signature) => {
+            println!("{signature}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn verify_command(
+    sources: &Sources,
+    url: &str,
+    signature: &str,
+    tokens: Vec<String>,
+    content_type: &str,
+) -> ExitCode {
+    let verifier = if tokens.is_empty() {
+        match Settings::load(sources) {
+            Ok(s) => {
+                let mut v = s.verifier();
+                v.enforce();
+                v
+            }
+            Err(e) => {
+                eprintln!("error: cannot load the configuration: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        crate::twilio::Verifier::new(
+            tokens.into_iter().map(SecretString::from).collect(),
+            Default::default(),
+            true,
+        )
+    };
+    let body = match read_stdin() {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let request = RawRequest {
+        is_get: false,
+        url,
+        content_type: Some(content_type),
+        body: &body,
+        signature: Some(signature),
+    };
+    match verifier.verify(&request) {
+        Ok(_) => {
+            println!("valid");
+            ExitCode::SUCCESS
+        }
+        Err(reason) => {
+            println!("invalid: {reason}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn healthcheck(settings: Settings) -> ExitCode {
+    let Ok(mut addr) = settings.server.listen_addr() else {
+        eprintln!("unhealthy: server.listen is not an address");
+        return ExitCode::FAILURE;
+    };
+    // A server listening on every interface is reached through loopback.
+    if addr.ip().is_unspecified() {
+        let ip = match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        };
+        addr = SocketAddr::new(ip, addr.port());
+    }
+    match tokio::time::timeout(Duration::from_secs(3), probe(addr)).await {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("unhealthy: {e}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("unhealthy: no answer from {addr} within 3 s");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET of /healthz: the image needs no curl.
+async fn probe(addr: SocketAddr) -> Result<(), String> {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status_line = String::from_utf8_lossy(&response);
+    let status_line = status_line.lines().next().unwrap_or_default();
+    if status_line.starts_with("HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(format!("/healthz answered {status_line:?}"))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

@@ -1,0 +1,613 @@
+//! Settings: layered with the `config` crate, parsed into typed values once, secrets redacted.
+//!
+//! Precedence, lowest to highest (DESIGN.md §9): built-in defaults (`config/default.toml`,
+//! compiled in) < `config/default.toml` on disk < `config/{APP_ENV}.toml` < `--config FILE` <
+//! conventional variables (`DATABASE_URL`, `PORT`, `TWILIO_AUTH_TOKEN`, `RUST_LOG`) <
+//! `TWILIO_RECEIVER__SECTION__KEY`. `try_parsing` stays off so `+1555…` stays a string.
+
+use crate::twilio::Verifier;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sqlx::postgres::PgConnectOptions;
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    path::PathBuf,
+    str::FromStr,
+    time::Duration,
+};
+
+const DEFAULTS: &str = include_str!("../config/default.toml");
+const ENV_PREFIX: &str = "TWILIO_RECEIVER";
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub twilio: TwilioSettings,
+    pub database: DatabaseSettings,
+    pub reply: ReplySettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct ServerSettings {
+    pub listen: String,
+    /// The base URL Twilio calls; empty means unset.
+    #[serde(default)]
+    pub public_url: String,
+    pub trust_forwarded_headers: bool,
+    pub body_limit_bytes: usize,
+    pub request_timeout_ms: u64,
+    pub admin_listen: String,
+}
+
+#[derive(Deserialize, Serialize)]
+pub struct TwilioSettings {
+    #[serde(deserialize_with = "secret_list", serialize_with = "redact_list")]
+    pub auth_tokens: Vec<SecretString>,
+    #[serde(
+        default,
+        deserialize_with = "secret_map",
+        serialize_with = "redact_map"
+    )]
+    pub accounts: BTreeMap<String, Vec<SecretString>>,
+    pub verify_signatures: bool,
+}
+
+impl std::fmt::Debug for TwilioSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TwilioSettings")
+            .field(
+                "auth_tokens",
+                &format_args!("[{} redacted]", self.auth_tokens.len()),
+            )
+            .field("accounts", &self.accounts.keys().collect::<Vec<_>>())
+            .field("verify_signatures", &self.verify_signatures)
+            .finish()
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct DatabaseSettings {
+    #[serde(serialize_with = "redact_url")]
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+    pub statement_timeout_ms: u64,
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct ReplySettings {
+    /// The default reply body; empty means none.
+    #[serde(default)]
+    pub body: String,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Where settings come from. Tests build one by hand instead of touching the process
+/// environment.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// The directory holding `default.toml` and `{APP_ENV}.toml` (optional files).
+    pub config_dir: PathBuf,
+    /// The `--config FILE`, which must exist when given.
+    pub config_file: Option<PathBuf>,
+    /// The environment variables to read.
+    pub env: HashMap<String, String>,
+}
+
+impl Sources {
+    pub fn from_process(config_file: Option<PathBuf>) -> Self {
+        Sources {
+            config_dir: PathBuf::from("config"),
+            config_file,
+            env: std::env::vars().collect(),
+        }
+    }
+}
+
+/// The most a TwiML `<Body>` may hold (TWILIO.md §7).
+pub const MAX_BODY_CHARS: usize = 1600;
+
+impl Settings {
+    /// Loads the layers and applies the conventional variables. Only structural errors (a
+    /// missing `--config` file, bad TOML, wrong types) fail here; [`Settings::problems`]
+    /// reports everything else.
+    pub fn load(sources: &Sources) -> Result<Settings, config::ConfigError> {
+        use config::{Environment, File, FileFormat};
+        let app_env = sources
+            .env
+            .get("APP_ENV")
+            .map(String::as_str)
+            .unwrap_or("local");
+        let mut builder = config::Config::builder()
+            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .add_source(File::from(sources.config_dir.join("default.toml")).required(false))
+            .add_source(
+                File::from(sources.config_dir.join(format!("{app_env}.toml"))).required(false),
+            );
+        if let Some(file) = &sources.config_file {
+            builder = builder.add_source(File::from(file.as_path()).format(FileFormat::Toml));
+        }
+        let env_map: config::Map<String, String> = sources
+            .env
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut settings: Settings = builder
+            .add_source(
+                Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("__")
+                    .separator("__")
+                    .source(Some(env_map)),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.apply_conventional(&sources.env)?;
+        Ok(settings)
+    }
+
+    /// `DATABASE_URL`, `PORT`, `TWILIO_AUTH_TOKEN` and `RUST_LOG` sit below the explicit
+    /// `TWILIO_RECEIVER__…` variables, so each yields when its explicit twin is set.
+    fn apply_conventional(
+        &mut self,
+        env: &HashMap<String, String>,
+    ) -> Result<(), config::ConfigError> {
+        let explicit =
+            |section: &str, key: &str| env.contains_key(&format!("{ENV_PREFIX}__{section}__{key}"));
+        let set = |name: &str| env.get(name).filter(|v| !v.is_empty());
+        if let Some(url) = set("DATABASE_URL").filter(|_| !explicit("DATABASE", "URL")) {
+            self.database.url = SecretString::from(url.clone());
+        }
+        if let Some(port) = set("PORT").filter(|_| !explicit("SERVER", "LISTEN")) {
+            let port: u16 = port.trim().parse().map_err(|_| {
+                config::ConfigError::Message(format!("PORT: not a port number: {port:?}"))
+            })?;
+            self.server.listen = match SocketAddr::from_str(&self.server.listen) {
+                Ok(mut addr) => {
+                    addr.set_port(port);
+                    addr.to_string()
+                }
+                Err(_) => format!("0.0.0.0:{port}"),
+            };
+        }
+        if let Some(token) = set("TWILIO_AUTH_TOKEN") {
+            self.twilio
+                .auth_tokens
+                .push(SecretString::from(token.clone()));
+        }
+        if let Some(filter) = set("RUST_LOG").filter(|_| !explicit("LOG", "FILTER")) {
+            self.log.filter = filter.clone();
+        }
+        Ok(())
+    }
+
+    /// Everything wrong with these settings, each naming its key. Empty means valid.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Err(e) = self.server.listen_addr() {
+            out.push(e);
+        }
+        if let Err(e) = parse_addr("server.admin_listen", &self.server.admin_listen) {
+            out.push(e);
+        }
+        if let Err(e) = self.server.public_base() {
+            out.push(e);
+        }
+        if self.server.body_limit_bytes == 0 {
+            out.push("server.body_limit_bytes: must be greater than 0".into());
+        }
+        if self.server.request_timeout_ms == 0 {
+            out.push("server.request_timeout_ms: must be greater than 0".into());
+        }
+        if self.twilio.verify_signatures
+            && self.twilio.auth_tokens.is_empty()
+            && self.twilio.accounts.is_empty()
+        {
+            out.push(
+                "twilio.auth_tokens: no auth token configured, so every webhook would be rejected \
+                 (set TWILIO_AUTH_TOKEN)"
+                    .into(),
+            );
+        }
+        if self
+            .twilio
+            .auth_tokens
+            .iter()
+            .chain(self.twilio.accounts.values().flatten())
+            .any(|t| t.expose_secret().trim().is_empty())
+        {
+            out.push("twilio.auth_tokens: a token is empty".into());
+        }
+        if let Err(e) = self.database.connect_options() {
+            out.push(e);
+        }
+        if self.database.max_connections == 0 {
+            out.push("database.max_connections: must be greater than 0".into());
+        }
+        if self.database.acquire_timeout_ms == 0 {
+            out.push("database.acquire_timeout_ms: must be greater than 0".into());
+        }
+        if self.reply.body.chars().count() > MAX_BODY_CHARS {
+            out.push(format!(
+                "reply.body: {} characters; Twilio accepts at most {MAX_BODY_CHARS}",
+                self.reply.body.chars().count()
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
+            out.push(format!("log.filter: {e}"));
+        }
+        out
+    }
+
+    /// The effective settings as TOML, secrets redacted.
+    pub fn redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print settings: {e}\n"))
+    }
+
+    pub fn verifier(&self) -> Verifier {
+        Verifier::new(
+            self.twilio.auth_tokens.clone(),
+            self.twilio
+                .accounts
+                .iter()
+                .map(|(sid, tokens)| (sid.clone(), tokens.clone()))
+                .collect(),
+            self.twilio.verify_signatures,
+        )
+    }
+
+    pub fn default_reply(&self) -> Option<String> {
+        Some(self.reply.body.clone()).filter(|b| !b.trim().is_empty())
+    }
+}
+
+/// Where the URL a signature is checked against comes from (DESIGN.md §9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicBase {
+    /// `server.public_url`, without a trailing slash.
+    Configured(String),
+    /// Scheme, host and prefix from trusted proxy headers.
+    Forwarded,
+    /// `http://` + the `Host` header.
+    Host,
+}
+
+impl ServerSettings {
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        parse_addr("server.listen", &self.listen)
+    }
+
+    pub fn admin_addr(&self) -> Result<SocketAddr, String> {
+        parse_addr("server.admin_listen", &self.admin_listen)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn public_base(&self) -> Result<PublicBase, String> {
+        let url = self.public_url.trim();
+        if url.is_empty() {
+            return Ok(if self.trust_forwarded_headers {
+                PublicBase::Forwarded
+            } else {
+                PublicBase::Host
+            });
+        }
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+            .ok_or_else(|| {
+                format!("server.public_url: must start with https:// or http://: {url:?}")
+            })?;
+        if rest.is_empty() || rest.starts_with('/') {
+            return Err(format!("server.public_url: has no host: {url:?}"));
+        }
+        if rest.contains(['?', '#']) {
+            return Err(format!(
+                "server.public_url: must not have a query or fragment (Twilio's parameters go there): {url:?}"
+            ));
+        }
+        if rest
+            .split('/')
+            .next()
+            .is_some_and(|authority| authority.contains('@'))
+        {
+            return Err("server.public_url: must not contain credentials".into());
+        }
+        Ok(PublicBase::Configured(url.trim_end_matches('/').to_owned()))
+    }
+}
+
+impl DatabaseSettings {
+    pub fn connect_options(&self) -> Result<PgConnectOptions, String> {
+        let statement_timeout = self.statement_timeout_ms.to_string();
+        let url = self.url.expose_secret();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err("database.url: must start with postgres:// or postgresql://".to_owned());
+        }
+        PgConnectOptions::from_str(url)
+            // The error text may quote the URL, password included: never pass it on.
+            .map_err(|_| "database.url: not a valid postgres:// URL".to_owned())
+            .map(|o| {
+                o.application_name("twilio-receiver")
+                    .options([("statement_timeout", statement_timeout.as_str())])
+            })
+    }
+
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.acquire_timeout_ms)
+    }
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, String> {
+    SocketAddr::from_str(value.trim())
+        .map_err(|_| format!("{key}: not an address like 0.0.0.0:8080: {value:?}"))
+}
+
+/// A list key accepts a list, or a comma-separated string (how lists arrive from the
+/// environment).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StringOrList {
+    List(Vec<String>),
+    String(String),
+}
+
+impl StringOrList {
+    fn into_secrets(self) -> Vec<SecretString> {
+        let items = match self {
+            StringOrList::List(items) => items,
+            StringOrList::String(s) => s.split(',').map(str::to_owned).collect(),
+        };
+        items
+            .into_iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .map(SecretString::from)
+            .collect()
+    }
+}
+
+fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
+    Ok(StringOrList::deserialize(d)?.into_secrets())
+}
+
+fn secret_map<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, Vec<SecretString>>, D::Error> {
+    let raw = BTreeMap::<String, StringOrList>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| (k, v.into_secrets()))
+        .collect())
+}
+
+fn redact_list<S: Serializer>(tokens: &[SecretString], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(tokens.iter().map(|_| "[redacted]"))
+}
+
+fn redact_map<S: Serializer>(
+    map: &BTreeMap<String, Vec<SecretString>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(
+        map.iter()
+            .map(|(k, v)| (k, v.iter().map(|_| "[redacted]").collect::<Vec<_>>())),
+    )
+}
+
+/// Shows a database URL with its password replaced.
+fn redact_url<S: Serializer>(url: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redacted_url(url.expose_secret()))
+}
+
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "[redacted]".into();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let mut out = match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            let password = if userinfo.contains(':') {
+                ":[redacted]"
+            } else {
+                ""
+            };
+            format!("{scheme}://{user}{password}{}", &rest[at..])
+        }
+        None => url.to_owned(),
+    };
+    // A password may also travel as ?password=…
+    if let Some(i) = out.find("password=") {
+        out.truncate(i);
+        out.push_str("password=[redacted]");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources(env: &[(&str, &str)]) -> Sources {
+        Sources {
+            config_dir: PathBuf::from("/nonexistent"),
+            config_file: None,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    fn tokens(s: &Settings) -> Vec<String> {
+        s.twilio
+            .auth_tokens
+            .iter()
+            .map(|t| t.expose_secret().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_documented_contract() {
+        let s = Settings::load(&sources(&[])).unwrap();
+        assert_eq!(s.server.listen, "0.0.0.0:8080");
+        assert_eq!(s.server.admin_listen, "127.0.0.1:9090");
+        assert_eq!(s.server.body_limit_bytes, 65536);
+        assert!(!s.server.trust_forwarded_headers);
+        assert_eq!(s.server.public_base(), Ok(PublicBase::Host));
+        assert!(s.twilio.verify_signatures);
+        assert_eq!(s.database.acquire_timeout_ms, 2000);
+        assert_eq!(s.database.statement_timeout_ms, 5000);
+        assert!(s.database.migrate_on_start);
+        assert_eq!(s.default_reply(), None);
+        assert_eq!(s.log.format, LogFormat::Pretty);
+        // Without a token every webhook would be refused: that is a problem to report.
+        assert_eq!(s.problems().len(), 1, "{:?}", s.problems());
+    }
+
+    #[test]
+    fn environment_variables_override_files_and_keep_plus_signs() {
+        let s = Settings::load(&sources(&[
+            (
+                "TWILIO_RECEIVER__SERVER__PUBLIC_URL",
+                "https://hooks.example.com/",
+            ),
+            ("TWILIO_RECEIVER__REPLY__BODY", "+15551234567"),
+            ("TWILIO_RECEIVER__SERVER__BODY_LIMIT_BYTES", "1024"),
+            ("TWILIO_RECEIVER__TWILIO__VERIFY_SIGNATURES", "false"),
+            ("TWILIO_RECEIVER__TWILIO__AUTH_TOKENS", "a, b"),
+            ("TWILIO_RECEIVER__LOG__FORMAT", "json"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.server.public_base(),
+            Ok(PublicBase::Configured("https://hooks.example.com".into()))
+        );
+        assert_eq!(s.reply.body, "+15551234567");
+        assert_eq!(s.server.body_limit_bytes, 1024);
+        assert!(!s.twilio.verify_signatures);
+        assert_eq!(tokens(&s), ["a", "b"]);
+        assert_eq!(s.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn conventional_variables_sit_between_files_and_explicit_variables() {
+        let s = Settings::load(&sources(&[
+            ("DATABASE_URL", "postgres://u@db/x"),
+            ("PORT", "3000"),
+            ("TWILIO_AUTH_TOKEN", "conventional"),
+            ("TWILIO_RECEIVER__TWILIO__AUTH_TOKENS", "explicit"),
+            ("RUST_LOG", "debug"),
+        ]))
+        .unwrap();
+        assert_eq!(s.database.url.expose_secret(), "postgres://u@db/x");
+        assert_eq!(s.server.listen, "0.0.0.0:3000");
+        // TWILIO_AUTH_TOKEN is added, never replacing the list.
+        assert_eq!(tokens(&s), ["explicit", "conventional"]);
+        assert_eq!(s.log.filter, "debug");
+
+        let s = Settings::load(&sources(&[
+            ("DATABASE_URL", "postgres://u@db/x"),
+            ("TWILIO_RECEIVER__DATABASE__URL", "postgres://u@db/explicit"),
+            ("PORT", "3000"),
+            ("TWILIO_RECEIVER__SERVER__LISTEN", "127.0.0.1:4000"),
+            ("RUST_LOG", "debug"),
+            ("TWILIO_RECEIVER__LOG__FILTER", "warn"),
+        ]))
+        .unwrap();
+        assert_eq!(s.database.url.expose_secret(), "postgres://u@db/explicit");
+        assert_eq!(s.server.listen, "127.0.0.1:4000");
+        assert_eq!(s.log.filter, "warn");
+
+        assert!(Settings::load(&sources(&[("PORT", "http")])).is_err());
+    }
+
+    #[test]
+    fn files_layer_in_order_and_accounts_match_case_insensitively() {
+        let dir = std::env::temp_dir().join(format!("twr-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("default.toml"),
+            "[server]\nbody_limit_bytes = 1\nrequest_timeout_ms = 7\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("staging.toml"), "[server]\nbody_limit_bytes = 2\n").unwrap();
+        let file = dir.join("extra.toml");
+        std::fs::write(
+            &file,
+            "[server]\nbody_limit_bytes = 3\n[twilio.accounts]\nACabc = \"sub-token\"\n",
+        )
+        .unwrap();
+        let mut src = sources(&[("APP_ENV", "staging")]);
+        src.config_dir = dir.clone();
+        let s = Settings::load(&src).unwrap();
+        assert_eq!(
+            (s.server.body_limit_bytes, s.server.request_timeout_ms),
+            (2, 7)
+        );
+        src.config_file = Some(file);
+        let s = Settings::load(&src).unwrap();
+        assert_eq!(s.server.body_limit_bytes, 3);
+        let verifier = s.verifier();
+        assert_eq!(verifier.tokens_for(Some("ACABC")).len(), 1);
+        src.config_file = Some(dir.join("missing.toml"));
+        assert!(Settings::load(&src).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn problems_name_their_keys() {
+        let s = Settings::load(&sources(&[
+            ("TWILIO_RECEIVER__SERVER__LISTEN", "nowhere"),
+            ("TWILIO_RECEIVER__SERVER__PUBLIC_URL", "hooks.example.com"),
+            ("TWILIO_RECEIVER__DATABASE__URL", "mysql:/x"),
+            ("TWILIO_RECEIVER__LOG__FILTER", "[[["),
+            ("TWILIO_AUTH_TOKEN", "t"),
+        ]))
+        .unwrap();
+        let problems = s.problems().join("\n");
+        for key in [
+            "server.listen",
+            "server.public_url",
+            "database.url",
+            "log.filter",
+        ] {
+            assert!(problems.contains(key), "{key} missing from {problems}");
+        }
+    }
+
+    #[test]
+    fn printed_settings_never_show_secrets() {
+        let s = Settings::load(&sources(&[
+            ("TWILIO_AUTH_TOKEN", "sekrit-token"),
+            ("DATABASE_URL", "postgres://app:pa55word@db:5432/x"),
+        ]))
+        .unwrap();
+        let printed = format!("{}\n{s:?}", s.redacted_toml());
+        assert!(!printed.contains("sekrit-token"), "{printed}");
+        assert!(!printed.contains("pa55word"), "{printed}");
+        assert!(
+            printed.contains("postgres://app:[redacted]@db:5432/x"),
+            "{printed}"
+        );
+    }
+}

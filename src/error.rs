@@ -1,0 +1,80 @@
+//! Errors and how they become HTTP answers.
+//!
+//! Where error types live: `twilio::SignatureError` / `twilio::Rejection` (protocol, pure),
+//! `store::StoreError` (database, classified as unavailable or not), and [`AppError`], the
+//! only type that knows status codes. Each failure is logged once, here, at a level that fits
+//! who caused it: client mistakes at info/warn, outages at warn, bugs at error. Bodies carry a
+//! short fixed reason, never internals; a 403 says nothing at all.
+
+use crate::{
+    store::StoreError,
+    twilio::{MissingParam, Rejection},
+};
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error(transparent)]
+    MissingParam(#[from] MissingParam),
+    #[error("request body larger than the limit")]
+    BodyTooLarge,
+    #[error("request body could not be read")]
+    BadBody(#[source] axum::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl AppError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::Rejected(Rejection::UnsupportedMediaType) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            AppError::Rejected(Rejection::Signature(_)) => StatusCode::FORBIDDEN,
+            AppError::Rejected(Rejection::BadJson)
+            | AppError::MissingParam(_)
+            | AppError::BadBody(_) => StatusCode::BAD_REQUEST,
+            AppError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Store(StoreError::Other(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            AppError::Rejected(Rejection::Signature(reason)) => {
+                tracing::warn!(%reason, "rejected a request: signature not valid");
+            }
+            AppError::Store(StoreError::Unavailable(e)) => {
+                tracing::warn!(error = %e, "database unavailable; answering 503");
+            }
+            AppError::Store(StoreError::Other(e)) => {
+                tracing::error!(error = %e, error.debug = ?e, "database error");
+            }
+            other => tracing::info!(reason = %other, status = status.as_u16(), "bad request"),
+        }
+        let body = match &self {
+            AppError::Rejected(Rejection::Signature(_)) => "",
+            AppError::Store(StoreError::Unavailable(_)) => "service unavailable\n",
+            AppError::Store(StoreError::Other(_)) => "internal error\n",
+            AppError::BodyTooLarge => "request body too large\n",
+            AppError::Rejected(Rejection::UnsupportedMediaType) => {
+                "expected application/x-www-form-urlencoded or application/json\n"
+            }
+            AppError::Rejected(Rejection::BadJson) => "the JSON body is not an object\n",
+            AppError::BadBody(_) => "request body could not be read\n",
+            AppError::MissingParam(MissingParam(name)) => {
+                return (status, format!("missing required parameter {name}\n")).into_response();
+            }
+        };
+        (status, body).into_response()
+    }
+}

@@ -1,0 +1,96 @@
+//! The HTTP surface: the table of paths, the middleware stack and the shared state.
+
+mod health;
+mod inbound;
+mod signed;
+
+pub use signed::{Signed, Signing};
+
+use crate::{reply::Replier, telemetry};
+use axum::{
+    Router,
+    extract::FromRef,
+    http::{HeaderName, StatusCode, header::AUTHORIZATION},
+    routing::get,
+};
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use std::{sync::Arc, time::Duration};
+use tower::ServiceBuilder;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    sensitive_headers::SetSensitiveRequestHeadersLayer,
+    timeout::TimeoutLayer,
+    trace::{DefaultOnResponse, TraceLayer},
+};
+
+/// Everything a handler may need; handlers and extractors take only their part (`FromRef`).
+#[derive(Clone, FromRef)]
+pub struct AppState {
+    pub db: PgPool,
+    pub signing: Arc<Signing>,
+    pub replier: Arc<Replier>,
+    pub clock: Clock,
+}
+
+/// The time a message is received at. Tests substitute their own to cross a 24-hour window
+/// without waiting for it.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Self {
+        Clock(Arc::new(Utc::now))
+    }
+
+    pub fn from_fn(f: impl Fn() -> DateTime<Utc> + Send + Sync + 'static) -> Self {
+        Clock(Arc::new(f))
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.0)()
+    }
+}
+
+/// The router with its middleware. `request_timeout` bounds every webhook, well inside the
+/// 15 s Twilio waits.
+pub fn router(state: AppState, request_timeout: Duration) -> Router {
+    // ServiceBuilder order: first = outermost. The request id exists before the span that
+    // records it; sensitive headers are marked before anything could log them; panics become
+    // 500s inside the span, and the timeout answers 503 so Twilio moves to the fallback URL.
+    let middleware = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(
+            telemetry::REQUEST_ID,
+            MakeRequestUuid,
+        ))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            AUTHORIZATION,
+            HeaderName::from_static("x-twilio-signature"),
+        ]))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(telemetry::make_span)
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
+                // Failures are logged once, with their cause, where they are turned into
+                // responses (error.rs).
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::new(telemetry::REQUEST_ID))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            request_timeout,
+        ))
+        .layer(CatchPanicLayer::new());
+
+    Router::new()
+        .route(
+            "/twilio/messages",
+            get(inbound::inbound).post(inbound::inbound),
+        )
+        .layer(middleware)
+        // Health checks are polled every few seconds: kept out of the request log.
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .with_state(state)
+}

@@ -1,0 +1,238 @@
+//! The `Signed` extractor: the only way a handler gets webhook parameters. It rebuilds the URL
+//! Twilio called, buffers the raw body, verifies the signature over the raw bytes, and only
+//! then hands out the parameters.
+
+use crate::{
+    config::PublicBase,
+    error::AppError,
+    twilio::{Params, RawRequest, Rejection, Verifier},
+};
+use axum::{
+    extract::{FromRef, FromRequest, OriginalUri, Request},
+    http::{HeaderMap, Method, header},
+};
+use std::sync::Arc;
+
+/// Verified webhook parameters.
+#[derive(Debug)]
+pub struct Signed(pub Params);
+
+/// How requests are verified: tokens, the public base URL, the body limit.
+#[derive(Debug)]
+pub struct Signing {
+    pub verifier: Verifier,
+    pub base: PublicBase,
+    pub body_limit: usize,
+}
+
+impl Signing {
+    /// The URL Twilio requested: the public base (DESIGN.md §9) + the raw path and query.
+    pub fn url_for(
+        &self,
+        headers: &HeaderMap,
+        authority: Option<&str>,
+        path_and_query: &str,
+    ) -> String {
+        let (scheme, host, prefix) = match &self.base {
+            PublicBase::Configured(base) => return format!("{base}{path_and_query}"),
+            PublicBase::Forwarded => forwarded_origin(headers),
+            PublicBase::Host => (None, None, None),
+        };
+        let host = host
+            .or_else(|| header_str(headers, header::HOST.as_str()).map(str::to_owned))
+            .or_else(|| authority.map(str::to_owned))
+            .unwrap_or_default();
+        let scheme = scheme.unwrap_or_else(|| "http".to_owned());
+        let prefix = prefix.unwrap_or_default();
+        format!("{scheme}://{host}{prefix}{path_and_query}")
+    }
+}
+
+impl<S> FromRequest<S> for Signed
+where
+    Arc<Signing>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
+        let signing = Arc::<Signing>::from_ref(state);
+        let (parts, body) = req.into_parts();
+        // OriginalUri keeps the path Twilio called even when the router is nested. Its
+        // path and query are the raw bytes of the request line: never re-encoded.
+        let uri = parts
+            .extensions
+            .get::<OriginalUri>()
+            .map_or(&parts.uri, |original| &original.0);
+        let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let url = signing.url_for(
+            &parts.headers,
+            uri.authority().map(|a| a.as_str()),
+            path_and_query,
+        );
+
+        let body = axum::body::to_bytes(body, signing.body_limit)
+            .await
+            .map_err(|e| {
+                if is_length_limit(&e) {
+                    AppError::BodyTooLarge
+                } else {
+                    AppError::BadBody(e)
+                }
+            })?;
+        let signature = parts
+            .headers
+            .get("x-twilio-signature")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()));
+        let request = RawRequest {
+            is_get: parts.method == Method::GET,
+            url: &url,
+            content_type: header_str(&parts.headers, header::CONTENT_TYPE.as_str()),
+            body: &body,
+            signature: signature.as_deref(),
+        };
+        match signing.verifier.verify(&request) {
+            Ok(params) => {
+                if !signing.verifier.enforces() {
+                    tracing::warn!(
+                        "accepted an unverified request (twilio.verify_signatures = false)"
+                    );
+                }
+                Ok(Signed(params))
+            }
+            Err(rejection) => {
+                if let Rejection::Signature(_) = rejection {
+                    // The URL without its query (which may hold phone numbers) is what an
+                    // operator needs to spot a proxy or public_url mismatch.
+                    let checked = url.split(['?', '#']).next().unwrap_or_default();
+                    tracing::warn!(url = checked, "signature check used this URL");
+                }
+                Err(rejection.into())
+            }
+        }
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The first (left-most, client-facing) value of a comma-separated header.
+fn first_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    header_str(headers, name)
+        .and_then(|v| v.split(',').next())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
+/// Scheme, host and path prefix from proxy headers: `Forwarded` (RFC 7239) first, else
+/// `X-Forwarded-Proto` / `X-Forwarded-Host`; the prefix from `X-Forwarded-Prefix`.
+fn forwarded_origin(headers: &HeaderMap) -> (Option<String>, Option<String>, Option<String>) {
+    let (mut proto, mut host) = (None, None);
+    if let Some(first) = header_str(headers, "forwarded").and_then(|v| v.split(',').next()) {
+        for pair in first.split(';') {
+            let Some((key, value)) = pair.split_once('=') else {
+                continue;
+            };
+            let value = value.trim().trim_matches('"').to_owned();
+            match key.trim().to_ascii_lowercase().as_str() {
+                "proto" => proto = Some(value),
+                "host" => host = Some(value),
+                _ => {}
+            }
+        }
+    }
+    let proto = proto.or_else(|| first_value(headers, "x-forwarded-proto"));
+    let host = host.or_else(|| first_value(headers, "x-forwarded-host"));
+    let prefix = first_value(headers, "x-forwarded-prefix")
+        .map(|p| p.trim_end_matches('/').to_owned())
+        .filter(|p| p.starts_with('/'));
+    (proto, host, prefix)
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn signing(base: PublicBase) -> Signing {
+        Signing {
+            verifier: Verifier::new(vec![], Default::default(), true),
+            base,
+            body_limit: 1,
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn configured_base_wins_over_every_header() {
+        let s = signing(PublicBase::Configured(
+            "https://hooks.example.com/prefix".into(),
+        ));
+        let h = headers(&[("host", "internal:8080"), ("x-forwarded-proto", "http")]);
+        assert_eq!(
+            s.url_for(&h, None, "/twilio/messages?a=%27"),
+            "https://hooks.example.com/prefix/twilio/messages?a=%27"
+        );
+    }
+
+    #[test]
+    fn forwarded_header_comes_first_then_x_forwarded() {
+        let s = signing(PublicBase::Forwarded);
+        let h = headers(&[
+            ("host", "internal:8080"),
+            (
+                "forwarded",
+                r#"for=1.2.3.4;proto=https;host="Hooks.Example.com", for=5.6.7.8;proto=http"#,
+            ),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "wrong.example"),
+        ]);
+        assert_eq!(s.url_for(&h, None, "/t"), "https://Hooks.Example.com/t");
+
+        let h = headers(&[
+            ("host", "internal:8080"),
+            ("x-forwarded-proto", "https, http"),
+            ("x-forwarded-host", "hooks.example.com, proxy.internal"),
+            ("x-forwarded-prefix", "/receiver/"),
+        ]);
+        assert_eq!(
+            s.url_for(&h, None, "/t?x=1"),
+            "https://hooks.example.com/receiver/t?x=1"
+        );
+
+        // Nothing forwarded: the Host header, over http.
+        let h = headers(&[("host", "internal:8080")]);
+        assert_eq!(s.url_for(&h, None, "/t"), "http://internal:8080/t");
+    }
+
+    #[test]
+    fn without_configuration_the_host_header_is_used_and_proxies_ignored() {
+        let s = signing(PublicBase::Host);
+        let h = headers(&[("host", "h.example:8080"), ("x-forwarded-proto", "https")]);
+        assert_eq!(s.url_for(&h, None, "/t"), "http://h.example:8080/t");
+        assert_eq!(
+            s.url_for(&HeaderMap::new(), Some("abs.example"), "/t"),
+            "http://abs.example/t"
+        );
+    }
+}

@@ -1,0 +1,142 @@
+//! Building and running the server: settings in, a bound listener and a router out, run until
+//! an injected shutdown future completes (tests pass their own; `serve` passes
+//! [`shutdown_signal`]).
+
+use crate::{
+    config::{PublicBase, Settings},
+    reply::Replier,
+    routes::{self, AppState, Clock, Signing},
+    store,
+};
+use axum::Router;
+use sqlx::PgPool;
+use std::{future::Future, net::SocketAddr, sync::Arc};
+use tokio::net::TcpListener;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Config(Vec<String>),
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("migrations failed")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+}
+
+/// The state handlers share, built from settings around an existing pool.
+pub fn app_state(settings: &Settings, db: PgPool) -> Result<AppState, StartupError> {
+    let problems = settings.problems();
+    if !problems.is_empty() {
+        return Err(StartupError::Config(problems));
+    }
+    let base = settings
+        .server
+        .public_base()
+        .map_err(|e| StartupError::Config(vec![e]))?;
+    Ok(AppState {
+        db,
+        signing: Arc::new(Signing {
+            verifier: settings.verifier(),
+            base,
+            body_limit: settings.server.body_limit_bytes,
+        }),
+        replier: Arc::new(Replier::new(settings.default_reply())),
+        clock: Clock::system(),
+    })
+}
+
+/// A server bound to its port, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl Application {
+    /// Validates settings, connects (lazily), migrates when configured, binds the listener.
+    pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
+        let problems = settings.problems();
+        if !problems.is_empty() {
+            return Err(StartupError::Config(problems));
+        }
+        let db = store::pool(&settings.database).map_err(|e| StartupError::Config(vec![e]))?;
+        if settings.database.migrate_on_start {
+            store::migrate(&settings.database, &db)
+                .await
+                .map_err(StartupError::Migrate)?;
+        }
+        let state = app_state(settings, db)?;
+        warn_about_risky_settings(settings, &state);
+        let addr = settings
+            .server
+            .listen_addr()
+            .map_err(|e| StartupError::Config(vec![e]))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        Ok(Application {
+            listener,
+            router: routes::router(state, settings.server.request_timeout()),
+        })
+    }
+
+    /// The port actually bound (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight requests finish.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        tracing::info!(addr = %self.listener.local_addr()?, "listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+fn warn_about_risky_settings(settings: &Settings, state: &AppState) {
+    if !settings.twilio.verify_signatures {
+        tracing::warn!(
+            "twilio.verify_signatures is false: requests are NOT verified and anyone can write \
+             to the database. Never run like this in production."
+        );
+    }
+    if state.signing.base == PublicBase::Host {
+        tracing::warn!(
+            "server.public_url is not set: signatures are checked against http:// + the Host \
+             header, which fails behind a TLS proxy. Set server.public_url to the URL Twilio calls."
+        );
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,173 @@
+//! Storing an inbound message: the message, its media, its conversation and 24-hour window,
+//! and the reply, in one transaction.
+
+use super::StoreError;
+use crate::{reply::Facts, twilio::InboundMessage};
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+/// What happened to a delivery of an inbound message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// First delivery: stored, and answered with this TwiML.
+    New { twiml: String },
+    /// Twilio delivered this SID before: nothing new stored; the TwiML answered then, if any.
+    Duplicate { twiml: Option<String> },
+}
+
+/// A reply chosen for a stored message: the rule that answered and the rendered TwiML.
+pub struct Reply {
+    pub rule: Option<String>,
+    pub twiml: String,
+}
+
+/// Stores `msg` once and its reply, chosen by `decide` from what the write revealed.
+///
+/// Round trips for a new message: BEGIN, one statement for message + media + conversation +
+/// window, one for the reply, COMMIT. A concurrent copy of the same SID blocks on the
+/// unique index until the first commits, then finds its reply.
+pub async fn receive(
+    pool: &PgPool,
+    msg: &InboundMessage,
+    params: serde_json::Value,
+    at: DateTime<Utc>,
+    decide: impl FnOnce(&Facts) -> Reply,
+) -> Result<Received, StoreError> {
+    let mut tx = pool.begin().await?;
+    let media_index: Vec<i32> = msg.media.iter().map(|m| m.index).collect();
+    let media_url: Vec<String> = msg.media.iter().map(|m| m.url.clone()).collect();
+    let media_type: Vec<Option<String>> =
+        msg.media.iter().map(|m| m.content_type.clone()).collect();
+    let channel = msg.to.channel();
+
+    // The conversation upsert locks the (business, contact) row, so messages of one contact
+    // are serialised and the window arithmetic sees the latest committed row. A message at or
+    // after window_expires_at opens a new window; an earlier one extends the current one.
+    let stored = sqlx::query!(
+        r#"
+        with msg as (
+            insert into messages (
+                message_sid, account_sid, messaging_service_sid, direction, channel, business,
+                contact, body, num_media, num_segments, profile_name, wa_id, external_user_id,
+                message_type, latitude, longitude, location_address, location_label,
+                button_text, button_payload, replied_to_sid, replied_to_sender, forwarded,
+                frequently_forwarded, referral_source_type, referral_source_id,
+                referral_source_url, referral_headline, referral_body, referral_ctwa_clid,
+                from_country, to_country, channel_metadata, status, received_at, updated_at,
+                params)
+            values ($1, $2, $3, 'inbound', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                    $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29,
+                    $30, $31, $32, $33, $34, $34, $35)
+            on conflict (message_sid) do nothing
+            returning message_sid
+        ), media as (
+            insert into message_media (message_sid, index, url, content_type)
+            select msg.message_sid, m.index, m.url, m.content_type
+            from msg
+            cross join unnest($36::int4[], $37::text[], $38::text[]) as m (index, url, content_type)
+        ), conv as (
+            insert into conversations as c (
+                business, contact, channel, first_inbound_at, last_inbound_at,
+                window_expires_at, session_started_at, inbound_count, created_at, updated_at)
+            select $5, $6, $4, $34, $34, $34 + interval '24 hours', $34, 1, $34, $34
+            from msg
+            on conflict (business, contact) do update set
+                first_inbound_at = least(c.first_inbound_at, excluded.first_inbound_at),
+                session_started_at = case
+                    when c.window_expires_at is null
+                      or excluded.last_inbound_at >= c.window_expires_at
+                    then excluded.last_inbound_at
+                    else c.session_started_at
+                end,
+                last_inbound_at = greatest(c.last_inbound_at, excluded.last_inbound_at),
+                window_expires_at =
+                    greatest(c.last_inbound_at, excluded.last_inbound_at) + interval '24 hours',
+                inbound_count = c.inbound_count + 1,
+                updated_at = excluded.updated_at
+            returning c.inbound_count, c.session_started_at, c.last_inbound_at,
+                      c.window_expires_at
+        ), sess as (
+            insert into sessions as s (
+                business, contact, started_at, last_inbound_at, expires_at, inbound_count)
+            select $5, $6, conv.session_started_at, conv.last_inbound_at,
+                   conv.window_expires_at, 1
+            from conv
+            on conflict (business, contact, started_at) do update set
+                last_inbound_at = excluded.last_inbound_at,
+                expires_at = excluded.expires_at,
+                inbound_count = s.inbound_count + 1
+            returning s.inbound_count
+        )
+        select conv.inbound_count as "contact_inbound_count!",
+               sess.inbound_count as "session_inbound_count!"
+        from conv cross join sess
+        "#,
+        msg.sid,
+        msg.account_sid,
+        msg.messaging_service_sid,
+        channel,
+        msg.to.expose(),
+        msg.from.expose(),
+        msg.body,
+        msg.num_media,
+        msg.num_segments,
+        msg.profile_name,
+        msg.wa_id,
+        msg.external_user_id,
+        msg.message_type,
+        msg.latitude,
+        msg.longitude,
+        msg.location_address,
+        msg.location_label,
+        msg.button_text,
+        msg.button_payload,
+        msg.replied_to_sid,
+        msg.replied_to_sender,
+        msg.forwarded,
+        msg.frequently_forwarded,
+        msg.referral.source_type,
+        msg.referral.source_id,
+        msg.referral.source_url,
+        msg.referral.headline,
+        msg.referral.body,
+        msg.referral.ctwa_clid,
+        msg.from_geo.country,
+        msg.to_geo.country,
+        msg.channel_metadata,
+        msg.status,
+        at,
+        params,
+        &media_index,
+        &media_url,
+        &media_type as &[Option<String>],
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+
+    let Some(stored) = stored else {
+        // A duplicate: the first delivery committed its reply together with the message.
+        tx.rollback().await?;
+        let twiml =
+            sqlx::query_scalar!("select twiml from replies where message_sid = $1", msg.sid)
+                .fetch_optional(pool)
+                .await?;
+        return Ok(Received::Duplicate { twiml });
+    };
+
+    let facts = Facts {
+        first_contact: stored.contact_inbound_count == 1,
+        new_session: stored.session_inbound_count == 1,
+    };
+    let reply = decide(&facts);
+    sqlx::query!(
+        "insert into replies (message_sid, rule, twiml, created_at) values ($1, $2, $3, $4)",
+        msg.sid,
+        reply.rule,
+        reply.twiml,
+        at,
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Received::New { twiml: reply.twiml })
+}

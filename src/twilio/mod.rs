@@ -1,0 +1,17 @@
+//! Twilio's webhook protocol, as plain Rust over plain data: no HTTP, database or runtime
+//! types. See ../shared/TWILIO.md; Twilio's own page is
+//! <https://www.twilio.com/docs/usage/webhooks/webhooks-security>.
+//!
+//! The URL checked is always the public URL Twilio called, never the one this server sees.
+
+pub mod address;
+pub mod inbound;
+pub mod params;
+pub mod signature;
+pub mod verify;
+
+pub use address::Address;
+pub use inbound::{InboundMessage, MissingParam};
+pub use params::Params;
+pub use signature::SignatureError;
+pub use verify::{BodyKind, RawRequest, Rejection, Verifier};

@@ -1,0 +1,120 @@
+//! Database failures answer 503 quickly (Twilio then calls the fallback URL) and the server
+//! recovers by itself. The shared Postgres is never stopped: these tests use a closed port,
+//! a pool held empty, or a lock.
+
+use crate::helpers::*;
+use axum::{body::Body, http::Request};
+use sqlx::PgPool;
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn an_unreachable_database_is_503_fast_and_readiness_says_so() {
+    let settings = settings(&[
+        // Port 1 on loopback: nothing listens, connections are refused at once.
+        (
+            "TWILIO_RECEIVER__DATABASE__URL",
+            "postgres://postgres@127.0.0.1:1/none",
+        ),
+        ("TWILIO_RECEIVER__DATABASE__ACQUIRE_TIMEOUT_MS", "500"),
+    ]);
+    let pool = twilio_receiver::store::pool(&settings.database).unwrap();
+    let app = TestApp::with_settings(pool, settings);
+
+    let started = Instant::now();
+    let response = app
+        .post_signed(
+            "/twilio/messages",
+            &whatsapp_text(&sid(1), "whatsapp:+15551234567", "hi"),
+        )
+        .await;
+    assert_eq!(response.status, 503);
+    assert_eq!(response.body, "service unavailable\n");
+    // acquire_timeout_ms + statement_timeout_ms is the promise; this is far inside it.
+    assert!(
+        started.elapsed() < Duration::from_millis(5500),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let readyz = app
+        .send(Request::get("/readyz").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(readyz.status, 503);
+    let healthz = app
+        .send(Request::get("/healthz").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(healthz.status, 200);
+}
+
+#[sqlx::test]
+async fn an_exhausted_pool_is_503_and_recovers_when_connections_free_up(pool: PgPool) {
+    let app = TestApp::with_own_pool(
+        &pool,
+        &[
+            ("TWILIO_RECEIVER__DATABASE__MAX_CONNECTIONS", "1"),
+            ("TWILIO_RECEIVER__DATABASE__ACQUIRE_TIMEOUT_MS", "300"),
+        ],
+    );
+    let held = app.app_db.acquire().await.unwrap();
+
+    let response = app
+        .post_signed(
+            "/twilio/messages",
+            &whatsapp_text(&sid(1), "whatsapp:+15551234567", "hi"),
+        )
+        .await;
+    assert_eq!(response.status, 503);
+
+    drop(held);
+    let response = app
+        .post_signed(
+            "/twilio/messages",
+            &whatsapp_text(&sid(1), "whatsapp:+15551234567", "hi"),
+        )
+        .await;
+    assert_eq!(response.status, 200);
+    assert_eq!(app.count("select count(*) from messages").await, 1);
+}
+
+#[sqlx::test]
+async fn a_statement_timeout_is_503_and_writes_nothing(pool: PgPool) {
+    let app = TestApp::with_own_pool(
+        &pool,
+        &[("TWILIO_RECEIVER__DATABASE__STATEMENT_TIMEOUT_MS", "300")],
+    );
+    // Another session holds a lock the hot path needs, as a long migration or a stuck
+    // report would.
+    let mut locker = pool.begin().await.unwrap();
+    sqlx::query("lock table conversations in access exclusive mode")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let response = app
+        .post_signed(
+            "/twilio/messages",
+            &whatsapp_text(&sid(1), "whatsapp:+15551234567", "hi"),
+        )
+        .await;
+    assert_eq!(response.status, 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    locker.rollback().await.unwrap();
+    assert_eq!(
+        app.count("select count(*) from messages").await,
+        0,
+        "no partial rows"
+    );
+    let response = app
+        .post_signed(
+            "/twilio/messages",
+            &whatsapp_text(&sid(1), "whatsapp:+15551234567", "hi"),
+        )
+        .await;
+    assert_eq!(response.status, 200);
+}

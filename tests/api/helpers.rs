@@ -1,0 +1,210 @@
+//! Test helpers: an app built from real settings around the test's database, signed
+//! requests, and a clock the test moves.
+
+use axum::{
+    Router,
+    body::Body,
+    http::{HeaderMap, Request, StatusCode},
+};
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::PgPool;
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+use tower::ServiceExt;
+use twilio_receiver::{
+    config::{Settings, Sources},
+    routes::{self, Clock},
+    startup,
+    twilio::signature,
+};
+
+pub const TOKEN: &str = "test-auth-token";
+pub const BASE: &str = "https://hooks.example.test";
+pub const FORM: &str = "application/x-www-form-urlencoded";
+pub const BUSINESS: &str = "whatsapp:+14155238886";
+
+/// Settings as a deployment would load them, from these environment variables only.
+pub fn settings(env: &[(&str, &str)]) -> Settings {
+    let mut vars: HashMap<String, String> = HashMap::from([
+        ("TWILIO_RECEIVER__SERVER__PUBLIC_URL".into(), BASE.into()),
+        ("TWILIO_AUTH_TOKEN".into(), TOKEN.into()),
+        (
+            "TWILIO_RECEIVER__DATABASE__MIGRATE_ON_START".into(),
+            "false".into(),
+        ),
+    ]);
+    vars.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    Settings::load(&Sources {
+        config_dir: PathBuf::from("/nonexistent"),
+        config_file: None,
+        env: vars,
+    })
+    .expect("test settings load")
+}
+
+pub struct TestApp {
+    pub router: Router,
+    /// The pool assertions read through.
+    pub pool: PgPool,
+    /// The pool the server itself uses.
+    pub app_db: PgPool,
+    now: Arc<Mutex<DateTime<Utc>>>,
+}
+
+pub struct TestResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl TestApp {
+    pub fn new(pool: PgPool) -> Self {
+        Self::with_settings(pool, settings(&[]))
+    }
+
+    pub fn with_env(pool: PgPool, env: &[(&str, &str)]) -> Self {
+        Self::with_settings(pool, settings(env))
+    }
+
+    pub fn with_settings(pool: PgPool, settings: Settings) -> Self {
+        let now = Arc::new(Mutex::new(
+            Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap(),
+        ));
+        let mut state = startup::app_state(&settings, pool.clone()).expect("valid test settings");
+        let clock = now.clone();
+        state.clock = Clock::from_fn(move || *clock.lock().unwrap());
+        TestApp {
+            router: routes::router(state, settings.server.request_timeout()),
+            app_db: pool.clone(),
+            pool,
+            now,
+        }
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        *self.now.lock().unwrap()
+    }
+
+    pub fn set_now(&self, t: DateTime<Utc>) {
+        *self.now.lock().unwrap() = t;
+    }
+
+    pub async fn send(&self, request: Request<Body>) -> TestResponse {
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        TestResponse {
+            status,
+            headers,
+            body: String::from_utf8(bytes.to_vec()).expect("utf-8 body"),
+        }
+    }
+
+    /// POSTs `params` to `path`, signed for `BASE` + `path` with the test token.
+    pub async fn post_signed(&self, path: &str, params: &[(String, String)]) -> TestResponse {
+        self.send(signed_post(&format!("{BASE}{path}"), path, params, TOKEN))
+            .await
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&self.pool)
+            .await
+            .expect("count query")
+    }
+}
+
+/// A POST to `path` whose signature was computed for `signed_url`.
+pub fn signed_post(
+    signed_url: &str,
+    path: &str,
+    params: &[(String, String)],
+    token: &str,
+) -> Request<Body> {
+    let body = serde_urlencoded::to_string(params).unwrap();
+    Request::post(path)
+        .header("content-type", FORM)
+        .header("host", "internal:8080")
+        .header(
+            "x-twilio-signature",
+            signature::compute(token.as_bytes(), signed_url, params),
+        )
+        .body(Body::from(body))
+        .unwrap()
+}
+
+pub fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// A WhatsApp text message as Twilio sends it (TWILIO.md §3.2), from `contact`.
+pub fn whatsapp_text(sid: &str, contact: &str, body: &str) -> Vec<(String, String)> {
+    let wa_id = contact.trim_start_matches("whatsapp:+");
+    pairs(&[
+        ("SmsMessageSid", sid),
+        ("NumMedia", "0"),
+        ("ProfileName", "Ana"),
+        ("MessageType", "text"),
+        ("SmsSid", sid),
+        ("WaId", wa_id),
+        ("SmsStatus", "received"),
+        ("Body", body),
+        ("To", BUSINESS),
+        ("NumSegments", "1"),
+        ("ReferralNumMedia", "0"),
+        ("MessageSid", sid),
+        ("AccountSid", "AC00000000000000000000000000000000"),
+        (
+            "ChannelMetadata",
+            r#"{"type":"whatsapp","data":{"context":{"ProfileName":"Ana"}}}"#,
+        ),
+        ("From", contact),
+        ("ApiVersion", "2010-04-01"),
+    ])
+}
+
+/// A message SID for test number `n`.
+pub fn sid(n: u32) -> String {
+    format!("SM{n:032x}")
+}
+
+/// The URL of the test's own database (DATABASE_URL with the database name replaced), so a
+/// test can build the server's pool exactly as `serve` does, with its timeouts.
+pub fn database_url(pool: &PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for tests");
+    let base = base.split('?').next().unwrap();
+    let server = &base[..base.rfind('/').unwrap()];
+    format!(
+        "{server}/{}",
+        pool.connect_options().get_database().unwrap()
+    )
+}
+
+impl TestApp {
+    /// An app whose pool is built from settings (as `serve` builds it) for the test database.
+    pub fn with_own_pool(pool: &PgPool, env: &[(&str, &str)]) -> Self {
+        let url = database_url(pool);
+        let mut env = env.to_vec();
+        env.push(("TWILIO_RECEIVER__DATABASE__URL", &url));
+        let settings = settings(&env);
+        let own = twilio_receiver::store::pool(&settings.database).unwrap();
+        let mut app = Self::with_settings(own, settings);
+        // Counting goes through the test's pool, which the app cannot exhaust.
+        app.pool = pool.clone();
+        app
+    }
+}

@@ -1,0 +1,10 @@
+//! HTTP tests against real Postgres: `#[sqlx::test]` gives each test a fresh, migrated
+//! database (DATABASE_URL must point at a server where it can create databases).
+
+mod cli;
+mod database;
+mod helpers;
+mod inbound;
+mod requests;
+mod sessions;
+mod signature;

@@ -121,7 +121,6 @@ async fn serve(settings: Settings) -> ExitCode {
         Ok(app) => app,
         Err(e) => {
             tracing::error!("{}", error_chain(&e));
-            eprintln!("error: {}", error_chain(&e));
             return ExitCode::FAILURE;
         }
     };

@@ -135,19 +135,13 @@ async fn serve(settings: Settings) -> ExitCode {
 
 async fn migrate(settings: Settings) -> ExitCode {
     telemetry::init(&settings.log);
-    let result = match store::pool(&settings.database) {
-        Ok(pool) => store::migrate(&settings.database, &pool)
-            .await
-            .map_err(|e| error_chain(&e)),
-        Err(e) => Err(e),
-    };
-    match result {
+    match store::migrate(&settings.database).await {
         Ok(()) => {
             println!("migrations applied");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: migrations failed: {e}");
+            eprintln!("error: migrations failed: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }

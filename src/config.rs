@@ -67,7 +67,7 @@ impl std::fmt::Debug for TwilioSettings {
     }
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct DatabaseSettings {
     #[serde(serialize_with = "redact_url")]
     pub url: SecretString,
@@ -335,8 +335,15 @@ impl ServerSettings {
 }
 
 impl DatabaseSettings {
+    /// Options for the request pool: `statement_timeout` set on every connection.
     pub fn connect_options(&self) -> Result<PgConnectOptions, String> {
         let statement_timeout = self.statement_timeout_ms.to_string();
+        self.connect_options_without_timeout()
+            .map(|o| o.options([("statement_timeout", statement_timeout.as_str())]))
+    }
+
+    /// Options for migrations, which may legitimately run longer than a request.
+    pub fn connect_options_without_timeout(&self) -> Result<PgConnectOptions, String> {
         let url = self.url.expose_secret();
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err("database.url: must start with postgres:// or postgresql://".to_owned());
@@ -344,10 +351,7 @@ impl DatabaseSettings {
         PgConnectOptions::from_str(url)
             // The error text may quote the URL, password included: never pass it on.
             .map_err(|_| "database.url: not a valid postgres:// URL".to_owned())
-            .map(|o| {
-                o.application_name("twilio-receiver")
-                    .options([("statement_timeout", statement_timeout.as_str())])
-            })
+            .map(|o| o.application_name("twilio-receiver"))
     }
 
     pub fn acquire_timeout(&self) -> Duration {

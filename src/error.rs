@@ -27,6 +27,9 @@ pub enum AppError {
     BadBody(#[source] axum::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Migrations have not been applied yet (Postgres was unreachable at start).
+    #[error("the database schema is not ready yet")]
+    NotReady,
 }
 
 impl AppError {
@@ -36,11 +39,13 @@ impl AppError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
             AppError::Rejected(Rejection::Signature(_)) => StatusCode::FORBIDDEN,
-            AppError::Rejected(Rejection::BadJson)
+            AppError::Rejected(Rejection::BadJson | Rejection::BadForm)
             | AppError::MissingParam(_)
             | AppError::BadBody(_) => StatusCode::BAD_REQUEST,
             AppError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            AppError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Store(StoreError::Unavailable(_)) | AppError::NotReady => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             AppError::Store(StoreError::Other(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -57,7 +62,16 @@ impl IntoResponse for AppError {
                 tracing::warn!(error = %e, "database unavailable; answering 503");
             }
             AppError::Store(StoreError::Other(e)) => {
-                tracing::error!(error = %e, error.debug = ?e, "database error");
+                // Display only: a database error's Debug carries its DETAIL and WHERE, which
+                // can quote the row (phone numbers, bodies).
+                let code = match e {
+                    sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+                    _ => None,
+                };
+                tracing::error!(error = %e, sqlstate = code, "database error");
+            }
+            AppError::NotReady => {
+                tracing::warn!("database schema not migrated yet; answering 503");
             }
             other => tracing::info!(reason = %other, status = status.as_u16(), "bad request"),
         }
@@ -70,6 +84,8 @@ impl IntoResponse for AppError {
                 "expected application/x-www-form-urlencoded or application/json\n"
             }
             AppError::Rejected(Rejection::BadJson) => "the JSON body is not an object\n",
+            AppError::Rejected(Rejection::BadForm) => "the form body could not be parsed\n",
+            AppError::NotReady => "service unavailable\n",
             AppError::BadBody(_) => "request body could not be read\n",
             AppError::MissingParam(MissingParam(name)) => {
                 return (status, format!("missing required parameter {name}\n")).into_response();

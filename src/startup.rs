@@ -3,15 +3,15 @@
 //! [`shutdown_signal`]).
 
 use crate::{
-    config::{PublicBase, Settings},
+    config::{DatabaseSettings, PublicBase, Settings},
     reply::Replier,
     routes::{self, AppState, Clock, Signing},
     store,
 };
 use axum::Router;
 use sqlx::PgPool;
-use std::{future::Future, net::SocketAddr, sync::Arc};
-use tokio::net::TcpListener;
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use tokio::{net::TcpListener, sync::watch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -46,13 +46,41 @@ pub fn app_state(settings: &Settings, db: PgPool) -> Result<AppState, StartupErr
         }),
         replier: Arc::new(Replier::new(settings.default_reply())),
         clock: Clock::system(),
+        // Whoever builds state around a pool vouches for its schema; `Application::build`
+        // replaces this when it has to wait for Postgres.
+        schema_ready: watch::channel(true).1,
     })
+}
+
+/// Retries migrations with capped exponential backoff until Postgres answers, then opens the
+/// gate. A migration that fails for any other reason is logged and leaves the server unready.
+async fn migrate_when_reachable(settings: DatabaseSettings, ready: watch::Sender<bool>) {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        tokio::time::sleep(delay).await;
+        match store::migrate(&settings).await {
+            Ok(()) => {
+                tracing::info!("Postgres is back: migrations applied, accepting webhooks");
+                ready.send_replace(true);
+                return;
+            }
+            Err(e) if store::migration_unavailable(&e) => {
+                tracing::debug!(error = %e, "Postgres still unreachable");
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "migrations failed; webhooks keep answering 503");
+                return;
+            }
+        }
+    }
 }
 
 /// A server bound to its port, ready to run.
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    schema_ready: watch::Receiver<bool>,
 }
 
 impl Application {
@@ -63,12 +91,23 @@ impl Application {
             return Err(StartupError::Config(problems));
         }
         let db = store::pool(&settings.database).map_err(|e| StartupError::Config(vec![e]))?;
+        let (ready_tx, ready_rx) = watch::channel(!settings.database.migrate_on_start);
         if settings.database.migrate_on_start {
-            store::migrate(&settings.database, &db)
-                .await
-                .map_err(StartupError::Migrate)?;
+            match store::migrate(&settings.database).await {
+                Ok(()) => {
+                    ready_tx.send_replace(true);
+                }
+                // Postgres down at start: serve anyway (webhooks get 503, so Twilio uses the
+                // fallback URL) and migrate as soon as it answers.
+                Err(e) if store::migration_unavailable(&e) => {
+                    tracing::warn!(error = %e, "Postgres is unreachable: answering 503 and retrying migrations in the background");
+                    tokio::spawn(migrate_when_reachable(settings.database.clone(), ready_tx));
+                }
+                Err(e) => return Err(StartupError::Migrate(e)),
+            }
         }
-        let state = app_state(settings, db)?;
+        let mut state = app_state(settings, db)?;
+        state.schema_ready = ready_rx.clone();
         warn_about_risky_settings(settings, &state);
         let addr = settings
             .server
@@ -80,7 +119,18 @@ impl Application {
         Ok(Application {
             listener,
             router: routes::router(state, settings.server.request_timeout()),
+            schema_ready: ready_rx,
         })
+    }
+
+    /// The router, for driving the application without a socket.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// Becomes `true` once migrations are applied.
+    pub fn schema_ready(&self) -> watch::Receiver<bool> {
+        self.schema_ready.clone()
     }
 
     /// The port actually bound (useful with port 0).

@@ -25,6 +25,9 @@ pub async fn inbound(
 ) -> Result<Response, AppError> {
     let msg = InboundMessage::parse(&params)?;
     Span::current().record("message_sid", msg.sid.as_str());
+    if !*state.schema_ready.borrow() {
+        return Err(AppError::NotReady);
+    }
     let received = store::inbound::receive(
         &state.db,
         &msg,

@@ -16,6 +16,7 @@ use axum::{
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use std::{sync::Arc, time::Duration};
+use tokio::sync::watch;
 use tower::ServiceBuilder;
 use tower_http::{
     catch_panic::CatchPanicLayer,
@@ -32,6 +33,8 @@ pub struct AppState {
     pub signing: Arc<Signing>,
     pub replier: Arc<Replier>,
     pub clock: Clock,
+    /// `false` until migrations are applied; webhooks answer 503 meanwhile.
+    pub schema_ready: watch::Receiver<bool>,
 }
 
 /// The time a message is received at. Tests substitute their own to cross a 24-hour window

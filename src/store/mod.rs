@@ -6,7 +6,7 @@ pub mod inbound;
 use crate::config::DatabaseSettings;
 use sqlx::{
     PgPool,
-    migrate::{MigrateDatabase, Migrator},
+    migrate::{MigrateDatabase, MigrateError, Migrator},
     postgres::PgPoolOptions,
 };
 use std::time::Duration;
@@ -68,18 +68,33 @@ pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, String> {
         .connect_lazy_with(options))
 }
 
-/// Creates the database when it does not exist, then applies pending migrations.
-pub async fn migrate(
-    settings: &DatabaseSettings,
-    pool: &PgPool,
-) -> Result<(), sqlx::migrate::MigrateError> {
+/// Creates the database when it does not exist, then applies pending migrations, on a
+/// connection of its own without `statement_timeout` (a long migration must not be cut off at
+/// the request deadline). Replicas starting together are serialised by sqlx's advisory lock.
+pub async fn migrate(settings: &DatabaseSettings) -> Result<(), MigrateError> {
     use secrecy::ExposeSecret;
+    let options = settings
+        .connect_options_without_timeout()
+        .map_err(|e| sqlx::Error::Configuration(e.into()))?;
     let url = settings.url.expose_secret();
     if !sqlx::Postgres::database_exists(url).await? {
         sqlx::Postgres::create_database(url).await?;
         tracing::info!("created the database");
     }
-    MIGRATOR.run(pool).await
+    // A one-connection pool rather than a bare connection: its futures are Send for any
+    // lifetime, so this can run in a spawned task.
+    let conn = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
+    let result = MIGRATOR.run(&conn).await;
+    conn.close().await;
+    result
+}
+
+/// Whether a migration failed only because Postgres could not be reached (worth retrying).
+pub fn migration_unavailable(e: &MigrateError) -> bool {
+    matches!(e, MigrateError::Execute(inner) if is_unavailable(inner))
 }
 
 /// Whether Postgres answers a trivial query within `timeout`.

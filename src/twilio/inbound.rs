@@ -109,6 +109,7 @@ impl InboundMessage {
         let json = |name: &str| {
             p.non_empty(name)
                 .and_then(|v| serde_json::from_str::<Value>(v).ok())
+                .map(scrub_nul)
         };
         let geo = |prefix: &str| Geo {
             city: text(&format!("{prefix}City")),
@@ -160,6 +161,28 @@ impl InboundMessage {
             to_geo: geo("To"),
             add_ons: json("AddOns"),
         })
+    }
+}
+
+/// A JSON `\u0000` decodes to NUL, which Postgres refuses in jsonb: it becomes U+FFFD, as in
+/// every other stored text (DESIGN.md §9).
+fn scrub_nul(value: Value) -> Value {
+    let clean = |s: String| {
+        if s.contains('\0') {
+            s.replace('\0', "\u{FFFD}")
+        } else {
+            s
+        }
+    };
+    match value {
+        Value::String(s) => Value::String(clean(s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(scrub_nul).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (clean(k), scrub_nul(v)))
+                .collect(),
+        ),
+        other => other,
     }
 }
 
@@ -285,6 +308,17 @@ mod tests {
         assert_eq!(m.forwarded, None);
         assert_eq!(m.channel_metadata, None);
         assert_eq!(m.profile_name, None);
+    }
+
+    #[test]
+    fn nul_inside_json_parameters_is_replaced() {
+        let mut p = base();
+        p.push(("ChannelMetadata", r#"{"a\u0000":["x\u0000y"]}"#));
+        let m = InboundMessage::parse(&params(&p)).unwrap();
+        assert_eq!(
+            m.channel_metadata,
+            Some(serde_json::json!({"a\u{FFFD}": ["x\u{FFFD}y"]}))
+        );
     }
 
     #[test]

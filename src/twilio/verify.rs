@@ -33,6 +33,8 @@ pub enum Rejection {
     Signature(#[from] SignatureError),
     #[error("the JSON body is not an object")]
     BadJson,
+    #[error("the form body could not be parsed")]
+    BadForm,
 }
 
 /// How a POST body is encoded, from its `Content-Type` (parameters such as charset ignored).
@@ -123,23 +125,25 @@ impl Verifier {
         if self.enforce && req.signature.is_none_or(str::is_empty) {
             return Err(SignatureError::Missing.into());
         }
-        let pairs = match kind {
-            None => query_pairs(req.url),
-            Some(BodyKind::Form) => form_pairs(req.body),
+        // A JSON body that is not an object still has its signature checked first, so an
+        // unsigned request is a 403 whatever its body.
+        let (pairs, json_ok) = match kind {
+            None => (query_pairs(req.url)?, true),
+            Some(BodyKind::Form) => (form_pairs(req.body)?, true),
             Some(BodyKind::Json) => {
                 if self.enforce {
                     check_body_hash(req.url, req.body)?;
                 }
-                json_pairs(req.body)?
+                json_pairs(req.body).map_or((Vec::new(), false), |p| (p, true))
             }
         };
-        // A form POST signs its parameters; GET and JSON requests sign the URL alone.
-        let signed: &[(String, String)] = if kind == Some(BodyKind::Form) {
-            &pairs
-        } else {
-            &[]
-        };
         if self.enforce {
+            // A form POST signs its parameters; GET and JSON requests sign the URL alone.
+            let signed: &[(String, String)] = if kind == Some(BodyKind::Form) {
+                &pairs
+            } else {
+                &[]
+            };
             let account = pairs
                 .iter()
                 .find(|(k, _)| k == "AccountSid")
@@ -151,6 +155,9 @@ impl Verifier {
                 .collect();
             signature::verify(&tokens, req.url, signed, req.signature.unwrap_or_default())?;
         }
+        if !json_ok {
+            return Err(Rejection::BadJson);
+        }
         Ok(Params::new(pairs))
     }
 }
@@ -160,8 +167,12 @@ impl Verifier {
 pub enum SignError {
     #[error("unsupported content type (expected a form or JSON)")]
     UnsupportedMediaType,
+    #[error("the form body could not be parsed")]
+    BadForm,
     #[error("a JSON body is signed with its hash in the URL; use this URL: {url}")]
     NeedsBodyHash { url: String },
+    #[error("bodySHA256 in the URL does not match the body; it should be {expected}")]
+    BodyHashMismatch { expected: String },
 }
 
 /// The `X-Twilio-Signature` Twilio would send for this URL, content type and body.
@@ -173,32 +184,34 @@ pub fn sign(
 ) -> Result<String, SignError> {
     match BodyKind::from_content_type(content_type) {
         None => Err(SignError::UnsupportedMediaType),
-        Some(BodyKind::Form) => Ok(signature::compute(token, url, &form_pairs(body))),
-        Some(BodyKind::Json) => {
-            let hash = sha256_hex(body);
-            if query_pairs(url)
-                .iter()
-                .any(|(k, v)| k == "bodySHA256" && *v == hash)
-            {
-                Ok(signature::compute(token, url, &[]))
-            } else {
+        Some(BodyKind::Form) => {
+            let pairs = form_pairs(body).map_err(|_| SignError::BadForm)?;
+            Ok(signature::compute(token, url, &pairs))
+        }
+        Some(BodyKind::Json) => match check_body_hash(url, body) {
+            Ok(()) => Ok(signature::compute(token, url, &[])),
+            Err(SignatureError::BodyHashMismatch) => Err(SignError::BodyHashMismatch {
+                expected: sha256_hex(body),
+            }),
+            Err(_) => {
                 let (base, fragment) = url
                     .split_once('#')
                     .map_or((url, None), |(b, f)| (b, Some(f)));
                 let sep = if base.contains('?') { '&' } else { '?' };
-                let mut url = format!("{base}{sep}bodySHA256={hash}");
+                let mut url = format!("{base}{sep}bodySHA256={}", sha256_hex(body));
                 if let Some(f) = fragment {
                     url = format!("{url}#{f}");
                 }
                 Err(SignError::NeedsBodyHash { url })
             }
-        }
+        },
     }
 }
 
 /// JSON bodies are signed through the URL, which must carry the hex SHA-256 of the raw body.
 fn check_body_hash(url: &str, body: &[u8]) -> Result<(), SignatureError> {
     let expected = query_pairs(url)
+        .map_err(|_| SignatureError::BodyHashMissing)?
         .into_iter()
         .find(|(k, _)| k == "bodySHA256")
         .map(|(_, v)| v)
@@ -220,17 +233,19 @@ fn sha256_hex(body: &[u8]) -> String {
         })
 }
 
-/// Form pairs with blanks and repeats kept; invalid UTF-8 is decoded lossily, never an error.
-fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
-    serde_urlencoded::from_bytes(body).unwrap_or_default()
+/// Form pairs with blanks and repeats kept; invalid UTF-8 is decoded lossily. Parsing into
+/// string pairs cannot fail today; if it ever did, the request fails closed (a form signed
+/// over no parameters must never pass).
+fn form_pairs(body: &[u8]) -> Result<Vec<(String, String)>, Rejection> {
+    serde_urlencoded::from_bytes(body).map_err(|_| Rejection::BadForm)
 }
 
-fn query_pairs(url: &str) -> Vec<(String, String)> {
+fn query_pairs(url: &str) -> Result<Vec<(String, String)>, Rejection> {
     let without_fragment = url.split('#').next().unwrap_or_default();
-    without_fragment
-        .split_once('?')
-        .map(|(_, q)| form_pairs(q.as_bytes()))
-        .unwrap_or_default()
+    match without_fragment.split_once('?') {
+        Some((_, query)) => form_pairs(query.as_bytes()),
+        None => Ok(Vec::new()),
+    }
 }
 
 /// A JSON object's members as pairs: strings as they are, other values as JSON text.
@@ -363,6 +378,38 @@ mod tests {
     }
 
     #[test]
+    fn a_json_body_that_is_not_an_object_is_checked_for_a_signature_first() {
+        let body = b"[1, 2]";
+        let url = format!("https://h/x?bodySHA256={}", sha256_hex(body));
+        let v = verifier(&["tok"]);
+        assert_eq!(
+            v.verify(&post(&url, JSON, body, "AAAAAAAAAAAAAAAAAAAAAAAAAAA=")),
+            Err(SignatureError::Mismatch {
+                candidates: 2,
+                tokens: 1
+            }
+            .into())
+        );
+        let sig = signature::compute(b"tok", &url, &[]);
+        assert_eq!(
+            v.verify(&post(&url, JSON, body, &sig)),
+            Err(Rejection::BadJson)
+        );
+    }
+
+    #[test]
+    fn sign_and_verify_agree_on_a_stale_body_hash() {
+        let body = br#"{"A":"1"}"#;
+        let stale = format!("https://h/x?bodySHA256={}", sha256_hex(b"other"));
+        assert!(matches!(
+            sign(b"tok", &stale, JSON, body),
+            Err(SignError::BodyHashMismatch { .. })
+        ));
+        let twice = format!("{stale}&bodySHA256={}", sha256_hex(body));
+        assert!(sign(b"tok", &twice, JSON, body).is_err());
+    }
+
+    #[test]
     fn per_account_tokens_are_chosen_by_account_sid() {
         let v = Verifier::new(
             vec![SecretString::from("parent")],
@@ -453,7 +500,7 @@ mod tests {
 
     #[test]
     fn invalid_utf8_and_bad_escapes_never_fail_parsing() {
-        let pairs = form_pairs(b"Body=%FF%FE&Bad=%zz&%=1&&x");
+        let pairs = form_pairs(b"Body=%FF%FE&Bad=%zz&%=1&&x").unwrap();
         assert_eq!(pairs.len(), 4);
         assert_eq!(pairs[0].1, "\u{FFFD}\u{FFFD}");
     }

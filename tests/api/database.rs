@@ -118,3 +118,96 @@ async fn a_statement_timeout_is_503_and_writes_nothing(pool: PgPool) {
         .await;
     assert_eq!(response.status, 200);
 }
+
+/// `serve` started while Postgres is unreachable: it answers 503 (healthz stays up), migrates
+/// by itself once Postgres is reachable, and then stores webhooks, with no restart.
+#[tokio::test]
+async fn a_server_started_while_postgres_is_down_recovers_by_itself() {
+    use sqlx::postgres::PgConnectOptions;
+    use std::str::FromStr;
+    use tower::ServiceExt;
+
+    let real = PgConnectOptions::from_str(&std::env::var("DATABASE_URL").unwrap()).unwrap();
+    let upstream = format!("{}:{}", real.get_host(), real.get_port());
+    // A port nothing listens on yet; later a forwarder to the real Postgres takes it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let name = format!("twr_late_{}", std::process::id());
+    let url = format!("postgres://{}@127.0.0.1:{port}/{name}", real.get_username());
+    let settings = settings(&[
+        ("TWILIO_RECEIVER__DATABASE__URL", &url),
+        ("TWILIO_RECEIVER__DATABASE__MIGRATE_ON_START", "true"),
+        ("TWILIO_RECEIVER__DATABASE__ACQUIRE_TIMEOUT_MS", "500"),
+        ("TWILIO_RECEIVER__SERVER__LISTEN", "127.0.0.1:0"),
+    ]);
+
+    let app = twilio_receiver::startup::Application::build(&settings)
+        .await
+        .expect("starts without Postgres");
+    let send = |request| app.router().oneshot(request);
+    let webhook = || {
+        signed_post(
+            &format!("{BASE}/twilio/messages"),
+            "/twilio/messages",
+            &whatsapp_text(&sid(1), "whatsapp:+15551234567", "hi"),
+            TOKEN,
+        )
+    };
+    assert_eq!(send(webhook()).await.unwrap().status(), 503);
+    assert_eq!(
+        send(Request::get("/readyz").body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    assert_eq!(
+        send(Request::get("/healthz").body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Postgres "comes back" on that port.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let forwarder = tokio::spawn(async move {
+        loop {
+            let (mut client, _) = listener.accept().await.unwrap();
+            let mut server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    let mut ready = app.schema_ready();
+    tokio::time::timeout(Duration::from_secs(30), ready.wait_for(|r| *r))
+        .await
+        .expect("migrated within 30 s of Postgres returning")
+        .unwrap();
+
+    assert_eq!(send(webhook()).await.unwrap().status(), 200);
+    assert_eq!(
+        send(Request::get("/readyz").body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    forwarder.abort();
+    let admin = sqlx::PgPool::connect(&std::env::var("DATABASE_URL").unwrap())
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "drop database if exists \"{name}\" with (force)"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+}

@@ -142,6 +142,33 @@ async fn twenty_concurrent_deliveries_store_one_message_and_all_get_the_same_rep
 }
 
 #[sqlx::test]
+async fn concurrent_messages_from_one_contact_all_count_in_one_window(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let messages: Vec<_> = (0..20)
+        .map(|n| whatsapp_text(&sid(100 + n), "whatsapp:+15551234567", "burst"))
+        .collect();
+
+    let responses = join_all(
+        messages
+            .iter()
+            .map(|m| app.post_signed("/twilio/messages", m)),
+    )
+    .await;
+
+    assert!(responses.iter().all(|r| r.status == 200));
+    assert_eq!(app.count("select count(*) from messages").await, 20);
+    assert_eq!(
+        app.count("select inbound_count from conversations").await,
+        20
+    );
+    assert_eq!(app.count("select count(*) from sessions").await, 1);
+    assert_eq!(
+        app.count("select inbound_count::int8 from sessions").await,
+        20
+    );
+}
+
+#[sqlx::test]
 async fn media_location_and_button_fields_land_in_typed_columns(pool: PgPool) {
     let app = TestApp::new(pool);
     let mut params = whatsapp_text(&sid(2), "whatsapp:+15551234567", "");
@@ -249,6 +276,30 @@ async fn values_that_do_not_parse_are_stored_raw_and_never_rejected(pool: PgPool
     assert_eq!(m.params["Latitude"], "north");
     assert_eq!(m.params["Repeated"], json!(["a", "b"]));
     assert_eq!(m.params["Body"], "nul\u{FFFD}inside");
+}
+
+#[sqlx::test]
+async fn an_escaped_nul_inside_channel_metadata_is_stored_not_a_500(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let mut params = whatsapp_text(&sid(6), "whatsapp:+15551234567", "x");
+    params.retain(|(k, _)| k != "ChannelMetadata");
+    params.push((
+        "ChannelMetadata".into(),
+        r#"{"type":"whatsapp","x":"a\u0000b"}"#.into(),
+    ));
+
+    assert_eq!(
+        app.post_signed("/twilio/messages", &params).await.status,
+        200
+    );
+    let metadata = sqlx::query_scalar!(
+        "select channel_metadata from messages where message_sid = $1",
+        sid(6)
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(metadata.unwrap()["x"], "a\u{FFFD}b");
 }
 
 #[sqlx::test]
@@ -362,4 +413,34 @@ async fn json_bodies_are_verified_with_their_hash_and_stored(pool: PgPool) {
     // The same URL and signature with another body is a forgery.
     let forged = body.replace("json", "forged");
     assert_eq!(app.send(request(forged)).await.status, 403);
+
+    // A correctly signed JSON body that is not an object cannot be a webhook.
+    let array = "[1,2]".to_owned();
+    let Err(twilio_receiver::twilio::verify::SignError::NeedsBodyHash { url }) =
+        twilio_receiver::twilio::verify::sign(
+            TOKEN.as_bytes(),
+            &format!("{BASE}/twilio/messages"),
+            Some("application/json"),
+            array.as_bytes(),
+        )
+    else {
+        panic!("JSON needs a body hash");
+    };
+    let sig = twilio_receiver::twilio::verify::sign(
+        TOKEN.as_bytes(),
+        &url,
+        Some("application/json"),
+        array.as_bytes(),
+    )
+    .unwrap();
+    let response = app
+        .send(
+            Request::post(url.strip_prefix(BASE).unwrap())
+                .header("content-type", "application/json")
+                .header("x-twilio-signature", sig)
+                .body(Body::from(array))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(response.status, 400);
 }

@@ -5,6 +5,7 @@ mod cli;
 mod database;
 mod helpers;
 mod inbound;
+mod logs;
 mod requests;
 mod sessions;
 mod signature;

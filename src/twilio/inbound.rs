@@ -216,10 +216,7 @@ mod tests {
     use super::*;
 
     fn params(pairs: &[(&str, &str)]) -> Params {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        Params::of(pairs)
     }
 
     fn base() -> Vec<(&'static str, &'static str)> {

@@ -69,6 +69,17 @@ impl Params {
     }
 }
 
+#[cfg(test)]
+impl Params {
+    /// Test shorthand: `Params::of(&[("Body", "hi")])`.
+    pub(crate) fn of(pairs: &[(&str, &str)]) -> Self {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+}
+
 impl FromIterator<(String, String)> for Params {
     fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
         Params::new(iter.into_iter().collect())
@@ -80,29 +91,22 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn params(pairs: &[(&str, &str)]) -> Params {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
     #[test]
     fn json_keeps_blanks_and_turns_repeats_into_arrays() {
-        let p = params(&[("A", "1"), ("Empty", ""), ("A", "2"), ("A", "1")]);
+        let p = Params::of(&[("A", "1"), ("Empty", ""), ("A", "2"), ("A", "1")]);
         assert_eq!(p.to_json(), json!({"A": ["1", "2", "1"], "Empty": ""}));
     }
 
     #[test]
     fn nul_becomes_the_replacement_character() {
-        let p = params(&[("Body", "a\0b"), ("N\0", "x")]);
+        let p = Params::of(&[("Body", "a\0b"), ("N\0", "x")]);
         assert_eq!(p.get("Body"), Some("a\u{FFFD}b"));
         assert_eq!(p.get("N\u{FFFD}"), Some("x"));
     }
 
     #[test]
     fn get_returns_the_first_value_and_non_empty_skips_blanks() {
-        let p = params(&[("To", ""), ("To", "+1"), ("From", "  ")]);
+        let p = Params::of(&[("To", ""), ("To", "+1"), ("From", "  ")]);
         assert_eq!(p.get("To"), Some(""));
         assert_eq!(p.non_empty("To"), None);
         assert_eq!(p.non_empty("From"), None);

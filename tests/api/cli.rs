@@ -292,16 +292,16 @@ async fn migrate_creates_a_missing_database_and_healthcheck_follows_the_server(p
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    let probe = listen.clone();
-    let healthy = tokio::task::spawn_blocking(move || {
-        run(
-            &["healthcheck"],
-            &[("TWILIO_RECEIVER__SERVER__LISTEN", &probe)],
-            "",
-        )
-    })
-    .await
-    .unwrap();
+    let healthcheck = |listen: String| {
+        tokio::task::spawn_blocking(move || {
+            run(
+                &["healthcheck"],
+                &[("TWILIO_RECEIVER__SERVER__LISTEN", &listen)],
+                "",
+            )
+        })
+    };
+    let healthy = healthcheck(listen.clone()).await.unwrap();
     assert_eq!(
         healthy.status.code(),
         Some(0),
@@ -310,15 +310,6 @@ async fn migrate_creates_a_missing_database_and_healthcheck_follows_the_server(p
     );
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
-    let listen2 = listen.clone();
-    let down = tokio::task::spawn_blocking(move || {
-        run(
-            &["healthcheck"],
-            &[("TWILIO_RECEIVER__SERVER__LISTEN", &listen2)],
-            "",
-        )
-    })
-    .await
-    .unwrap();
+    let down = healthcheck(listen).await.unwrap();
     assert_eq!(down.status.code(), Some(1));
 }

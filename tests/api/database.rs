@@ -21,12 +21,7 @@ async fn an_unreachable_database_is_503_fast_and_readiness_says_so() {
     let app = TestApp::with_settings(pool, settings);
 
     let started = Instant::now();
-    let response = app
-        .post_signed(
-            "/twilio/messages",
-            &whatsapp_text(&sid(1), "whatsapp:+15551234567", "hi"),
-        )
-        .await;
+    let response = app.post_text(1).await;
     assert_eq!(response.status, 503);
     assert_eq!(response.body, "service unavailable\n");
     // acquire_timeout_ms + statement_timeout_ms is the promise; this is far inside it.
@@ -57,21 +52,11 @@ async fn an_exhausted_pool_is_503_and_recovers_when_connections_free_up(pool: Pg
     );
     let held = app.app_db.acquire().await.unwrap();
 
-    let response = app
-        .post_signed(
-            "/twilio/messages",
-            &whatsapp_text(&sid(1), "whatsapp:+15551234567", "hi"),
-        )
-        .await;
+    let response = app.post_text(1).await;
     assert_eq!(response.status, 503);
 
     drop(held);
-    let response = app
-        .post_signed(
-            "/twilio/messages",
-            &whatsapp_text(&sid(1), "whatsapp:+15551234567", "hi"),
-        )
-        .await;
+    let response = app.post_text(1).await;
     assert_eq!(response.status, 200);
     assert_eq!(app.count("select count(*) from messages").await, 1);
 }
@@ -91,12 +76,7 @@ async fn a_statement_timeout_is_503_and_writes_nothing(pool: PgPool) {
         .unwrap();
 
     let started = Instant::now();
-    let response = app
-        .post_signed(
-            "/twilio/messages",
-            &whatsapp_text(&sid(1), "whatsapp:+15551234567", "hi"),
-        )
-        .await;
+    let response = app.post_text(1).await;
     assert_eq!(response.status, 503);
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -110,12 +90,7 @@ async fn a_statement_timeout_is_503_and_writes_nothing(pool: PgPool) {
         0,
         "no partial rows"
     );
-    let response = app
-        .post_signed(
-            "/twilio/messages",
-            &whatsapp_text(&sid(1), "whatsapp:+15551234567", "hi"),
-        )
-        .await;
+    let response = app.post_text(1).await;
     assert_eq!(response.status, 200);
 }
 

@@ -117,6 +117,15 @@ impl TestApp {
             .await
     }
 
+    /// Posts WhatsApp text message number `n` from one fixed contact.
+    pub async fn post_text(&self, n: u32) -> TestResponse {
+        self.post_signed(
+            "/twilio/messages",
+            &whatsapp_text(&sid(n), "whatsapp:+15551234567", "hi"),
+        )
+        .await
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_owned()))
             .fetch_one(&self.pool)

@@ -82,6 +82,11 @@ pub struct ReplySettings {
     /// The default reply body; empty means none.
     #[serde(default)]
     pub body: String,
+    /// The fallback route's reply when the primary reply is empty or the database is down.
+    #[serde(default)]
+    pub fallback_body: String,
+    /// Put an `action` status callback URL on every `<Message>` we answer with.
+    pub track_delivery: bool,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -242,11 +247,16 @@ impl Settings {
         if self.database.acquire_timeout_ms == 0 {
             out.push("database.acquire_timeout_ms: must be greater than 0".into());
         }
-        if self.reply.body.chars().count() > MAX_BODY_CHARS {
-            out.push(format!(
-                "reply.body: {} characters; Twilio accepts at most {MAX_BODY_CHARS}",
-                self.reply.body.chars().count()
-            ));
+        for (key, body) in [
+            ("reply.body", &self.reply.body),
+            ("reply.fallback_body", &self.reply.fallback_body),
+        ] {
+            let chars = body.chars().count();
+            if chars > MAX_BODY_CHARS {
+                out.push(format!(
+                    "{key}: {chars} characters; Twilio accepts at most {MAX_BODY_CHARS}"
+                ));
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
             out.push(format!("log.filter: {e}"));
@@ -273,6 +283,10 @@ impl Settings {
 
     pub fn default_reply(&self) -> Option<String> {
         Some(self.reply.body.clone()).filter(|b| !b.trim().is_empty())
+    }
+
+    pub fn fallback_reply(&self) -> Option<String> {
+        Some(self.reply.fallback_body.clone()).filter(|b| !b.trim().is_empty())
     }
 }
 
@@ -483,6 +497,8 @@ mod tests {
         assert_eq!(s.database.statement_timeout_ms, 5000);
         assert!(s.database.migrate_on_start);
         assert_eq!(s.default_reply(), None);
+        assert_eq!(s.fallback_reply(), None);
+        assert!(s.reply.track_delivery);
         assert_eq!(s.log.format, LogFormat::Pretty);
         // Without a token every webhook would be refused: that is a problem to report.
         assert_eq!(s.problems().len(), 1, "{:?}", s.problems());

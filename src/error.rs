@@ -17,6 +17,12 @@ use axum::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    /// A missing or wrong signature, with the URL it was checked against (query removed).
+    #[error("signature not valid: {reason}")]
+    BadSignature {
+        reason: crate::twilio::SignatureError,
+        checked_url: String,
+    },
     #[error(transparent)]
     Rejected(#[from] Rejection),
     #[error(transparent)]
@@ -38,7 +44,9 @@ impl AppError {
             AppError::Rejected(Rejection::UnsupportedMediaType) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
-            AppError::Rejected(Rejection::Signature(_)) => StatusCode::FORBIDDEN,
+            AppError::Rejected(Rejection::Signature(_)) | AppError::BadSignature { .. } => {
+                StatusCode::FORBIDDEN
+            }
             AppError::Rejected(Rejection::BadJson | Rejection::BadForm)
             | AppError::MissingParam(_)
             | AppError::BadBody(_) => StatusCode::BAD_REQUEST,
@@ -58,6 +66,12 @@ impl IntoResponse for AppError {
             AppError::Rejected(Rejection::Signature(reason)) => {
                 tracing::warn!(%reason, "rejected a request: signature not valid");
             }
+            AppError::BadSignature {
+                reason,
+                checked_url,
+            } => {
+                tracing::warn!(%reason, url = %checked_url, "rejected a request: signature not valid");
+            }
             AppError::Store(StoreError::Unavailable(e)) => {
                 tracing::warn!(error = %e, "database unavailable; answering 503");
             }
@@ -76,7 +90,7 @@ impl IntoResponse for AppError {
             other => tracing::info!(reason = %other, status = status.as_u16(), "bad request"),
         }
         let body = match &self {
-            AppError::Rejected(Rejection::Signature(_)) => "",
+            AppError::Rejected(Rejection::Signature(_)) | AppError::BadSignature { .. } => "",
             AppError::Store(StoreError::Unavailable(_)) => "service unavailable\n",
             AppError::Store(StoreError::Other(_)) => "internal error\n",
             AppError::BodyTooLarge => "request body too large\n",

@@ -4,7 +4,10 @@
 //! This is where the rules engine plugs in: it replaces [`Replier::decide`]'s body and keeps
 //! its signature, so routes and storage do not change.
 
-use crate::{twilio::InboundMessage, twiml};
+use crate::{
+    twilio::{InboundMessage, ReplyLink},
+    twiml,
+};
 
 /// What the store knows about the conversation once the message is saved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,15 +26,33 @@ pub struct Decision {
     pub messages: Vec<twiml::Message>,
 }
 
-/// Chooses replies. Today: the configured `reply.body`, or nothing.
+/// Chooses replies and renders them. Today: the configured `reply.body`, or nothing.
 #[derive(Debug, Clone, Default)]
 pub struct Replier {
     default_body: Option<String>,
+    fallback_body: Option<String>,
+    track_delivery: bool,
+}
+
+/// A decision rendered for Twilio and for storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub twiml: String,
+    /// The body of each `<Message>`, in order.
+    pub bodies: Vec<String>,
 }
 
 impl Replier {
-    pub fn new(default_body: Option<String>) -> Self {
-        Replier { default_body }
+    pub fn new(
+        default_body: Option<String>,
+        fallback_body: Option<String>,
+        track_delivery: bool,
+    ) -> Self {
+        Replier {
+            default_body,
+            fallback_body,
+            track_delivery,
+        }
     }
 
     pub fn decide(&self, _message: &InboundMessage, _facts: &Facts) -> Decision {
@@ -43,5 +64,75 @@ impl Replier {
                 .map(|body| twiml::Message::text(body.clone()))
                 .collect(),
         }
+    }
+
+    /// The TwiML for `decision` answering `inbound_sid`. With delivery tracking on, each
+    /// `<Message>` carries an `action` URL under `base` (the base URL the request was verified
+    /// against) naming the inbound SID, the rule and its position.
+    pub fn render(&self, decision: &Decision, base: &str, inbound_sid: &str) -> Rendered {
+        let mut messages = decision.messages.clone();
+        if self.track_delivery {
+            for (part, m) in messages.iter_mut().enumerate() {
+                m.action = Some(ReplyLink::action_url(
+                    base,
+                    inbound_sid,
+                    decision.rule.as_deref(),
+                    part,
+                ));
+            }
+        }
+        Rendered {
+            twiml: twiml::render(&messages),
+            bodies: messages.into_iter().map(|m| m.body).collect(),
+        }
+    }
+
+    /// What the fallback route answers when there is nothing better: `reply.fallback_body`,
+    /// or an empty `<Response/>`.
+    pub fn fallback_twiml(&self) -> String {
+        let messages: Vec<_> = self
+            .fallback_body
+            .iter()
+            .map(|body| twiml::Message::text(body.clone()))
+            .collect();
+        twiml::render(&messages)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracked_replies_carry_an_action_per_message() {
+        let replier = Replier::new(None, None, true);
+        let decision = Decision {
+            rule: Some("greet".into()),
+            messages: vec![
+                twiml::Message::text("one"),
+                twiml::Message::text("two & more"),
+            ],
+        };
+        let rendered = replier.render(&decision, "https://h.example", "SM1");
+        assert_eq!(rendered.bodies, ["one", "two & more"]);
+        assert!(rendered.twiml.contains(
+            r#"<Message action="https://h.example/twilio/status?reply_to=SM1&amp;part=1&amp;rule=greet" method="POST"><Body>two &amp; more</Body>"#
+        ), "{}", rendered.twiml);
+        let untracked =
+            Replier::new(None, None, false).render(&decision, "https://h.example", "SM1");
+        assert!(!untracked.twiml.contains("action="));
+    }
+
+    #[test]
+    fn the_fallback_reply_is_the_configured_body_or_nothing() {
+        assert_eq!(
+            Replier::new(None, None, true).fallback_twiml(),
+            twiml::EMPTY
+        );
+        assert!(
+            Replier::new(None, Some("Sorry!".into()), true)
+                .fallback_twiml()
+                .contains("<Body>Sorry!</Body>")
+        );
     }
 }

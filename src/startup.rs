@@ -44,7 +44,11 @@ pub fn app_state(settings: &Settings, db: PgPool) -> Result<AppState, StartupErr
             base,
             body_limit: settings.server.body_limit_bytes,
         }),
-        replier: Arc::new(Replier::new(settings.default_reply())),
+        replier: Arc::new(Replier::new(
+            settings.default_reply(),
+            settings.fallback_reply(),
+            settings.reply.track_delivery,
+        )),
         clock: Clock::system(),
         // Whoever builds state around a pool vouches for its schema; `Application::build`
         // replaces this when it has to wait for Postgres.

@@ -1,11 +1,12 @@
-//! `POST|GET /twilio/messages`: Twilio's "A message comes in" webhook (TWILIO.md §3).
+//! `POST|GET /twilio/messages` ("A message comes in", TWILIO.md §3) and `POST|GET
+//! /twilio/fallback` (the fallback URL, TWILIO.md §5): the same message, stored once.
 
 use super::{AppState, Signed};
 use crate::{
     error::AppError,
     store::{
-        self,
-        inbound::{Received, Reply},
+        self, StoreError,
+        inbound::{Failure, Received, Reply},
     },
     twilio::InboundMessage,
     twiml,
@@ -19,30 +20,72 @@ use tracing::Span;
 
 /// Verify (the extractor), parse, store once with the window, answer the TwiML chosen for the
 /// first delivery (replayed to every retry).
-pub async fn inbound(
-    State(state): State<AppState>,
-    Signed(params): Signed,
-) -> Result<Response, AppError> {
-    let msg = InboundMessage::parse(&params)?;
+pub async fn inbound(State(state): State<AppState>, signed: Signed) -> Result<Response, AppError> {
+    let msg = InboundMessage::parse(&signed.params)?;
     Span::current().record("message_sid", msg.sid.as_str());
-    if !*state.schema_ready.borrow() {
-        return Err(AppError::NotReady);
-    }
+    let twiml = receive(&state, &signed, &msg, None).await?;
+    Ok(twiml_response(twiml))
+}
+
+/// Twilio could not use the primary URL: record why, store the message it carries exactly as
+/// the primary would (same SID, so never twice), and answer the reply the primary would give,
+/// or `reply.fallback_body` when that reply is empty. With the database unreachable this
+/// still answers the fallback reply (200): the message is then NOT stored, and the log says so.
+pub async fn fallback(State(state): State<AppState>, signed: Signed) -> Result<Response, AppError> {
+    let msg = InboundMessage::parse(&signed.params)?;
+    Span::current().record("message_sid", msg.sid.as_str());
+    let failure = Failure {
+        error_code: signed
+            .params
+            .get("ErrorCode")
+            .and_then(|v| v.trim().parse().ok()),
+        error_url: signed.params.non_empty("ErrorUrl").map(str::to_owned),
+    };
+    tracing::info!(error_code = ?failure.error_code, "fallback call");
+    let twiml = match receive(&state, &signed, &msg, Some(&failure)).await {
+        Ok(twiml) if twiml != twiml::EMPTY => twiml,
+        Ok(_) => state.replier.fallback_twiml(),
+        Err(AppError::Store(StoreError::Unavailable(e))) => {
+            tracing::error!(error = %e, "database unavailable: answering the fallback reply; this message is NOT stored");
+            state.replier.fallback_twiml()
+        }
+        Err(AppError::NotReady) => {
+            tracing::error!(
+                "database not migrated yet: answering the fallback reply; this message is NOT stored"
+            );
+            state.replier.fallback_twiml()
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(twiml_response(twiml))
+}
+
+/// Stores the message (and the failure, for fallback calls) and returns the TwiML to answer.
+async fn receive(
+    state: &AppState,
+    signed: &Signed,
+    msg: &InboundMessage,
+    failure: Option<&Failure>,
+) -> Result<String, AppError> {
+    state.ensure_schema()?;
     let received = store::inbound::receive(
         &state.db,
-        &msg,
-        params.to_json(),
+        msg,
+        signed.params.to_json(),
         state.clock.now(),
+        failure,
         |facts| {
-            let decision = state.replier.decide(&msg, facts);
+            let decision = state.replier.decide(msg, facts);
+            let rendered = state.replier.render(&decision, &signed.base, &msg.sid);
             Reply {
                 rule: decision.rule,
-                twiml: twiml::render(&decision.messages),
+                twiml: rendered.twiml,
+                bodies: rendered.bodies,
             }
         },
     )
     .await?;
-    let twiml = match received {
+    Ok(match received {
         Received::New { twiml } => {
             tracing::info!(channel = %msg.to.channel(), media = msg.media.len(), "stored inbound message");
             twiml
@@ -51,6 +94,9 @@ pub async fn inbound(
             tracing::info!("duplicate delivery; replaying the first reply");
             twiml.unwrap_or_else(|| twiml::EMPTY.to_owned())
         }
-    };
-    Ok(([(CONTENT_TYPE, twiml::CONTENT_TYPE)], twiml).into_response())
+    })
+}
+
+fn twiml_response(twiml: String) -> Response {
+    ([(CONTENT_TYPE, twiml::CONTENT_TYPE)], twiml).into_response()
 }

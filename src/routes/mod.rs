@@ -3,6 +3,7 @@
 mod health;
 mod inbound;
 mod signed;
+mod status;
 
 pub use signed::{Signed, Signing};
 
@@ -35,6 +36,17 @@ pub struct AppState {
     pub clock: Clock,
     /// `false` until migrations are applied; webhooks answer 503 meanwhile.
     pub schema_ready: watch::Receiver<bool>,
+}
+
+impl AppState {
+    /// Webhooks answer 503 until migrations are applied.
+    pub fn ensure_schema(&self) -> Result<(), crate::error::AppError> {
+        if *self.schema_ready.borrow() {
+            Ok(())
+        } else {
+            Err(crate::error::AppError::NotReady)
+        }
+    }
 }
 
 /// The time a message is received at. Tests substitute their own to cross a 24-hour window
@@ -91,6 +103,11 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             "/twilio/messages",
             get(inbound::inbound).post(inbound::inbound),
         )
+        .route(
+            "/twilio/fallback",
+            get(inbound::fallback).post(inbound::fallback),
+        )
+        .route("/twilio/status", get(status::status).post(status::status))
         .layer(middleware)
         // Health checks are polled every few seconds: kept out of the request log.
         .route("/healthz", get(health::healthz))

@@ -13,9 +13,17 @@ use axum::{
 };
 use std::sync::Arc;
 
-/// Verified webhook parameters.
+/// A verified webhook.
 #[derive(Debug)]
-pub struct Signed(pub Params);
+pub struct Signed {
+    /// Twilio's parameters: the form or JSON body of a POST, the query string of a GET.
+    pub params: Params,
+    /// The query string's parameters (ours, such as a reply's `reply_to`, on a POST).
+    pub query: Params,
+    /// The base URL the request was verified against (`https://hooks.example.com`), for URLs
+    /// we hand back to Twilio.
+    pub base: String,
+}
 
 /// How requests are verified: tokens, the public base URL, the body limit.
 #[derive(Debug)]
@@ -98,17 +106,25 @@ where
                         "accepted an unverified request (twilio.verify_signatures = false)"
                     );
                 }
-                Ok(Signed(params))
+                let query = uri
+                    .query()
+                    .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
+                    .map(Params::from_iter)
+                    .unwrap_or_default();
+                let base = url[..url.len() - path_and_query.len()].to_owned();
+                Ok(Signed {
+                    params,
+                    query,
+                    base,
+                })
             }
-            Err(rejection) => {
-                if let Rejection::Signature(_) = rejection {
-                    // The URL without its query (which may hold phone numbers) is what an
-                    // operator needs to spot a proxy or public_url mismatch.
-                    let checked = url.split(['?', '#']).next().unwrap_or_default();
-                    tracing::warn!(url = checked, "signature check used this URL");
-                }
-                Err(rejection.into())
-            }
+            Err(Rejection::Signature(reason)) => Err(AppError::BadSignature {
+                reason,
+                // The URL without its query (which may hold phone numbers) is what an
+                // operator needs to spot a proxy or public_url mismatch.
+                checked_url: url.split(['?', '#']).next().unwrap_or_default().to_owned(),
+            }),
+            Err(rejection) => Err(rejection.into()),
         }
     }
 }

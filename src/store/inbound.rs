@@ -2,7 +2,10 @@
 //! and the reply, in one transaction.
 
 use super::StoreError;
-use crate::{reply::Facts, twilio::InboundMessage};
+use crate::{
+    reply::Facts,
+    twilio::{InboundMessage, status},
+};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
@@ -15,25 +18,63 @@ pub enum Received {
     Duplicate { twiml: Option<String> },
 }
 
-/// A reply chosen for a stored message: the rule that answered and the rendered TwiML.
+/// A reply chosen for a stored message: the rule that answered, the rendered TwiML and the
+/// body of each of its messages.
 pub struct Reply {
     pub rule: Option<String>,
     pub twiml: String,
+    pub bodies: Vec<String>,
 }
 
-/// Stores `msg` once and its reply, chosen by `decide` from what the write revealed.
+/// A call to the fallback URL: why Twilio could not use the primary URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// `ErrorCode` when it is an integer (11200, 11205, ...).
+    pub error_code: Option<i32>,
+    /// `ErrorUrl`: the primary URL that failed.
+    pub error_url: Option<String>,
+}
+
+/// Stores `msg` once and its reply, chosen by `decide` from what the write revealed; for a
+/// fallback call, also the `failure` row, whether or not the message was new.
 ///
 /// Round trips for a new message: BEGIN, one statement for message + media + conversation +
-/// window, one for the reply, COMMIT. A concurrent copy of the same SID blocks on the
-/// unique index until the first commits, then finds its reply.
+/// window (+ NOTIFY), one for the reply, COMMIT. A concurrent copy of the same SID blocks on
+/// the unique index until the first commits, then finds its reply. Listeners are notified on
+/// commit (`NOTIFY twilio_receiver`).
 pub async fn receive(
     pool: &PgPool,
     msg: &InboundMessage,
     params: serde_json::Value,
     at: DateTime<Utc>,
+    failure: Option<&Failure>,
     decide: impl FnOnce(&Facts) -> Reply,
 ) -> Result<Received, StoreError> {
     let mut tx = pool.begin().await?;
+    if let Some(failure) = failure {
+        // Same transaction: a failure row never exists without its message, nor the reverse.
+        sqlx::query!(
+            r#"
+            with f as (
+                insert into webhook_failures (message_sid, error_code, error_url, received_at, params)
+                values ($1, $2, $3, $4, $5)
+                returning message_sid
+            )
+            select f.message_sid
+            from f, lateral (
+                select pg_notify('twilio_receiver',
+                                 json_build_object('kind', 'failure', 'message_sid', f.message_sid)::text)
+            ) as n
+            "#,
+            msg.sid,
+            failure.error_code,
+            failure.error_url,
+            at,
+            &params,
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+    }
     let media_index: Vec<i32> = msg.media.iter().map(|m| m.index).collect();
     let media_url: Vec<String> = msg.media.iter().map(|m| m.url.clone()).collect();
     let media_type: Vec<Option<String>> =
@@ -54,10 +95,10 @@ pub async fn receive(
                 frequently_forwarded, referral_source_type, referral_source_id,
                 referral_source_url, referral_headline, referral_body, referral_ctwa_clid,
                 from_country, to_country, channel_metadata, status, received_at, updated_at,
-                params)
+                params, status_rank)
             values ($1, $2, $3, 'inbound', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
                     $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29,
-                    $30, $31, $32, $33, $34, $34, $35)
+                    $30, $31, $32, $33, $34, $34, $35, $39)
             on conflict (message_sid) do nothing
             returning message_sid
         ), media as (
@@ -100,7 +141,12 @@ pub async fn receive(
         )
         select conv.inbound_count as "contact_inbound_count!",
                sess.inbound_count as "session_inbound_count!"
-        from conv cross join sess
+        from conv
+        cross join sess
+        cross join lateral (
+            select pg_notify('twilio_receiver',
+                             json_build_object('kind', 'message', 'message_sid', $1::text)::text)
+        ) as n
         "#,
         msg.sid,
         msg.account_sid,
@@ -136,17 +182,19 @@ pub async fn receive(
         msg.channel_metadata,
         msg.status,
         at,
-        params,
+        &params,
         &media_index,
         &media_url,
         &media_type as &[Option<String>],
+        msg.status.as_deref().and_then(status::rank),
     )
     .fetch_optional(&mut *tx)
     .await?;
 
     let Some(stored) = stored else {
         // A duplicate: the first delivery committed its reply together with the message.
-        tx.rollback().await?;
+        // Commit rather than roll back: a fallback call's failure row is new either way.
+        tx.commit().await?;
         let twiml =
             sqlx::query_scalar!("select twiml from replies where message_sid = $1", msg.sid)
                 .fetch_optional(pool)
@@ -160,10 +208,11 @@ pub async fn receive(
     };
     let reply = decide(&facts);
     sqlx::query!(
-        "insert into replies (message_sid, rule, twiml, created_at) values ($1, $2, $3, $4)",
+        "insert into replies (message_sid, rule, twiml, bodies, created_at) values ($1, $2, $3, $4, $5)",
         msg.sid,
         reply.rule,
         reply.twiml,
+        &reply.bodies,
         at,
     )
     .execute(&mut *tx)

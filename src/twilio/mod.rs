@@ -8,10 +8,12 @@ pub mod address;
 pub mod inbound;
 pub mod params;
 pub mod signature;
+pub mod status;
 pub mod verify;
 
 pub use address::Address;
 pub use inbound::{InboundMessage, MissingParam};
 pub use params::Params;
 pub use signature::SignatureError;
+pub use status::{ReplyLink, StatusCallback};
 pub use verify::{BodyKind, RawRequest, Rejection, Verifier};

@@ -79,7 +79,8 @@ async fn the_configured_reply_is_valid_escaped_twiml(pool: PgPool) {
     assert_eq!(
         response.body,
         concat!(
-            r#"<?xml version="1.0" encoding="UTF-8"?><Response><Message><Body>"#,
+            r#"<?xml version="1.0" encoding="UTF-8"?><Response>"#,
+            r#"<Message action="https://hooks.example.test/twilio/status?reply_to=SM00000000000000000000000000000001&amp;part=0" method="POST"><Body>"#,
             "Thanks! &lt;b&gt;Tom &amp; &quot;Jerry&quot;&lt;/b&gt; it&apos;s 🎉",
             "</Body></Message></Response>"
         )

@@ -3,9 +3,12 @@
 
 mod cli;
 mod database;
+mod fallback;
 mod helpers;
 mod inbound;
 mod logs;
 mod requests;
 mod sessions;
 mod signature;
+mod status;
+mod tracking;

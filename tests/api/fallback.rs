@@ -1,0 +1,144 @@
+//! The fallback URL: every call recorded, the message it carries stored exactly once, and a
+//! TwiML answer even when the database is down.
+
+use crate::helpers::*;
+use sqlx::PgPool;
+
+fn fallback_call(n: u32) -> Vec<(String, String)> {
+    let mut p = whatsapp_text(&sid(n), "whatsapp:+15551234567", "lost?");
+    p.extend(pairs(&[
+        ("ErrorCode", "11200"),
+        ("ErrorUrl", "https://hooks.example.test/twilio/messages"),
+    ]));
+    p
+}
+
+#[sqlx::test]
+async fn a_message_the_primary_lost_is_saved_from_the_fallback_call(pool: PgPool) {
+    let app = TestApp::with_env(pool, &[("TWILIO_RECEIVER__REPLY__BODY", "primary reply")]);
+
+    let response = app.post_signed("/twilio/fallback", &fallback_call(1)).await;
+
+    assert_eq!(response.status, 200);
+    assert_eq!(response.headers["content-type"], "text/xml; charset=utf-8");
+    assert!(
+        response.body.contains("<Body>primary reply</Body>"),
+        "{}",
+        response.body
+    );
+    assert_eq!(
+        app.count("select count(*) from messages where direction = 'inbound'")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.count("select inbound_count from conversations").await,
+        1
+    );
+    assert_eq!(app.count("select count(*) from sessions").await, 1);
+    let f = sqlx::query!("select message_sid, error_code, error_url, params from webhook_failures")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(f.message_sid.as_deref(), Some(sid(1).as_str()));
+    assert_eq!(f.error_code, Some(11200));
+    assert_eq!(
+        f.error_url.as_deref(),
+        Some("https://hooks.example.test/twilio/messages")
+    );
+    assert_eq!(f.params["ErrorCode"], "11200");
+    // The primary, retried later, finds the message and replays the same answer.
+    let retry = app
+        .post_signed(
+            "/twilio/messages",
+            &whatsapp_text(&sid(1), "whatsapp:+15551234567", "lost?"),
+        )
+        .await;
+    assert_eq!(retry.body, response.body);
+    assert_eq!(app.count("select count(*) from messages").await, 1);
+}
+
+#[sqlx::test]
+async fn a_message_the_primary_stored_is_not_duplicated_and_gets_the_same_reply(pool: PgPool) {
+    let app = TestApp::with_env(pool, &[("TWILIO_RECEIVER__REPLY__BODY", "primary reply")]);
+    let primary = app
+        .post_signed(
+            "/twilio/messages",
+            &whatsapp_text(&sid(1), "whatsapp:+15551234567", "lost?"),
+        )
+        .await;
+
+    let fallback = app.post_signed("/twilio/fallback", &fallback_call(1)).await;
+
+    assert_eq!(fallback.status, 200);
+    assert_eq!(fallback.body, primary.body);
+    assert_eq!(app.count("select count(*) from messages").await, 1);
+    assert_eq!(
+        app.count("select inbound_count from conversations").await,
+        1
+    );
+    assert_eq!(app.count("select count(*) from webhook_failures").await, 1);
+    // Each fallback call is a row of its own.
+    app.post_signed("/twilio/fallback", &fallback_call(1)).await;
+    assert_eq!(app.count("select count(*) from webhook_failures").await, 2);
+}
+
+#[sqlx::test]
+async fn an_empty_primary_reply_becomes_the_configured_fallback_reply(pool: PgPool) {
+    let app = TestApp::with_env(
+        pool,
+        &[(
+            "TWILIO_RECEIVER__REPLY__FALLBACK_BODY",
+            "We got it & will answer soon",
+        )],
+    );
+    let response = app.post_signed("/twilio/fallback", &fallback_call(1)).await;
+    assert_eq!(
+        response.body,
+        r#"<?xml version="1.0" encoding="UTF-8"?><Response><Message><Body>We got it &amp; will answer soon</Body></Message></Response>"#
+    );
+    assert_eq!(app.count("select count(*) from messages").await, 1);
+}
+
+#[sqlx::test]
+async fn fallback_calls_are_verified_against_the_fallback_url(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let signed_for_primary = signed_post(
+        &format!("{BASE}/twilio/messages"),
+        "/twilio/fallback",
+        &fallback_call(1),
+        TOKEN,
+    );
+    assert_eq!(app.send(signed_for_primary).await.status, 403);
+    assert_eq!(app.count("select count(*) from webhook_failures").await, 0);
+    assert_eq!(app.count("select count(*) from messages").await, 0);
+}
+
+#[tokio::test]
+async fn with_the_database_down_the_fallback_still_answers_its_twiml() {
+    let settings = settings(&[
+        (
+            "TWILIO_RECEIVER__DATABASE__URL",
+            "postgres://postgres@127.0.0.1:1/none",
+        ),
+        ("TWILIO_RECEIVER__DATABASE__ACQUIRE_TIMEOUT_MS", "300"),
+        (
+            "TWILIO_RECEIVER__REPLY__FALLBACK_BODY",
+            "Thanks, we will get back to you",
+        ),
+    ]);
+    let pool = twilio_receiver::store::pool(&settings.database).unwrap();
+    let app = TestApp::with_settings(pool, settings);
+
+    let response = app.post_signed("/twilio/fallback", &fallback_call(1)).await;
+
+    assert_eq!(response.status, 200);
+    assert_eq!(response.headers["content-type"], "text/xml; charset=utf-8");
+    assert!(
+        response
+            .body
+            .contains("<Body>Thanks, we will get back to you</Body>")
+    );
+    // The primary route, meanwhile, answers 503 so Twilio moves on to this fallback.
+    assert_eq!(app.post_text(2).await.status, 503);
+}

@@ -1,0 +1,180 @@
+//! Our own replies tracked to delivery, and NOTIFY for programs that react.
+
+use crate::helpers::*;
+use sqlx::{PgPool, postgres::PgListener};
+use std::time::Duration;
+
+#[sqlx::test]
+async fn a_reply_is_linked_to_its_inbound_message_and_tracked_to_read(pool: PgPool) {
+    let app = TestApp::with_env(
+        pool,
+        &[("TWILIO_RECEIVER__REPLY__BODY", "Thanks for writing!")],
+    );
+    let inbound = sid(1);
+    let answer = app
+        .post_signed(
+            "/twilio/messages",
+            &whatsapp_text(&inbound, "whatsapp:+15551234567", "hi"),
+        )
+        .await;
+
+    // The TwiML names where Twilio reports the reply's delivery.
+    let action = answer
+        .body
+        .split(r#"action=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the reply carries an action URL")
+        .replace("&amp;", "&");
+    assert_eq!(
+        action,
+        format!("{BASE}/twilio/status?reply_to={inbound}&part=0")
+    );
+
+    // Twilio creates the reply message and posts its statuses to that URL.
+    let path = action.strip_prefix(BASE).unwrap().to_owned();
+    let reply_sid = "SM77777777777777777777777777777777";
+    for status in ["queued", "sent", "delivered", "read"] {
+        let params = pairs(&[
+            ("MessageSid", reply_sid),
+            ("AccountSid", "AC00000000000000000000000000000000"),
+            ("From", BUSINESS),
+            ("To", "whatsapp:+15551234567"),
+            ("MessageStatus", status),
+        ]);
+        let response = app.send(signed_post(&action, &path, &params, TOKEN)).await;
+        assert_eq!(response.status, 204, "{status}");
+    }
+
+    let reply = sqlx::query!(
+        "select direction, in_reply_to, rule, reply_part, body, status from messages where message_sid = $1",
+        reply_sid
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(reply.direction, "outbound");
+    assert_eq!(reply.in_reply_to.as_deref(), Some(inbound.as_str()));
+    assert_eq!(reply.rule, None, "the default reply has no rule");
+    assert_eq!(reply.reply_part, Some(0));
+    assert_eq!(reply.body.as_deref(), Some("Thanks for writing!"));
+    assert_eq!(reply.status.as_deref(), Some("read"));
+
+    let d = sqlx::query!(
+        "select in_reply_to, queued_at, sent_at, delivered_at, read_at, failed_at from message_deliveries where message_sid = $1",
+        reply_sid
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(d.in_reply_to.as_deref(), Some(inbound.as_str()));
+    assert!(
+        d.queued_at.is_some()
+            && d.sent_at.is_some()
+            && d.delivered_at.is_some()
+            && d.read_at.is_some()
+    );
+    assert_eq!(d.failed_at, None);
+    assert_eq!(
+        app.count(
+            "select count(*) from conversation_messages where contact = 'whatsapp:+15551234567'"
+        )
+        .await,
+        2,
+        "the conversation shows both halves"
+    );
+}
+
+#[sqlx::test]
+async fn replies_carry_no_action_when_tracking_is_off(pool: PgPool) {
+    let app = TestApp::with_env(
+        pool,
+        &[
+            ("TWILIO_RECEIVER__REPLY__BODY", "hi"),
+            ("TWILIO_RECEIVER__REPLY__TRACK_DELIVERY", "false"),
+        ],
+    );
+    let answer = app.post_text(1).await;
+    assert!(
+        answer.body.contains("<Message><Body>hi</Body></Message>"),
+        "{}",
+        answer.body
+    );
+}
+
+#[sqlx::test]
+async fn the_action_url_follows_the_verified_base(pool: PgPool) {
+    let app = TestApp::with_env(
+        pool,
+        &[
+            ("TWILIO_RECEIVER__REPLY__BODY", "hi"),
+            ("TWILIO_RECEIVER__SERVER__PUBLIC_URL", ""),
+            ("TWILIO_RECEIVER__SERVER__TRUST_FORWARDED_HEADERS", "true"),
+        ],
+    );
+    let params = whatsapp_text(&sid(1), "whatsapp:+15551234567", "hi");
+    let mut request = signed_post(
+        "https://edge.example.test/rx/twilio/messages",
+        "/twilio/messages",
+        &params,
+        TOKEN,
+    );
+    let h = request.headers_mut();
+    h.insert("x-forwarded-proto", "https".parse().unwrap());
+    h.insert("x-forwarded-host", "edge.example.test".parse().unwrap());
+    h.insert("x-forwarded-prefix", "/rx".parse().unwrap());
+    let answer = app.send(request).await;
+    assert!(
+        answer
+            .body
+            .contains(r#"action="https://edge.example.test/rx/twilio/status?reply_to="#),
+        "{}",
+        answer.body
+    );
+}
+
+#[sqlx::test]
+async fn listeners_are_notified_after_each_commit(pool: PgPool) {
+    let mut listener = PgListener::connect_with(&pool).await.unwrap();
+    listener.listen("twilio_receiver").await.unwrap();
+    let app = TestApp::new(pool);
+
+    app.post_text(1).await;
+    app.post_text(1).await; // a duplicate: nothing new, no notification
+    let status = pairs(&[
+        ("MessageSid", "SM55555555555555555555555555555555"),
+        ("AccountSid", "AC00000000000000000000000000000000"),
+        ("From", BUSINESS),
+        ("To", "whatsapp:+15551234567"),
+        ("MessageStatus", "sent"),
+    ]);
+    app.post_signed("/twilio/status", &status).await;
+    let mut fallback = whatsapp_text(&sid(2), "whatsapp:+15551234567", "x");
+    fallback.push(("ErrorCode".into(), "11205".into()));
+    app.post_signed("/twilio/fallback", &fallback).await;
+
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let n = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+            .await
+            .expect("a notification")
+            .unwrap();
+        let payload: serde_json::Value = serde_json::from_str(n.payload()).unwrap();
+        got.push((
+            payload["kind"].as_str().unwrap().to_owned(),
+            payload["message_sid"].as_str().unwrap().to_owned(),
+        ));
+    }
+    assert_eq!(
+        got,
+        [
+            ("message".to_owned(), sid(1)),
+            (
+                "status".to_owned(),
+                "SM55555555555555555555555555555555".to_owned()
+            ),
+            ("failure".to_owned(), sid(2)),
+            ("message".to_owned(), sid(2)),
+        ]
+    );
+}

@@ -299,3 +299,33 @@ fn permutations(items: &[&'static str]) -> Vec<Vec<&'static str>> {
     }
     out
 }
+
+#[sqlx::test]
+async fn every_status_twilio_documents_is_accepted_and_stored(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let all = [
+        "queued",
+        "sending",
+        "sent",
+        "failed",
+        "delivered",
+        "undelivered",
+        "receiving",
+        "received",
+        "accepted",
+        "scheduled",
+        "read",
+        "partially_delivered",
+        "canceled",
+    ];
+    for (n, status) in all.iter().enumerate() {
+        let sid = sid(5000 + n as u32);
+        post_statuses(&app, &sid, &[status]).await;
+        assert_eq!(current(&app, &sid).await.0, *status);
+    }
+    assert_eq!(
+        app.count("select count(*) from message_status_events")
+            .await,
+        all.len() as i64
+    );
+}

@@ -25,6 +25,8 @@ create table message_status_events (
     status             text not null,
     -- ErrorCode when it parses as an integer; the raw value is always in params
     error_code         integer,
+    -- ErrorCode exactly as sent (what redeliveries are compared on)
+    error_code_raw     text,
     error_message      text,
     -- carrier DLR "done date" (YYMMDDhhmm, no time zone), SMS only
     raw_dlr_done_date  text,
@@ -33,7 +35,7 @@ create table message_status_events (
 );
 
 create unique index message_status_events_dedup_idx
-    on message_status_events (message_sid, status, error_code, raw_dlr_done_date) nulls not distinct;
+    on message_status_events (message_sid, status, error_code_raw, raw_dlr_done_date) nulls not distinct;
 create index message_status_events_received_at_idx on message_status_events (received_at);
 
 -- Every call Twilio made to the fallback URL because the primary URL failed.

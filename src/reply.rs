@@ -87,15 +87,17 @@ impl Replier {
         }
     }
 
-    /// What the fallback route answers when there is nothing better: `reply.fallback_body`,
-    /// or an empty `<Response/>`.
-    pub fn fallback_twiml(&self) -> String {
-        let messages: Vec<_> = self
-            .fallback_body
-            .iter()
-            .map(|body| twiml::Message::text(body.clone()))
-            .collect();
-        twiml::render(&messages)
+    /// What the fallback route answers when the primary reply is empty or the database is
+    /// unreachable: `reply.fallback_body`, or nothing.
+    pub fn fallback_decision(&self) -> Decision {
+        Decision {
+            rule: None,
+            messages: self
+                .fallback_body
+                .iter()
+                .map(|body| twiml::Message::text(body.clone()))
+                .collect(),
+        }
     }
 }
 
@@ -125,14 +127,13 @@ mod tests {
 
     #[test]
     fn the_fallback_reply_is_the_configured_body_or_nothing() {
-        assert_eq!(
-            Replier::new(None, None, true).fallback_twiml(),
-            twiml::EMPTY
-        );
         assert!(
-            Replier::new(None, Some("Sorry!".into()), true)
-                .fallback_twiml()
-                .contains("<Body>Sorry!</Body>")
+            Replier::new(None, None, true)
+                .fallback_decision()
+                .messages
+                .is_empty()
         );
+        let with_body = Replier::new(None, Some("Sorry!".into()), true).fallback_decision();
+        assert_eq!(with_body.messages, [twiml::Message::text("Sorry!")]);
     }
 }

@@ -53,6 +53,8 @@ pub fn app_state(settings: &Settings, db: PgPool) -> Result<AppState, StartupErr
         // Whoever builds state around a pool vouches for its schema; `Application::build`
         // replaces this when it has to wait for Postgres.
         schema_ready: watch::channel(true).1,
+        // Leaves a quarter of the request deadline to answer before the timeout layer's 503.
+        fallback_deadline: settings.server.request_timeout() * 3 / 4,
     })
 }
 

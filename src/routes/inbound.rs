@@ -42,22 +42,43 @@ pub async fn fallback(State(state): State<AppState>, signed: Signed) -> Result<R
         error_url: signed.params.non_empty("ErrorUrl").map(str::to_owned),
     };
     tracing::info!(error_code = ?failure.error_code, "fallback call");
-    let twiml = match receive(&state, &signed, &msg, Some(&failure)).await {
-        Ok(twiml) if twiml != twiml::EMPTY => twiml,
-        Ok(_) => state.replier.fallback_twiml(),
-        Err(AppError::Store(StoreError::Unavailable(e))) => {
+    // Bounded below the request deadline: a database that stops answering mid-request must
+    // still get the fallback TwiML out, never the timeout's 503.
+    let stored = tokio::time::timeout(
+        state.fallback_deadline,
+        receive(&state, &signed, &msg, Some(&failure)),
+    )
+    .await;
+    let twiml = match stored {
+        Ok(Ok(twiml)) if twiml != twiml::EMPTY => twiml,
+        // A duplicate whose first answer was empty.
+        Ok(Ok(_)) => fallback_twiml(&state, &signed, &msg),
+        Ok(Err(AppError::Store(StoreError::Unavailable(e)))) => {
             tracing::error!(error = %e, "database unavailable: answering the fallback reply; this message is NOT stored");
-            state.replier.fallback_twiml()
+            fallback_twiml(&state, &signed, &msg)
         }
-        Err(AppError::NotReady) => {
+        Ok(Err(AppError::NotReady)) => {
             tracing::error!(
                 "database not migrated yet: answering the fallback reply; this message is NOT stored"
             );
-            state.replier.fallback_twiml()
+            fallback_twiml(&state, &signed, &msg)
         }
-        Err(e) => return Err(e),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            tracing::error!(
+                "database too slow: answering the fallback reply; this message may NOT be stored"
+            );
+            fallback_twiml(&state, &signed, &msg)
+        }
     };
     Ok(twiml_response(twiml))
+}
+
+fn fallback_twiml(state: &AppState, signed: &Signed, msg: &InboundMessage) -> String {
+    state
+        .replier
+        .render(&state.replier.fallback_decision(), &signed.base, &msg.sid)
+        .twiml
 }
 
 /// Stores the message (and the failure, for fallback calls) and returns the TwiML to answer.
@@ -75,7 +96,10 @@ async fn receive(
         state.clock.now(),
         failure,
         |facts| {
-            let decision = state.replier.decide(msg, facts);
+            let mut decision = state.replier.decide(msg, facts);
+            if failure.is_some() && decision.messages.is_empty() {
+                decision = state.replier.fallback_decision();
+            }
             let rendered = state.replier.render(&decision, &signed.base, &msg.sid);
             Reply {
                 rule: decision.rule,

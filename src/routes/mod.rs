@@ -36,6 +36,8 @@ pub struct AppState {
     pub clock: Clock,
     /// `false` until migrations are applied; webhooks answer 503 meanwhile.
     pub schema_ready: watch::Receiver<bool>,
+    /// How long the fallback route waits for the database before answering its TwiML anyway.
+    pub fallback_deadline: Duration,
 }
 
 impl AppState {

@@ -143,9 +143,11 @@ pub async fn receive(
                sess.inbound_count as "session_inbound_count!"
         from conv
         cross join sess
+        -- Correlated with conv, so a duplicate (no conv row) can never notify.
         cross join lateral (
             select pg_notify('twilio_receiver',
                              json_build_object('kind', 'message', 'message_sid', $1::text)::text)
+            where conv.inbound_count is not null
         ) as n
         "#,
         msg.sid,

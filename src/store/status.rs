@@ -31,9 +31,9 @@ pub async fn record(
         with ev as (
             insert into message_status_events (
                 message_sid, status, error_code, error_message, raw_dlr_done_date, received_at,
-                params)
-            values ($1, $2, $3, $4, $5, $6, $7)
-            on conflict (message_sid, status, error_code, raw_dlr_done_date) do nothing
+                params, error_code_raw)
+            values ($1, $2, $3, $4, $5, $6, $7, $18)
+            on conflict (message_sid, status, error_code_raw, raw_dlr_done_date) do nothing
             returning id
         ), msg as (
             insert into messages as m (
@@ -75,9 +75,11 @@ pub async fn record(
         )
         select exists (select 1 from ev) as "new_event!",
                coalesce((select created from msg), false) as "created!",
+               -- Correlated with ev, so a redelivery (no ev row) can never notify.
                (select count(*) from ev, lateral (
                    select pg_notify('twilio_receiver',
                                     json_build_object('kind', 'status', 'message_sid', $1::text)::text)
+                   where ev.id is not null
                ) as n) as "notified!"
         "#,
         cb.sid,
@@ -97,6 +99,7 @@ pub async fn record(
         link.map(|l| l.part),
         failure,
         link.and_then(|l| l.rule.as_deref()),
+        cb.error_code_raw,
     )
     .fetch_one(pool)
     .await?;

@@ -55,6 +55,8 @@ pub struct StatusCallback {
     pub status: String,
     /// `ErrorCode` when it is an integer; the raw value stays in `params`.
     pub error_code: Option<i32>,
+    /// `ErrorCode` as sent: two different non-numeric codes are two different events.
+    pub error_code_raw: Option<String>,
     pub error_message: Option<String>,
     pub raw_dlr_done_date: Option<String>,
 }
@@ -77,6 +79,7 @@ impl StatusCallback {
                 .ok_or(MissingParam("MessageStatus"))?,
             messaging_service_sid: text("MessagingServiceSid"),
             error_code: p.get("ErrorCode").and_then(|v| v.trim().parse().ok()),
+            error_code_raw: text("ErrorCode"),
             error_message: text("ErrorMessage"),
             raw_dlr_done_date: text("RawDlrDoneDate"),
         })

@@ -84,7 +84,9 @@ async fn a_message_the_primary_stored_is_not_duplicated_and_gets_the_same_reply(
 }
 
 #[sqlx::test]
-async fn an_empty_primary_reply_becomes_the_configured_fallback_reply(pool: PgPool) {
+async fn an_empty_primary_reply_becomes_the_configured_fallback_reply_tracked_and_stored(
+    pool: PgPool,
+) {
     let app = TestApp::with_env(
         pool,
         &[(
@@ -95,9 +97,27 @@ async fn an_empty_primary_reply_becomes_the_configured_fallback_reply(pool: PgPo
     let response = app.post_signed("/twilio/fallback", &fallback_call(1)).await;
     assert_eq!(
         response.body,
-        r#"<?xml version="1.0" encoding="UTF-8"?><Response><Message><Body>We got it &amp; will answer soon</Body></Message></Response>"#
+        format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?><Response><Message action="{BASE}/twilio/status?reply_to={}&amp;part=0" method="POST"><Body>We got it &amp; will answer soon</Body></Message></Response>"#,
+            sid(1)
+        )
     );
     assert_eq!(app.count("select count(*) from messages").await, 1);
+    assert_eq!(
+        app.count(
+            "select count(*) from replies where bodies = array['We got it & will answer soon']"
+        )
+        .await,
+        1
+    );
+    // The primary, retried, replays the answer given.
+    let retry = app
+        .post_signed(
+            "/twilio/messages",
+            &whatsapp_text(&sid(1), "whatsapp:+15551234567", "lost?"),
+        )
+        .await;
+    assert_eq!(retry.body, response.body);
 }
 
 #[sqlx::test]
@@ -114,19 +134,15 @@ async fn fallback_calls_are_verified_against_the_fallback_url(pool: PgPool) {
     assert_eq!(app.count("select count(*) from messages").await, 0);
 }
 
-#[tokio::test]
-async fn with_the_database_down_the_fallback_still_answers_its_twiml() {
-    let settings = settings(&[
-        (
-            "TWILIO_RECEIVER__DATABASE__URL",
-            "postgres://postgres@127.0.0.1:1/none",
-        ),
-        ("TWILIO_RECEIVER__DATABASE__ACQUIRE_TIMEOUT_MS", "300"),
-        (
-            "TWILIO_RECEIVER__REPLY__FALLBACK_BODY",
-            "Thanks, we will get back to you",
-        ),
-    ]);
+/// With the database configured by `env` out of reach, the fallback route answers its TwiML
+/// while the primary route answers 503 (so Twilio moves on to the fallback).
+async fn fallback_answers_without_the_database(env: &[(&str, &str)]) {
+    let mut env = env.to_vec();
+    env.push((
+        "TWILIO_RECEIVER__REPLY__FALLBACK_BODY",
+        "Thanks, we will get back to you",
+    ));
+    let settings = settings(&env);
     let pool = twilio_receiver::store::pool(&settings.database).unwrap();
     let app = TestApp::with_settings(pool, settings);
 
@@ -139,6 +155,38 @@ async fn with_the_database_down_the_fallback_still_answers_its_twiml() {
             .body
             .contains("<Body>Thanks, we will get back to you</Body>")
     );
-    // The primary route, meanwhile, answers 503 so Twilio moves on to this fallback.
     assert_eq!(app.post_text(2).await.status, 503);
+}
+
+#[tokio::test]
+async fn with_the_database_down_the_fallback_still_answers_its_twiml() {
+    // Port 1 on loopback: nothing listens, connections are refused at once.
+    fallback_answers_without_the_database(&[
+        (
+            "TWILIO_RECEIVER__DATABASE__URL",
+            "postgres://postgres@127.0.0.1:1/none",
+        ),
+        ("TWILIO_RECEIVER__DATABASE__ACQUIRE_TIMEOUT_MS", "300"),
+    ])
+    .await;
+}
+
+/// A database that accepts connections and then never answers (a network partition, a hung
+/// server): the fallback still answers its TwiML before the request deadline's 503.
+#[tokio::test]
+async fn a_database_that_stops_answering_still_gets_the_fallback_twiml_out() {
+    // The kernel completes the TCP handshake from the backlog; nothing ever answers.
+    let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "postgres://postgres@{}/none",
+        black_hole.local_addr().unwrap()
+    );
+    fallback_answers_without_the_database(&[
+        ("TWILIO_RECEIVER__DATABASE__URL", &url),
+        // Longer than the request deadline, so only the fallback's own deadline can save it.
+        ("TWILIO_RECEIVER__DATABASE__ACQUIRE_TIMEOUT_MS", "5000"),
+        ("TWILIO_RECEIVER__SERVER__REQUEST_TIMEOUT_MS", "1000"),
+    ])
+    .await;
+    drop(black_hole);
 }

@@ -229,35 +229,66 @@ async fn unknown_statuses_and_odd_error_codes_are_kept_as_history(pool: PgPool) 
 }
 
 #[sqlx::test]
-async fn fifty_concurrent_callbacks_for_one_sid_end_at_the_highest_status(pool: PgPool) {
+async fn fifty_concurrent_callbacks_for_one_sid_never_lose_the_highest_status(pool: PgPool) {
     let app = TestApp::new(pool);
-    let statuses = ["queued", "sending", "sent", "delivered", "read"];
-    let callbacks: Vec<_> = (0..50)
-        .map(|i| callback(SENT_SID, statuses[i % statuses.len()], &[]))
-        .collect();
+    let lower = ["queued", "sending", "sent", "delivered"];
+    for round in 0..4u32 {
+        let sid = sid(6000 + round);
+        // Exactly one `read` among 49 lower statuses, at a different place each round.
+        let callbacks: Vec<_> = (0..50usize)
+            .map(|i| {
+                let status = if i == (round as usize * 13) % 50 {
+                    "read"
+                } else {
+                    lower[i % lower.len()]
+                };
+                callback(&sid, status, &[])
+            })
+            .collect();
 
-    let responses = join_all(
-        callbacks
-            .iter()
-            .map(|c| app.post_signed("/twilio/status", c)),
-    )
-    .await;
+        let responses = join_all(
+            callbacks
+                .iter()
+                .map(|c| app.post_signed("/twilio/status", c)),
+        )
+        .await;
 
-    assert!(
-        responses.iter().all(|r| r.status == 204),
-        "every callback acknowledged"
-    );
-    assert_eq!(current(&app, SENT_SID).await.0, "read");
+        assert!(
+            responses.iter().all(|r| r.status == 204),
+            "every callback acknowledged"
+        );
+        assert_eq!(current(&app, &sid).await.0, "read", "round {round}");
+    }
     assert_eq!(
         app.count("select count(*) from message_status_events")
             .await,
-        5
+        4 * 5
     );
-    assert_eq!(app.count("select count(*) from messages").await, 1);
+    assert_eq!(app.count("select count(*) from messages").await, 4);
     assert_eq!(
         app.count("select outbound_count from conversations").await,
-        1
+        4
     );
+}
+
+#[sqlx::test]
+async fn final_and_overriding_statuses_hold_through_the_route(pool: PgPool) {
+    let app = TestApp::new(pool);
+    for (n, (order, end)) in [
+        (&["read", "failed"][..], "failed"),
+        (&["delivered", "failed"][..], "failed"),
+        (&["read", "undelivered"][..], "read"),
+        (&["undelivered", "read"][..], "read"),
+        (&["scheduled", "canceled", "sent"][..], "canceled"),
+        (&["accepted", "scheduled"][..], "accepted"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let sid = sid(7000 + n as u32);
+        post_statuses(&app, &sid, order).await;
+        assert_eq!(current(&app, &sid).await.0, end, "{order:?}");
+    }
 }
 
 #[sqlx::test]

@@ -86,6 +86,47 @@ async fn a_reply_is_linked_to_its_inbound_message_and_tracked_to_read(pool: PgPo
 }
 
 #[sqlx::test]
+async fn a_later_part_of_a_reply_links_its_own_body_and_rule(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let inbound = sid(1);
+    app.post_text(1).await;
+    // A two-message reply answered by rule "menu" (the rules engine writes such rows).
+    sqlx::query!(
+        "update replies set rule = 'menu', bodies = array['Pick one:', '1) hours 2) prices'] where message_sid = $1",
+        inbound
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let action = twilio_receiver::twilio::ReplyLink::action_url(BASE, &inbound, Some("menu"), 1);
+    let path = action.strip_prefix(BASE).unwrap().to_owned();
+    let params = pairs(&[
+        ("MessageSid", "SM66666666666666666666666666666666"),
+        ("AccountSid", "AC00000000000000000000000000000000"),
+        ("From", BUSINESS),
+        ("To", "whatsapp:+15551234567"),
+        ("MessageStatus", "delivered"),
+    ]);
+    assert_eq!(
+        app.send(signed_post(&action, &path, &params, TOKEN))
+            .await
+            .status,
+        204
+    );
+
+    let reply = sqlx::query!(
+        "select in_reply_to, rule, reply_part, body from messages where message_sid = 'SM66666666666666666666666666666666'"
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(reply.in_reply_to.as_deref(), Some(inbound.as_str()));
+    assert_eq!(reply.rule.as_deref(), Some("menu"));
+    assert_eq!(reply.reply_part, Some(1));
+    assert_eq!(reply.body.as_deref(), Some("1) hours 2) prices"));
+}
+
+#[sqlx::test]
 async fn replies_carry_no_action_when_tracking_is_off(pool: PgPool) {
     let app = TestApp::with_env(
         pool,
@@ -149,6 +190,7 @@ async fn listeners_are_notified_after_each_commit(pool: PgPool) {
         ("MessageStatus", "sent"),
     ]);
     app.post_signed("/twilio/status", &status).await;
+    app.post_signed("/twilio/status", &status).await; // a redelivery: no notification
     let mut fallback = whatsapp_text(&sid(2), "whatsapp:+15551234567", "x");
     fallback.push(("ErrorCode".into(), "11205".into()));
     app.post_signed("/twilio/fallback", &fallback).await;

@@ -26,7 +26,18 @@ pub struct Settings {
     pub twilio: TwilioSettings,
     pub database: DatabaseSettings,
     pub reply: ReplySettings,
+    pub rules: RulesSettings,
     pub log: LogSettings,
+    /// Where `default.toml`, `{APP_ENV}.toml` and the default rules file are looked for.
+    #[serde(skip)]
+    pub config_dir: PathBuf,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct RulesSettings {
+    /// The rules file; empty means `rules.toml` in the config directory, if present.
+    #[serde(default)]
+    pub path: String,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -163,6 +174,7 @@ impl Settings {
             .build()?
             .try_deserialize()?;
         settings.apply_conventional(&sources.env)?;
+        settings.config_dir = sources.config_dir.clone();
         Ok(settings)
     }
 
@@ -261,7 +273,29 @@ impl Settings {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
             out.push(format!("log.filter: {e}"));
         }
+        if let Err(problems) = self.load_rules() {
+            out.extend(problems);
+        }
         out
+    }
+
+    /// The rules file and whether it must exist (it must when `rules.path` names it).
+    pub fn rules_file(&self) -> (PathBuf, bool) {
+        if self.rules.path.trim().is_empty() {
+            (self.config_dir.join("rules.toml"), false)
+        } else {
+            (PathBuf::from(self.rules.path.trim()), true)
+        }
+    }
+
+    /// Loads and compiles the rules. The default file may be absent (no rules); a configured
+    /// one may not.
+    pub fn load_rules(&self) -> Result<crate::rules::Rules, Vec<String>> {
+        let (path, required) = self.rules_file();
+        if !required && !path.exists() {
+            return Ok(crate::rules::Rules::empty());
+        }
+        crate::rules::Rules::load(&path)
     }
 
     /// The effective settings as TOML, secrets redacted.

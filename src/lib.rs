@@ -16,6 +16,8 @@ pub mod error;
 pub mod reply;
 /// Routes, extractors, middleware and shared state.
 pub mod routes;
+/// Reply rules: the rules file, compiled and evaluated.
+pub mod rules;
 /// Building, running and stopping the server.
 pub mod startup;
 /// Postgres: pool, migrations, queries.

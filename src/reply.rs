@@ -1,34 +1,76 @@
 //! What to answer an inbound message with. Pure: the caller passes in the message and the
-//! facts the store read back while saving it.
-//!
-//! This is where the rules engine plugs in: it replaces [`Replier::decide`]'s body and keeps
-//! its signature, so routes and storage do not change.
+//! facts the store read back while saving it; the rules (reloadable) decide.
 
 use crate::{
+    rules::{ConsentChange, Rules},
     twilio::{InboundMessage, ReplyLink},
     twiml,
 };
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use std::sync::{Arc, RwLock};
+
+/// A contact's consent to hear from a business.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsentState {
+    #[default]
+    Unknown,
+    OptedIn,
+    OptedOut,
+}
+
+impl ConsentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsentState::Unknown => "unknown",
+            ConsentState::OptedIn => "opted_in",
+            ConsentState::OptedOut => "opted_out",
+        }
+    }
+
+    pub fn from_db(value: Option<&str>) -> Self {
+        match value {
+            Some("opted_in") => ConsentState::OptedIn,
+            Some("opted_out") => ConsentState::OptedOut,
+            _ => ConsentState::Unknown,
+        }
+    }
+}
 
 /// What the store knows about the conversation once the message is saved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Facts {
     /// This is the contact's first inbound message to this business.
     pub first_contact: bool,
     /// This message opened a new 24-hour customer-service window.
     pub new_session: bool,
+    /// Inbound messages from this contact so far, this one included.
+    pub inbound_count: i64,
+    pub window_expires_at: Option<DateTime<Utc>>,
+    pub consent: ConsentState,
+    /// Earlier replies to this contact within the rules' longest `limit.per`: the rules that
+    /// answered (comma-separated) and when.
+    pub recent_replies: Vec<(String, DateTime<Utc>)>,
+    /// When the message was received.
+    pub now: DateTime<Utc>,
 }
 
 /// The answer chosen for a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
-    /// The rule that answered; `None` for the configured default reply or no reply.
+    /// The rules that answered, comma-separated; `None` for the default reply or no reply.
     pub rule: Option<String>,
-    pub messages: Vec<twiml::Message>,
+    /// Each message with the rule that produced it.
+    pub messages: Vec<(Option<String>, twiml::Message)>,
+    /// A consent change to record.
+    pub consent: Option<ConsentChange>,
 }
 
-/// Chooses replies and renders them. Today: the configured `reply.body`, or nothing.
-#[derive(Debug, Clone, Default)]
+/// Chooses replies and renders them.
+#[derive(Debug)]
 pub struct Replier {
+    rules: RwLock<Arc<Rules>>,
     default_body: Option<String>,
     fallback_body: Option<String>,
     track_delivery: bool,
@@ -44,45 +86,93 @@ pub struct Rendered {
 
 impl Replier {
     pub fn new(
+        rules: Rules,
         default_body: Option<String>,
         fallback_body: Option<String>,
         track_delivery: bool,
     ) -> Self {
         Replier {
+            rules: RwLock::new(Arc::new(rules)),
             default_body,
             fallback_body,
             track_delivery,
         }
     }
 
-    pub fn decide(&self, _message: &InboundMessage, _facts: &Facts) -> Decision {
+    /// The rules in force (a cheap handle: reloads swap the whole set at once).
+    pub fn rules(&self) -> Arc<Rules> {
+        self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the rules atomically (SIGHUP).
+    pub fn replace_rules(&self, rules: Rules) {
+        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rules);
+    }
+
+    pub fn decide(&self, message: &InboundMessage, facts: &Facts) -> Decision {
+        let evaluation = self.rules().evaluate(message, facts);
+        if !evaluation.matched.is_empty() {
+            return Decision {
+                rule: Some(evaluation.matched.join(",")),
+                messages: evaluation
+                    .messages
+                    .into_iter()
+                    .map(|(rule, m)| (Some(rule), m))
+                    .collect(),
+                consent: evaluation.consent,
+            };
+        }
+        // No rule answered: the default reply, never to a contact who opted out.
+        let default = self
+            .default_body
+            .iter()
+            .filter(|_| facts.consent != crate::reply::ConsentState::OptedOut)
+            .flat_map(|body| twiml::split_body(body))
+            .map(|body| (None, twiml::Message::text(body)))
+            .collect();
         Decision {
             rule: None,
-            messages: self
-                .default_body
-                .iter()
-                .map(|body| twiml::Message::text(body.clone()))
-                .collect(),
+            messages: default,
+            consent: None,
         }
     }
 
     /// The TwiML for `decision` answering `inbound_sid`. With delivery tracking on, each
     /// `<Message>` carries an `action` URL under `base` (the base URL the request was verified
-    /// against) naming the inbound SID, the rule and its position.
+    /// against) naming the inbound SID, the rule and its position. A document past Twilio's
+    /// 64 kB limit loses its last messages, with a warning.
     pub fn render(&self, decision: &Decision, base: &str, inbound_sid: &str) -> Rendered {
-        let mut messages = decision.messages.clone();
-        if self.track_delivery {
-            for (part, m) in messages.iter_mut().enumerate() {
-                m.action = Some(ReplyLink::action_url(
-                    base,
-                    inbound_sid,
-                    decision.rule.as_deref(),
-                    part,
-                ));
-            }
+        let mut messages: Vec<twiml::Message> = decision
+            .messages
+            .iter()
+            .enumerate()
+            .map(|(part, (rule, m))| {
+                let mut m = m.clone();
+                if self.track_delivery {
+                    m.action = Some(ReplyLink::action_url(
+                        base,
+                        inbound_sid,
+                        rule.as_deref(),
+                        part,
+                    ));
+                }
+                m
+            })
+            .collect();
+        let mut twiml = twiml::render(&messages);
+        while twiml.len() > twiml::MAX_DOCUMENT_BYTES && !messages.is_empty() {
+            messages.pop();
+            twiml = twiml::render(&messages);
+        }
+        if messages.len() < decision.messages.len() {
+            tracing::warn!(
+                kept = messages.len(),
+                dropped = decision.messages.len() - messages.len(),
+                "reply longer than Twilio's 64 kB TwiML limit: last messages dropped"
+            );
         }
         Rendered {
-            twiml: twiml::render(&messages),
+            twiml,
             bodies: messages.into_iter().map(|m| m.body).collect(),
         }
     }
@@ -95,8 +185,9 @@ impl Replier {
             messages: self
                 .fallback_body
                 .iter()
-                .map(|body| twiml::Message::text(body.clone()))
+                .map(|body| (None, twiml::Message::text(body.clone())))
                 .collect(),
+            consent: None,
         }
     }
 }
@@ -105,35 +196,56 @@ impl Replier {
 mod tests {
     use super::*;
 
+    fn replier(track: bool) -> Replier {
+        Replier::new(Rules::empty(), None, Some("Sorry!".into()), track)
+    }
+
     #[test]
-    fn tracked_replies_carry_an_action_per_message() {
-        let replier = Replier::new(None, None, true);
+    fn tracked_replies_carry_an_action_per_message_with_its_rule() {
         let decision = Decision {
-            rule: Some("greet".into()),
+            rule: Some("greet,menu".into()),
             messages: vec![
-                twiml::Message::text("one"),
-                twiml::Message::text("two & more"),
+                (Some("greet".into()), twiml::Message::text("one")),
+                (Some("menu".into()), twiml::Message::text("two & more")),
             ],
+            consent: None,
         };
-        let rendered = replier.render(&decision, "https://h.example", "SM1");
+        let rendered = replier(true).render(&decision, "https://h.example", "SM1");
         assert_eq!(rendered.bodies, ["one", "two & more"]);
         assert!(rendered.twiml.contains(
-            r#"<Message action="https://h.example/twilio/status?reply_to=SM1&amp;part=1&amp;rule=greet" method="POST"><Body>two &amp; more</Body>"#
+            r#"<Message action="https://h.example/twilio/status?reply_to=SM1&amp;part=1&amp;rule=menu" method="POST"><Body>two &amp; more</Body>"#
         ), "{}", rendered.twiml);
-        let untracked =
-            Replier::new(None, None, false).render(&decision, "https://h.example", "SM1");
+        let untracked = replier(false).render(&decision, "https://h.example", "SM1");
         assert!(!untracked.twiml.contains("action="));
+    }
+
+    #[test]
+    fn documents_over_64_kb_drop_their_last_messages() {
+        let big = "x".repeat(1500);
+        let decision = Decision {
+            rule: Some("huge".into()),
+            messages: (0..60)
+                .map(|_| (Some("huge".into()), twiml::Message::text(big.clone())))
+                .collect(),
+            consent: None,
+        };
+        let rendered = replier(true).render(&decision, "https://h.example", "SM1");
+        assert!(rendered.twiml.len() <= twiml::MAX_DOCUMENT_BYTES);
+        assert!(rendered.bodies.len() < 60 && rendered.bodies.len() > 30);
+        assert!(rendered.twiml.ends_with("</Response>"));
     }
 
     #[test]
     fn the_fallback_reply_is_the_configured_body_or_nothing() {
         assert!(
-            Replier::new(None, None, true)
+            Replier::new(Rules::empty(), None, None, true)
                 .fallback_decision()
                 .messages
                 .is_empty()
         );
-        let with_body = Replier::new(None, Some("Sorry!".into()), true).fallback_decision();
-        assert_eq!(with_body.messages, [twiml::Message::text("Sorry!")]);
+        assert_eq!(
+            replier(true).fallback_decision().messages,
+            [(None, twiml::Message::text("Sorry!"))]
+        );
     }
 }

@@ -33,6 +33,7 @@ pub fn app_state(settings: &Settings, db: PgPool) -> Result<AppState, StartupErr
     if !problems.is_empty() {
         return Err(StartupError::Config(problems));
     }
+    let rules = settings.load_rules().map_err(StartupError::Config)?;
     let base = settings
         .server
         .public_base()
@@ -45,6 +46,7 @@ pub fn app_state(settings: &Settings, db: PgPool) -> Result<AppState, StartupErr
             body_limit: settings.server.body_limit_bytes,
         }),
         replier: Arc::new(Replier::new(
+            rules,
             settings.default_reply(),
             settings.fallback_reply(),
             settings.reply.track_delivery,

@@ -28,6 +28,48 @@ impl Message {
     }
 }
 
+/// The most characters Twilio accepts in one `<Body>` (TWILIO.md §7).
+pub const MAX_BODY_CHARS: usize = 1600;
+
+/// The most bytes a TwiML document may have (Twilio error 11750).
+pub const MAX_DOCUMENT_BYTES: usize = 64_000;
+
+/// Splits a body longer than [`MAX_BODY_CHARS`] (counted in Unicode characters) into parts at
+/// word boundaries; a single word longer than the limit is cut. Always at least one part.
+pub fn split_body(body: &str) -> Vec<String> {
+    split_at(body, MAX_BODY_CHARS)
+}
+
+fn split_at(body: &str, max: usize) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut rest = body;
+    while rest.chars().count() > max {
+        // Byte offset just past the `max`-th character.
+        let limit = rest.char_indices().nth(max).map_or(rest.len(), |(i, _)| i);
+        let window = &rest[..limit];
+        // Break where the window ends at a space, else after the last whitespace inside the
+        // window, else cut the word.
+        let ends_at_space = rest[limit..].starts_with(char::is_whitespace);
+        let cut = if ends_at_space { Some(limit) } else { None };
+        let cut = cut
+            .or_else(|| {
+                window
+                    .char_indices()
+                    .rev()
+                    .find(|(_, c)| c.is_whitespace())
+                    .map(|(i, c)| i + c.len_utf8())
+                    .filter(|&i| window[..i].trim_end().chars().count() > 0)
+            })
+            .unwrap_or(limit);
+        parts.push(rest[..cut].trim_end().to_owned());
+        rest = rest[cut..].trim_start();
+    }
+    if !rest.is_empty() || parts.is_empty() {
+        parts.push(rest.to_owned());
+    }
+    parts
+}
+
 /// Renders a `<Response>` holding `messages` (an empty `<Response/>` when there are none).
 pub fn render(messages: &[Message]) -> String {
     if messages.is_empty() {
@@ -82,6 +124,21 @@ pub fn escape(text: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_bodies_split_at_word_boundaries_and_long_words_are_cut() {
+        assert_eq!(split_at("one two three", 7), ["one two", "three"]);
+        assert_eq!(split_at("abcdefghij", 4), ["abcd", "efgh", "ij"]);
+        assert_eq!(split_at("", 4), [""]);
+        assert_eq!(split_at("short", 10), ["short"]);
+        // Counted in characters, not bytes.
+        assert_eq!(split_at("ñññ ñññ", 3), ["ñññ", "ñññ"]);
+        let long = vec!["word"; 400].join(" ");
+        let parts = split_body(&long);
+        assert_eq!(parts.len(), 2);
+        assert!(parts.iter().all(|p| p.chars().count() <= MAX_BODY_CHARS));
+        assert_eq!(parts.join(" "), long);
+    }
 
     #[test]
     fn no_messages_is_an_empty_response() {

@@ -95,6 +95,7 @@ async fn receive(
         signed.params.to_json(),
         state.clock.now(),
         failure,
+        state.replier.rules().lookback(),
         |facts| {
             let mut decision = state.replier.decide(msg, facts);
             if failure.is_some() && decision.messages.is_empty() {
@@ -105,6 +106,7 @@ async fn receive(
                 rule: decision.rule,
                 twiml: rendered.twiml,
                 bodies: rendered.bodies,
+                consent: decision.consent.map(|c| c.state()),
             }
         },
     )

@@ -3,7 +3,7 @@
 
 use super::StoreError;
 use crate::{
-    reply::Facts,
+    reply::{ConsentState, Facts},
     twilio::{InboundMessage, status},
 };
 use chrono::{DateTime, Utc};
@@ -18,12 +18,13 @@ pub enum Received {
     Duplicate { twiml: Option<String> },
 }
 
-/// A reply chosen for a stored message: the rule that answered, the rendered TwiML and the
-/// body of each of its messages.
+/// A reply chosen for a stored message: the rule that answered, the rendered TwiML, the
+/// body of each of its messages, and the consent state it sets, if any.
 pub struct Reply {
     pub rule: Option<String>,
     pub twiml: String,
     pub bodies: Vec<String>,
+    pub consent: Option<ConsentState>,
 }
 
 /// A call to the fallback URL: why Twilio could not use the primary URL.
@@ -48,6 +49,7 @@ pub async fn receive(
     params: serde_json::Value,
     at: DateTime<Utc>,
     failure: Option<&Failure>,
+    lookback: chrono::Duration,
     decide: impl FnOnce(&Facts) -> Reply,
 ) -> Result<Received, StoreError> {
     let mut tx = pool.begin().await?;
@@ -140,7 +142,15 @@ pub async fn receive(
             returning s.inbound_count
         )
         select conv.inbound_count as "contact_inbound_count!",
-               sess.inbound_count as "session_inbound_count!"
+               sess.inbound_count as "session_inbound_count!",
+               conv.window_expires_at as "window_expires_at!",
+               (select k.state from consent k where k.business = $5 and k.contact = $6) as consent,
+               -- This contact's earlier replies within the rules' longest limit period.
+               array(select r.rule || '|' || to_char(m.received_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+                     from messages m join replies r on r.message_sid = m.message_sid
+                     where $40::float8 > 0 and m.business = $5 and m.contact = $6
+                       and m.received_at > $34 - $40::float8 * interval '1 second'
+                       and r.rule is not null) as "recent_replies!"
         from conv
         cross join sess
         -- Correlated with conv, so a duplicate (no conv row) can never notify.
@@ -189,6 +199,7 @@ pub async fn receive(
         &media_url,
         &media_type as &[Option<String>],
         msg.status.as_deref().and_then(status::rank),
+        lookback.num_milliseconds() as f64 / 1000.0,
     )
     .fetch_optional(&mut *tx)
     .await?;
@@ -207,8 +218,39 @@ pub async fn receive(
     let facts = Facts {
         first_contact: stored.contact_inbound_count == 1,
         new_session: stored.session_inbound_count == 1,
+        inbound_count: stored.contact_inbound_count,
+        window_expires_at: Some(stored.window_expires_at),
+        consent: ConsentState::from_db(stored.consent.as_deref()),
+        recent_replies: stored
+            .recent_replies
+            .iter()
+            .filter_map(|r| {
+                let (rules, at) = r.rsplit_once('|')?;
+                Some((rules.to_owned(), at.parse().ok()?))
+            })
+            .collect(),
+        now: at,
     };
     let reply = decide(&facts);
+    if let Some(state) = reply.consent {
+        sqlx::query!(
+            r#"
+            insert into consent (business, contact, state, message_sid, changed_at)
+            values ($1, $2, $3, $4, $5)
+            on conflict (business, contact) do update set
+                state = excluded.state,
+                message_sid = excluded.message_sid,
+                changed_at = excluded.changed_at
+            "#,
+            msg.to.expose(),
+            msg.from.expose(),
+            state.as_str(),
+            msg.sid,
+            at,
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
     sqlx::query!(
         "insert into replies (message_sid, rule, twiml, bodies, created_at) values ($1, $2, $3, $4, $5)",
         msg.sid,

@@ -292,10 +292,7 @@ impl Settings {
     /// one may not.
     pub fn load_rules(&self) -> Result<crate::rules::Rules, Vec<String>> {
         let (path, required) = self.rules_file();
-        if !required && !path.exists() {
-            return Ok(crate::rules::Rules::empty());
-        }
-        crate::rules::Rules::load(&path)
+        crate::rules::Rules::load_file(&path, required)
     }
 
     /// The effective settings as TOML, secrets redacted.

@@ -6,11 +6,12 @@ use crate::{
     config::{DatabaseSettings, PublicBase, Settings},
     reply::Replier,
     routes::{self, AppState, Clock, Signing},
+    rules::Rules,
     store,
 };
 use axum::Router;
 use sqlx::PgPool;
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, sync::watch};
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +90,8 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     schema_ready: watch::Receiver<bool>,
+    replier: Arc<Replier>,
+    rules_file: (PathBuf, bool),
 }
 
 impl Application {
@@ -126,8 +129,10 @@ impl Application {
             .map_err(|source| StartupError::Bind { addr, source })?;
         Ok(Application {
             listener,
+            replier: state.replier.clone(),
             router: routes::router(state, settings.server.request_timeout()),
             schema_ready: ready_rx,
+            rules_file: settings.rules_file(),
         })
     }
 
@@ -154,14 +159,54 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        #[cfg(unix)]
+        let reloader = tokio::spawn(reload_rules_on_sighup(
+            self.replier.clone(),
+            self.rules_file.clone(),
+        ));
         tracing::info!(addr = %self.listener.local_addr()?, "listening");
-        axum::serve(self.listener, self.router)
+        let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
-            .await
+            .await;
+        #[cfg(unix)]
+        reloader.abort();
+        served
+    }
+}
+
+/// `SIGHUP` reloads the rules file atomically; a file with problems keeps the rules in force.
+#[cfg(unix)]
+async fn reload_rules_on_sighup(replier: Arc<Replier>, (path, required): (PathBuf, bool)) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: rules reload is off");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match Rules::load_file(&path, required) {
+            Ok(rules) => {
+                let count = rules.len();
+                replier.replace_rules(rules);
+                tracing::info!(rules = count, path = %path.display(), "rules reloaded");
+            }
+            Err(problems) => tracing::error!(
+                problems = %problems.join("; "),
+                "rules file has problems; keeping the previous rules"
+            ),
+        }
     }
 }
 
 fn warn_about_risky_settings(settings: &Settings, state: &AppState) {
+    let (rules_path, required) = settings.rules_file();
+    if !required && !rules_path.exists() {
+        tracing::warn!(
+            path = %rules_path.display(),
+            "no rules file: inbound messages get reply.body or an empty answer"
+        );
+    } else {
+        tracing::info!(rules = state.replier.rules().len(), path = %rules_path.display(), "rules loaded");
+    }
     if !settings.twilio.verify_signatures {
         tracing::warn!(
             "twilio.verify_signatures is false: requests are NOT verified and anyone can write \

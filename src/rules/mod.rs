@@ -144,6 +144,15 @@ impl Rules {
         self.rules.is_empty()
     }
 
+    /// Loads `path`; when it is not `required` (the default location), a missing file means no
+    /// rules.
+    pub fn load_file(path: &Path, required: bool) -> Result<Self, Vec<String>> {
+        if !required && !path.exists() {
+            return Ok(Rules::empty());
+        }
+        Self::load(path)
+    }
+
     /// Reads and compiles a rules file. Every problem is reported, each naming the file, the
     /// rule and the reason; a file with any problem yields no rules at all.
     pub fn load(path: &Path) -> Result<Self, Vec<String>> {

@@ -313,3 +313,156 @@ async fn migrate_creates_a_missing_database_and_healthcheck_follows_the_server(p
     let down = healthcheck(listen).await.unwrap();
     assert_eq!(down.status.code(), Some(1));
 }
+
+#[test]
+fn check_config_names_the_file_rule_and_reason_of_each_rules_problem() {
+    let path = crate::rules::rules_file(
+        "bad-cli",
+        r#"
+        timezone = "Nowhere/City"
+        [[rules]]
+        name = "dup"
+        reply = { body = "a" }
+        [[rules]]
+        name = "dup"
+        when = { body_matches = "(" }
+        [[rules]]
+        name = "tpl"
+        reply = { body = "Hi {{ first_name }}" }
+        [[rules]]
+        name = "hours"
+        when = { outside_hours = { tz = "UTC", days = "mon", from = "18:00", to = "09:00" } }
+        [[rules]]
+        name = "media"
+        reply = { body = "x", media = ["https://a.example/1.png", "https://a.example/2.png"] }
+        [[rules]]
+        name = "keys"
+        when = { sender = "x" }
+        "#,
+    );
+    let file = path.to_str().unwrap();
+    let out = run(
+        &["check-config"],
+        &[
+            ("TWILIO_AUTH_TOKEN", "t"),
+            ("TWILIO_RECEIVER__RULES__PATH", file),
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        format!("{file}: unknown time zone"),
+        format!("{file}: rule `dup`: duplicate rule name"),
+        format!("{file}: rule `dup`: bad regex"),
+        format!("{file}: rule `tpl`: reply #1: body uses unknown variable(s) first_name"),
+        format!("{file}: rule `hours`: outside_hours: impossible hour range"),
+        format!("{file}: rule `media`: reply #1: 2 media items"),
+        format!("{file}: rule `keys`: unknown field `sender`"),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    let good = run(
+        &["check-config"],
+        &[
+            ("TWILIO_AUTH_TOKEN", "t"),
+            ("TWILIO_RECEIVER__RULES__PATH", "config/rules.example.toml"),
+        ],
+        "",
+    );
+    assert_eq!(
+        good.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+}
+
+/// One HTTP/1.1 POST over a plain socket; returns the response body.
+fn post(addr: &str, path: &str, params: &[(String, String)]) -> String {
+    use std::io::Read;
+    let body = serde_urlencoded::to_string(params).unwrap();
+    let signature = twilio_receiver::twilio::signature::compute(
+        TOKEN.as_bytes(),
+        &format!("{BASE}{path}"),
+        params,
+    );
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {FORM}\r\nX-Twilio-Signature: {signature}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// SIGHUP reloads the rules file of a running server; a bad file keeps the old rules. The
+/// server runs as a child process, so the signal reaches it alone.
+#[sqlx::test]
+async fn sighup_reloads_the_rules_and_a_bad_file_keeps_the_old_ones(pool: PgPool) {
+    let url = database_url(&pool);
+    tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let rules = |reply: &str| format!("[[rules]]\nname = \"ping\"\nwhen = {{ keywords = \"PING\" }}\nreply = {{ body = \"{reply}\" }}\n");
+        let path = crate::rules::rules_file("sighup", &rules("pong-1"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_twilio-receiver"))
+            .arg("serve")
+            .env_clear()
+            .envs([
+                ("TWILIO_AUTH_TOKEN", TOKEN),
+                ("TWILIO_RECEIVER__SERVER__PUBLIC_URL", BASE),
+                ("TWILIO_RECEIVER__SERVER__LISTEN", "127.0.0.1:0"),
+                ("TWILIO_RECEIVER__DATABASE__URL", url.as_str()),
+                ("TWILIO_RECEIVER__DATABASE__MIGRATE_ON_START", "false"),
+                ("TWILIO_RECEIVER__RULES__PATH", path.to_str().unwrap()),
+                ("TWILIO_RECEIVER__LOG__FORMAT", "json"),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        // Reads log lines until one with `message`, returning it.
+        let mut wait_for = |message: &str| -> serde_json::Value {
+            for line in lines.by_ref() {
+                let line: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+                if line["fields"]["message"] == message {
+                    return line;
+                }
+            }
+            panic!("the server exited before logging {message:?}");
+        };
+        let addr = wait_for("listening")["fields"]["addr"].as_str().unwrap().to_owned();
+        let hup = || {
+            let ok = Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+            assert!(ok.success());
+        };
+        let ping = |n| post(&addr, "/twilio/messages", &whatsapp_text(&sid(n), "whatsapp:+15551234567", "PING"));
+
+        assert!(ping(1).contains("<Body>pong-1</Body>"));
+        std::fs::write(&path, rules("pong-2")).unwrap();
+        hup();
+        wait_for("rules reloaded");
+        assert!(ping(2).contains("<Body>pong-2</Body>"));
+        std::fs::write(&path, "[[rules]]\nname = \"broken\"\nwhen = { body_matches = \"(\" }\n").unwrap();
+        hup();
+        let refused = wait_for("rules file has problems; keeping the previous rules");
+        assert!(refused["fields"]["problems"].as_str().unwrap().contains("bad regex"));
+        assert!(ping(3).contains("<Body>pong-2</Body>"));
+
+        child.kill().unwrap();
+        child.wait().unwrap();
+    })
+    .await
+    .unwrap();
+}

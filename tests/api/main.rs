@@ -8,6 +8,7 @@ mod helpers;
 mod inbound;
 mod logs;
 mod requests;
+pub mod rules;
 mod sessions;
 mod signature;
 mod status;

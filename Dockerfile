@@ -9,14 +9,16 @@ ENV SQLX_OFFLINE=true CARGO_TERM_COLOR=never
 # change, not on every source edit.
 COPY Cargo.toml Cargo.lock ./
 COPY .cargo .cargo
-RUN mkdir src \
+RUN mkdir src benches \
  && echo 'fn main() {}' > src/main.rs \
+ && echo 'fn main() {}' > benches/rules.rs \
  && touch src/lib.rs \
  && cargo build --release --locked \
  && rm -rf src target/release/deps/twilio_receiver* target/release/deps/libtwilio_receiver* \
            target/release/twilio-receiver* target/release/.fingerprint/twilio-receiver-*
 
 COPY src src
+COPY benches benches
 COPY migrations migrations
 COPY config config
 COPY .sqlx .sqlx

@@ -27,10 +27,27 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub reply: ReplySettings,
     pub rules: RulesSettings,
+    pub media: MediaSettings,
     pub log: LogSettings,
     /// Where `default.toml`, `{APP_ENV}.toml` and the default rules file are looked for.
     #[serde(skip)]
     pub config_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct MediaSettings {
+    pub archive: bool,
+    pub workers: usize,
+    pub storage: String,
+    pub max_bytes: u64,
+    pub max_attempts: i32,
+    pub retry_base_ms: u64,
+    pub timeout_ms: u64,
+    #[serde(deserialize_with = "string_list")]
+    pub credential_hosts: Vec<String>,
+    #[serde(deserialize_with = "string_list")]
+    pub redirect_hosts: Vec<String>,
+    pub allow_insecure_loopback: bool,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -276,6 +293,17 @@ impl Settings {
         if let Err(problems) = self.load_rules() {
             out.extend(problems);
         }
+        if self.media.archive {
+            if let Err(e) = crate::media::storage(&self.media.storage) {
+                out.push(format!("media.storage: {e}"));
+            }
+            if self.media.workers == 0 {
+                out.push("media.workers: must be at least 1 when media.archive is on".into());
+            }
+            if self.media.max_attempts < 1 {
+                out.push("media.max_attempts: must be at least 1".into());
+            }
+        }
         out
     }
 
@@ -431,6 +459,14 @@ impl StringOrList {
             .map(SecretString::from)
             .collect()
     }
+}
+
+fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(StringOrList::deserialize(d)?
+        .into_secrets()
+        .into_iter()
+        .map(|s| s.expose_secret().to_owned())
+        .collect())
 }
 
 fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {

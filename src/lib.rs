@@ -12,6 +12,8 @@ pub mod cli;
 pub mod config;
 /// Errors and their HTTP status codes.
 pub mod error;
+/// The media archive: background workers that download and store inbound media.
+pub mod media;
 /// The reply to an inbound message (where the rules engine plugs in).
 pub mod reply;
 /// Routes, extractors, middleware and shared state.

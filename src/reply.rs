@@ -109,8 +109,9 @@ impl Replier {
         *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rules);
     }
 
-    pub fn decide(&self, message: &InboundMessage, facts: &Facts) -> Decision {
-        let evaluation = self.rules().evaluate(message, facts);
+    /// Decides with `rules` (taken once per message with [`Replier::rules`]).
+    pub fn decide(&self, rules: &Rules, message: &InboundMessage, facts: &Facts) -> Decision {
+        let evaluation = rules.evaluate(message, facts);
         if !evaluation.matched.is_empty() {
             return Decision {
                 rule: Some(evaluation.matched.join(",")),

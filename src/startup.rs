@@ -4,6 +4,7 @@
 
 use crate::{
     config::{DatabaseSettings, PublicBase, Settings},
+    media::Archiver,
     reply::Replier,
     routes::{self, AppState, Clock, Signing},
     rules::Rules,
@@ -58,6 +59,7 @@ pub fn app_state(settings: &Settings, db: PgPool) -> Result<AppState, StartupErr
         schema_ready: watch::channel(true).1,
         // Leaves a quarter of the request deadline to answer before the timeout layer's 503.
         fallback_deadline: settings.server.request_timeout() * 3 / 4,
+        archive_media: settings.media.archive,
     })
 }
 
@@ -92,6 +94,11 @@ pub struct Application {
     schema_ready: watch::Receiver<bool>,
     replier: Arc<Replier>,
     rules_file: (PathBuf, bool),
+    archiver: Option<Archiver>,
+    /// Registered while building, so a SIGHUP during start-up (migrations) is queued rather
+    /// than taking its default action, which would end the process.
+    #[cfg(unix)]
+    hangups: Option<tokio::signal::unix::Signal>,
 }
 
 impl Application {
@@ -117,7 +124,13 @@ impl Application {
                 Err(e) => return Err(StartupError::Migrate(e)),
             }
         }
-        let mut state = app_state(settings, db)?;
+        let mut state = app_state(settings, db.clone())?;
+        let archiver = settings
+            .media
+            .archive
+            .then(|| Archiver::new(db, settings.media.clone(), settings.verifier()))
+            .transpose()
+            .map_err(|e| StartupError::Config(vec![format!("media.storage: {e}")]))?;
         state.schema_ready = ready_rx.clone();
         warn_about_risky_settings(settings, &state);
         let addr = settings
@@ -133,6 +146,9 @@ impl Application {
             router: routes::router(state, settings.server.request_timeout()),
             schema_ready: ready_rx,
             rules_file: settings.rules_file(),
+            archiver,
+            #[cfg(unix)]
+            hangups: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
         })
     }
 
@@ -160,28 +176,42 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         #[cfg(unix)]
-        let reloader = tokio::spawn(reload_rules_on_sighup(
-            self.replier.clone(),
-            self.rules_file.clone(),
-        ));
+        let reloader = self.hangups.map(|hangups| {
+            tokio::spawn(reload_rules_on_sighup(
+                hangups,
+                self.replier.clone(),
+                self.rules_file.clone(),
+            ))
+        });
+        let (stop_workers, workers_stop) = watch::channel(false);
+        let workers = self
+            .archiver
+            .map(|a| a.spawn(workers_stop))
+            .unwrap_or_default();
         tracing::info!(addr = %self.listener.local_addr()?, "listening");
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await;
         #[cfg(unix)]
-        reloader.abort();
+        if let Some(reloader) = reloader {
+            reloader.abort();
+        }
+        // Workers finish the item in hand; one cut short is retried after its lease.
+        stop_workers.send_replace(true);
+        for worker in workers {
+            let _ = worker.await;
+        }
         served
     }
 }
 
 /// `SIGHUP` reloads the rules file atomically; a file with problems keeps the rules in force.
 #[cfg(unix)]
-async fn reload_rules_on_sighup(replier: Arc<Replier>, (path, required): (PathBuf, bool)) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP: rules reload is off");
-        return;
-    };
+async fn reload_rules_on_sighup(
+    mut hangups: tokio::signal::unix::Signal,
+    replier: Arc<Replier>,
+    (path, required): (PathBuf, bool),
+) {
     while hangups.recv().await.is_some() {
         match Rules::load_file(&path, required) {
             Ok(rules) => {

@@ -42,7 +42,10 @@ pub fn split_body(body: &str) -> Vec<String> {
 
 fn split_at(body: &str, max: usize) -> Vec<String> {
     let mut parts = Vec::new();
-    let mut rest = body;
+    if body.chars().count() <= max {
+        return vec![body.to_owned()];
+    }
+    let mut rest = body.trim_start();
     while rest.chars().count() > max {
         // Byte offset just past the `max`-th character.
         let limit = rest.char_indices().nth(max).map_or(rest.len(), |(i, _)| i);

@@ -4,9 +4,10 @@
 use super::{AppState, Signed};
 use crate::{
     error::AppError,
+    reply::ConsentState,
     store::{
         self, StoreError,
-        inbound::{Failure, Received, Reply},
+        inbound::{Delivery, Failure, Received, Reply},
     },
     twilio::InboundMessage,
     twiml,
@@ -24,13 +25,16 @@ pub async fn inbound(State(state): State<AppState>, signed: Signed) -> Result<Re
     let msg = InboundMessage::parse(&signed.params)?;
     Span::current().record("message_sid", msg.sid.as_str());
     let twiml = receive(&state, &signed, &msg, None).await?;
-    Ok(twiml_response(twiml))
+    Ok(twiml_response(
+        twiml.unwrap_or_else(|| twiml::EMPTY.to_owned()),
+    ))
 }
 
 /// Twilio could not use the primary URL: record why, store the message it carries exactly as
 /// the primary would (same SID, so never twice), and answer the reply the primary would give,
-/// or `reply.fallback_body` when that reply is empty. With the database unreachable this
-/// still answers the fallback reply (200): the message is then NOT stored, and the log says so.
+/// or `reply.fallback_body` when no rule answered (a rule's deliberate silence, and an
+/// opted-out contact's, stay silent). With the database unreachable this still answers the
+/// fallback reply (200): the message is then NOT stored, and the log says so.
 pub async fn fallback(State(state): State<AppState>, signed: Signed) -> Result<Response, AppError> {
     let msg = InboundMessage::parse(&signed.params)?;
     Span::current().record("message_sid", msg.sid.as_str());
@@ -50,9 +54,9 @@ pub async fn fallback(State(state): State<AppState>, signed: Signed) -> Result<R
     )
     .await;
     let twiml = match stored {
-        Ok(Ok(twiml)) if twiml != twiml::EMPTY => twiml,
-        // A duplicate whose first answer was empty.
-        Ok(Ok(_)) => fallback_twiml(&state, &signed, &msg),
+        Ok(Ok(Some(twiml))) => twiml,
+        // A message stored before without a reply row (never happens when both commit together).
+        Ok(Ok(None)) => fallback_twiml(&state, &signed, &msg),
         Ok(Err(AppError::Store(StoreError::Unavailable(e)))) => {
             tracing::error!(error = %e, "database unavailable: answering the fallback reply; this message is NOT stored");
             fallback_twiml(&state, &signed, &msg)
@@ -81,44 +85,53 @@ fn fallback_twiml(state: &AppState, signed: &Signed, msg: &InboundMessage) -> St
         .twiml
 }
 
-/// Stores the message (and the failure, for fallback calls) and returns the TwiML to answer.
+/// Stores the message (and the failure, for fallback calls) and returns the TwiML to answer;
+/// `None` for a duplicate whose first delivery left no reply.
 async fn receive(
     state: &AppState,
     signed: &Signed,
     msg: &InboundMessage,
     failure: Option<&Failure>,
-) -> Result<String, AppError> {
+) -> Result<Option<String>, AppError> {
     state.ensure_schema()?;
-    let received = store::inbound::receive(
-        &state.db,
+    // One rule set for this message, even if SIGHUP swaps it meanwhile.
+    let rules = state.replier.rules();
+    let delivery = Delivery {
         msg,
-        signed.params.to_json(),
-        state.clock.now(),
+        params: signed.params.to_json(),
+        at: state.clock.now(),
         failure,
-        state.replier.rules().lookback(),
-        |facts| {
-            let mut decision = state.replier.decide(msg, facts);
-            if failure.is_some() && decision.messages.is_empty() {
-                decision = state.replier.fallback_decision();
-            }
-            let rendered = state.replier.render(&decision, &signed.base, &msg.sid);
-            Reply {
-                rule: decision.rule,
-                twiml: rendered.twiml,
-                bodies: rendered.bodies,
-                consent: decision.consent.map(|c| c.state()),
-            }
-        },
-    )
+        lookback: rules.lookback(),
+        archive_media: state.archive_media,
+    };
+    let received = store::inbound::receive(&state.db, delivery, |facts| {
+        let mut decision = state.replier.decide(&rules, msg, facts);
+        // The fallback body stands in only where no rule answered and the contact may
+        // be answered at all.
+        if failure.is_some()
+            && decision.rule.is_none()
+            && decision.messages.is_empty()
+            && facts.consent != ConsentState::OptedOut
+        {
+            decision = state.replier.fallback_decision();
+        }
+        let rendered = state.replier.render(&decision, &signed.base, &msg.sid);
+        Reply {
+            rule: decision.rule,
+            twiml: rendered.twiml,
+            bodies: rendered.bodies,
+            consent: decision.consent.map(|c| c.state()),
+        }
+    })
     .await?;
     Ok(match received {
         Received::New { twiml } => {
             tracing::info!(channel = %msg.to.channel(), media = msg.media.len(), "stored inbound message");
-            twiml
+            Some(twiml)
         }
         Received::Duplicate { twiml } => {
             tracing::info!("duplicate delivery; replaying the first reply");
-            twiml.unwrap_or_else(|| twiml::EMPTY.to_owned())
+            twiml
         }
     })
 }

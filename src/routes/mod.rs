@@ -38,6 +38,8 @@ pub struct AppState {
     pub schema_ready: watch::Receiver<bool>,
     /// How long the fallback route waits for the database before answering its TwiML anyway.
     pub fallback_deadline: Duration,
+    /// Queue inbound media for the archive (`media.archive`).
+    pub archive_media: bool,
 }
 
 impl AppState {

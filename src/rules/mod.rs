@@ -271,6 +271,11 @@ impl Rules {
                     .map(|m| self.render(&rule.name, m, context))
                     .filter(|m| !m.trim().is_empty())
                     .collect();
+                // A template that rendered nothing (and no media) sends nothing: Twilio rejects
+                // an empty message.
+                if body.trim().is_empty() && media.is_empty() {
+                    continue;
+                }
                 // Over-long bodies become several messages; the media goes with the first.
                 for (j, part) in twiml::split_body(&body).into_iter().enumerate() {
                     let message = twiml::Message {
@@ -462,10 +467,13 @@ impl When {
 fn media_type_matches(pattern: &str, content_type: &str) -> bool {
     let content_type = content_type.split(';').next().unwrap_or_default().trim();
     match pattern.strip_suffix("/*") {
-        Some(major) => content_type
-            .split('/')
-            .next()
-            .is_some_and(|m| m.eq_ignore_ascii_case(major)),
+        Some(major) => {
+            major == "*"
+                || content_type
+                    .split('/')
+                    .next()
+                    .is_some_and(|m| m.eq_ignore_ascii_case(major))
+        }
         None => pattern == "*" || pattern.eq_ignore_ascii_case(content_type),
     }
 }
@@ -519,6 +527,16 @@ fn compile(raw: RawRule, templates: &mut Environment<'static>) -> Result<Rule, V
     let within_hours = hours(w.within_hours, "within_hours");
     let outside_hours = hours(w.outside_hours, "outside_hours");
     let channel = w.channel.map(|c| c.to_ascii_lowercase());
+    if let Some(OneOrMany::Many(words)) = &w.keywords
+        && (words.is_empty() || words.iter().any(|k| k.trim().is_empty()))
+    {
+        errors.push("keywords: empty list or empty keyword".into());
+    }
+    if let Some(OneOrMany::One(word)) = &w.keywords
+        && word.trim().is_empty()
+    {
+        errors.push("keywords: empty keyword".into());
+    }
     let max_media = if channel.as_deref() == Some("sms") {
         10
     } else {
@@ -541,13 +559,13 @@ fn compile(raw: RawRule, templates: &mut Environment<'static>) -> Result<Rule, V
     });
 
     let mut reply = Vec::new();
-    for (i, r) in raw
-        .reply
-        .map(OneOrMany::into_vec)
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-    {
+    for (i, r) in raw.reply.into_vec().into_iter().enumerate() {
+        if r.body.trim().is_empty() && r.media.is_none() {
+            errors.push(format!(
+                "reply #{}: neither a body nor media (use reply = [] to answer nothing)",
+                i + 1
+            ));
+        }
         let media = r.media.map(OneOrMany::into_vec).unwrap_or_default();
         if media.len() > max_media {
             errors.push(format!(
@@ -596,7 +614,12 @@ fn compile(raw: RawRule, templates: &mut Environment<'static>) -> Result<Rule, V
     let when = When {
         case_sensitive,
         body_equals: w.body_equals.map(|b| b.trim().to_owned()),
-        keywords: w.keywords.map(OneOrMany::into_vec),
+        keywords: w.keywords.map(|k| {
+            k.into_vec()
+                .into_iter()
+                .map(|w| w.trim().to_owned())
+                .collect()
+        }),
         body_matches,
         has_media: w.has_media,
         media_type: w.media_type,
@@ -625,9 +648,12 @@ fn compile(raw: RawRule, templates: &mut Environment<'static>) -> Result<Rule, V
     }
 }
 
-/// `90s`, `30m`, `12h`, `7d`, `1w`, or sums like `1h30m`.
+/// The longest `limit.per` accepted: loop protection looks back at most a year.
+const MAX_LIMIT_PERIOD_DAYS: i64 = 366;
+
+/// `90s`, `30m`, `12h`, `7d`, `1w`, or sums like `1h30m`; at most a year.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("not a duration: {s:?} (use e.g. 30m, 12h, 7d)");
+    let bad = || format!("not a duration: {s:?} (use e.g. 30m, 12h, 7d; at most 366d)");
     let mut total = Duration::zero();
     let mut digits = String::new();
     for c in s.trim().chars() {
@@ -637,27 +663,49 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         }
         let n: i64 = digits.parse().map_err(|_| bad())?;
         digits.clear();
-        total += match c {
-            's' => Duration::seconds(n),
-            'm' => Duration::minutes(n),
-            'h' => Duration::hours(n),
-            'd' => Duration::days(n),
-            'w' => Duration::weeks(n),
-            _ => return Err(bad()),
-        };
+        let part = match c {
+            's' => Duration::try_seconds(n),
+            'm' => Duration::try_minutes(n),
+            'h' => Duration::try_hours(n),
+            'd' => Duration::try_days(n),
+            'w' => Duration::try_weeks(n),
+            _ => None,
+        }
+        .ok_or_else(bad)?;
+        total = total.checked_add(&part).ok_or_else(bad)?;
     }
-    if !digits.is_empty() || total <= Duration::zero() {
+    if !digits.is_empty()
+        || total <= Duration::zero()
+        || total > Duration::days(MAX_LIMIT_PERIOD_DAYS)
+    {
         return Err(bad());
     }
     Ok(total)
 }
 
-/// A single value wherever a list is accepted (and a list wherever a table is).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// A single value wherever a list is accepted (and a list wherever a table is). Deserialized
+/// by hand so an error names the real problem (an unknown key inside an item, a wrong type)
+/// rather than "did not match any variant".
+#[derive(Debug)]
 enum OneOrMany<T> {
     Many(Vec<T>),
     One(T),
+}
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match toml::Value::deserialize(d)? {
+            toml::Value::Array(items) => items
+                .into_iter()
+                .map(|item| T::deserialize(item).map_err(|e| D::Error::custom(e.message().trim())))
+                .collect::<Result<_, _>>()
+                .map(OneOrMany::Many),
+            one => T::deserialize(one)
+                .map(OneOrMany::One)
+                .map_err(|e| D::Error::custom(e.message().trim())),
+        }
+    }
 }
 
 impl<T> OneOrMany<T> {
@@ -675,7 +723,8 @@ struct RawRule {
     name: String,
     #[serde(default)]
     when: RawWhen,
-    reply: Option<OneOrMany<RawReply>>,
+    /// Required: `reply = []` is the explicit way to answer nothing.
+    reply: OneOrMany<RawReply>,
     consent: Option<ConsentChange>,
     limit: Option<RawLimit>,
     #[serde(default, rename = "continue")]

@@ -141,6 +141,9 @@ fn media_type_button_channel_and_addresses() {
         reply = { body = "sms" }
         "#,
     );
+    assert!(
+        media_type_matches("*/*", "audio/ogg") && media_type_matches("IMAGE/*", "image/png; x=1")
+    );
     let image = message(&[
         ("NumMedia", "1"),
         ("MediaUrl0", "https://api.twilio.com/m"),
@@ -411,7 +414,9 @@ fn a_template_that_loops_too_long_runs_out_of_fuel_instead_of_hanging() {
         "[[rules]]\nname = \"spin\"\nreply = { body = \"{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}\" }\n",
     );
     let e = r.evaluate(&text("hi"), &facts());
-    assert_eq!(e.messages[0].1.body, "");
+    // The rule still answered; its empty message is not sent (Twilio rejects empty bodies).
+    assert_eq!(e.matched, ["spin"]);
+    assert!(e.messages.is_empty());
 }
 
 #[test]
@@ -428,9 +433,31 @@ fn every_kind_of_error_is_reported_with_file_rule_and_reason() {
         [[rules]]
         name = "bad regex"
         when = { body_matches = "(" }
+        reply = []
         [[rules]]
         name = "unknown-key"
         when = { body_contains = "x" }
+        reply = []
+        [[rules]]
+        name = "reply-key"
+        reply = { body = "x", medai = "https://a.example/1.png" }
+        [[rules]]
+        name = "hours-key"
+        when = { within_hours = [{ tz = "UTC", days = "mon", from = "09:00", to = "10:00", until = "x" }] }
+        reply = []
+        [[rules]]
+        name = "no-reply"
+        [[rules]]
+        name = "empty-reply"
+        reply = { body = " " }
+        [[rules]]
+        name = "huge-limit"
+        limit = { count = 1, per = "999999999999w" }
+        reply = []
+        [[rules]]
+        name = "empty-keyword"
+        when = { keywords = ["STOP", " "] }
+        reply = []
         [[rules]]
         name = "template"
         reply = { body = "{{ nope }} {% if %}" }
@@ -440,9 +467,11 @@ fn every_kind_of_error_is_reported_with_file_rule_and_reason() {
         [[rules]]
         name = "hours"
         when = { within_hours = { tz = "Mars/Base", days = "mon", from = "18:00", to = "09:00" } }
+        reply = []
         [[rules]]
         name = "range"
         when = { outside_hours = { tz = "UTC", days = "mon", from = "18:00", to = "09:00" } }
+        reply = []
         [[rules]]
         name = "media"
         reply = { body = "x", media = ["https://a.example/1.png", "https://a.example/2.png"] }
@@ -453,6 +482,7 @@ fn every_kind_of_error_is_reported_with_file_rule_and_reason() {
         [[rules]]
         name = "limit"
         limit = { count = 1, per = "soon" }
+        reply = []
     "#;
     let problems = Rules::parse(bad, "rules.toml").unwrap_err();
     let all = problems.join("\n");
@@ -469,6 +499,12 @@ fn every_kind_of_error_is_reported_with_file_rule_and_reason() {
         "rules.toml: rule `range`: outside_hours: impossible hour range 18:00-09:00",
         "rules.toml: rule `media`: reply #1: 2 media items",
         "rules.toml: rule `limit`: limit.per: not a duration",
+        "rules.toml: rule `reply-key`: unknown field `medai`",
+        "rules.toml: rule `hours-key`: unknown field `until`",
+        "rules.toml: rule `no-reply`: missing field `reply`",
+        "rules.toml: rule `empty-reply`: reply #1: neither a body nor media",
+        "rules.toml: rule `huge-limit`: limit.per: not a duration",
+        "rules.toml: rule `empty-keyword`: keywords: empty",
     ] {
         assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
     }
@@ -484,7 +520,50 @@ fn durations() {
     assert_eq!(parse_duration("12h").unwrap(), Duration::hours(12));
     assert_eq!(parse_duration("1h30m").unwrap(), Duration::minutes(90));
     assert_eq!(parse_duration("7d").unwrap(), Duration::days(7));
-    for bad in ["", "12", "h", "0h", "3y"] {
+    assert!(parse_duration("366d").is_ok());
+    for bad in [
+        "",
+        "12",
+        "h",
+        "0h",
+        "3y",
+        "367d",
+        "999999999999w",
+        "99999999999999999999s",
+    ] {
         assert!(parse_duration(bad).is_err(), "{bad}");
     }
+}
+
+#[test]
+fn hours_on_the_day_the_clocks_change() {
+    // Madrid springs forward on Sunday 2026-03-29 at 01:00 UTC (02:00 CET -> 03:00 CEST).
+    let r = rules(
+        "[[rules]]\nname = \"sunday\"\nwhen = { within_hours = { tz = \"Europe/Madrid\", days = \"sun\", from = \"09:00\", to = \"10:00\" } }\nreply = []\n",
+    );
+    let at = |h, m| Facts {
+        now: Utc.with_ymd_and_hms(2026, 3, 29, h, m, 0).unwrap(),
+        ..facts()
+    };
+    assert_eq!(
+        matched(&r, &text("hi"), &at(7, 0)),
+        ["sunday"],
+        "07:00 UTC is 09:00 CEST"
+    );
+    assert!(
+        matched(&r, &text("hi"), &at(8, 0)).is_empty(),
+        "08:00 UTC is 10:00 CEST"
+    );
+    assert!(matched(&r, &text("hi"), &at(6, 59)).is_empty());
+    // And back: Sunday 2026-10-25 01:00 UTC (03:00 CEST -> 02:00 CET).
+    let at = |h, m| Facts {
+        now: Utc.with_ymd_and_hms(2026, 10, 25, h, m, 0).unwrap(),
+        ..facts()
+    };
+    assert_eq!(
+        matched(&r, &text("hi"), &at(8, 0)),
+        ["sunday"],
+        "08:00 UTC is 09:00 CET"
+    );
+    assert!(matched(&r, &text("hi"), &at(7, 59)).is_empty());
 }

@@ -27,6 +27,20 @@ pub struct Reply {
     pub consent: Option<ConsentState>,
 }
 
+/// One delivery of an inbound message, with what storing it needs to know.
+pub struct Delivery<'a> {
+    pub msg: &'a InboundMessage,
+    /// Every parameter as received (`Params::to_json`).
+    pub params: serde_json::Value,
+    pub at: DateTime<Utc>,
+    /// For a call to the fallback URL: why the primary URL failed.
+    pub failure: Option<&'a Failure>,
+    /// How far back the rules look at this contact's earlier replies (their longest limit).
+    pub lookback: chrono::Duration,
+    /// Queue the message's media for the archive.
+    pub archive_media: bool,
+}
+
 /// A call to the fallback URL: why Twilio could not use the primary URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
@@ -40,18 +54,22 @@ pub struct Failure {
 /// fallback call, also the `failure` row, whether or not the message was new.
 ///
 /// Round trips for a new message: BEGIN, one statement for message + media + conversation +
-/// window (+ NOTIFY), one for the reply, COMMIT. A concurrent copy of the same SID blocks on
+/// window (+ NOTIFY), one reading consent and recent replies, one for the reply, COMMIT. A concurrent copy of the same SID blocks on
 /// the unique index until the first commits, then finds its reply. Listeners are notified on
 /// commit (`NOTIFY twilio_receiver`).
 pub async fn receive(
     pool: &PgPool,
-    msg: &InboundMessage,
-    params: serde_json::Value,
-    at: DateTime<Utc>,
-    failure: Option<&Failure>,
-    lookback: chrono::Duration,
+    delivery: Delivery<'_>,
     decide: impl FnOnce(&Facts) -> Reply,
 ) -> Result<Received, StoreError> {
+    let Delivery {
+        msg,
+        params,
+        at,
+        failure,
+        lookback,
+        archive_media,
+    } = delivery;
     let mut tx = pool.begin().await?;
     if let Some(failure) = failure {
         // Same transaction: a failure row never exists without its message, nor the reverse.
@@ -104,8 +122,12 @@ pub async fn receive(
             on conflict (message_sid) do nothing
             returning message_sid
         ), media as (
-            insert into message_media (message_sid, index, url, content_type)
-            select msg.message_sid, m.index, m.url, m.content_type
+            -- With the media archive on, each item is queued here, in the message's own
+            -- transaction, so no crash can lose the job.
+            insert into message_media (
+                message_sid, index, url, content_type, archive_state, archive_next_at)
+            select msg.message_sid, m.index, m.url, m.content_type,
+                   case when $40 then 'pending' end, case when $40 then now() end
             from msg
             cross join unnest($36::int4[], $37::text[], $38::text[]) as m (index, url, content_type)
         ), conv as (
@@ -143,14 +165,7 @@ pub async fn receive(
         )
         select conv.inbound_count as "contact_inbound_count!",
                sess.inbound_count as "session_inbound_count!",
-               conv.window_expires_at as "window_expires_at!",
-               (select k.state from consent k where k.business = $5 and k.contact = $6) as consent,
-               -- This contact's earlier replies within the rules' longest limit period.
-               array(select r.rule || '|' || to_char(m.received_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-                     from messages m join replies r on r.message_sid = m.message_sid
-                     where $40::float8 > 0 and m.business = $5 and m.contact = $6
-                       and m.received_at > $34 - $40::float8 * interval '1 second'
-                       and r.rule is not null) as "recent_replies!"
+               conv.window_expires_at as "window_expires_at!"
         from conv
         cross join sess
         -- Correlated with conv, so a duplicate (no conv row) can never notify.
@@ -199,7 +214,7 @@ pub async fn receive(
         &media_url,
         &media_type as &[Option<String>],
         msg.status.as_deref().and_then(status::rank),
-        lookback.num_milliseconds() as f64 / 1000.0,
+        archive_media,
     )
     .fetch_optional(&mut *tx)
     .await?;
@@ -215,13 +230,33 @@ pub async fn receive(
         return Ok(Received::Duplicate { twiml });
     };
 
+    // Read after the upsert, in a statement of its own: the conversation row is locked by
+    // now, and a new statement sees what an earlier message of this contact committed (an
+    // opt-out, a reply that counts towards a limit) while this one waited for the lock.
+    let history = sqlx::query!(
+        r#"
+        select (select k.state from consent k where k.business = $1 and k.contact = $2) as consent,
+               array(select r.rule || '|' || to_char(m.received_at at time zone 'UTC',
+                                                     'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+                     from messages m join replies r on r.message_sid = m.message_sid
+                     where $4::float8 > 0 and m.business = $1 and m.contact = $2
+                       and m.received_at > $3::timestamptz - $4::float8 * interval '1 second'
+                       and r.rule is not null) as "recent_replies!"
+        "#,
+        msg.to.expose(),
+        msg.from.expose(),
+        at,
+        lookback.num_milliseconds() as f64 / 1000.0,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     let facts = Facts {
         first_contact: stored.contact_inbound_count == 1,
         new_session: stored.session_inbound_count == 1,
         inbound_count: stored.contact_inbound_count,
         window_expires_at: Some(stored.window_expires_at),
-        consent: ConsentState::from_db(stored.consent.as_deref()),
-        recent_replies: stored
+        consent: ConsentState::from_db(history.consent.as_deref()),
+        recent_replies: history
             .recent_replies
             .iter()
             .filter_map(|r| {

@@ -2,6 +2,7 @@
 //! HTTP; it returns [`StoreError`], and only `routes` turns that into a status code.
 
 pub mod inbound;
+pub mod media;
 pub mod status;
 
 use crate::config::DatabaseSettings;

@@ -326,18 +326,35 @@ fn check_config_names_the_file_rule_and_reason_of_each_rules_problem() {
         [[rules]]
         name = "dup"
         when = { body_matches = "(" }
+        reply = []
         [[rules]]
         name = "tpl"
         reply = { body = "Hi {{ first_name }}" }
         [[rules]]
+        name = "syntax"
+        reply = { body = "{% if %}" }
+        [[rules]]
         name = "hours"
         when = { outside_hours = { tz = "UTC", days = "mon", from = "18:00", to = "09:00" } }
+        reply = []
+        [[rules]]
+        name = "time"
+        when = { within_hours = { tz = "UTC", days = "mon", from = "25:00", to = "26:00" } }
+        reply = []
+        [[rules]]
+        name = "limit"
+        limit = { count = 1, per = "forever" }
+        reply = []
         [[rules]]
         name = "media"
         reply = { body = "x", media = ["https://a.example/1.png", "https://a.example/2.png"] }
         [[rules]]
         name = "keys"
         when = { sender = "x" }
+        reply = []
+        [[rules]]
+        name = "item-keys"
+        reply = { body = "x", attachment = "y" }
         "#,
     );
     let file = path.to_str().unwrap();
@@ -359,6 +376,10 @@ fn check_config_names_the_file_rule_and_reason_of_each_rules_problem() {
         format!("{file}: rule `hours`: outside_hours: impossible hour range"),
         format!("{file}: rule `media`: reply #1: 2 media items"),
         format!("{file}: rule `keys`: unknown field `sender`"),
+        format!("{file}: rule `syntax`: reply #1: bad template in body"),
+        format!("{file}: rule `time`: within_hours: impossible time"),
+        format!("{file}: rule `limit`: limit.per: not a duration"),
+        format!("{file}: rule `item-keys`: unknown field `attachment`"),
     ] {
         assert!(
             stderr.contains(&expected),
@@ -454,7 +475,7 @@ async fn sighup_reloads_the_rules_and_a_bad_file_keeps_the_old_ones(pool: PgPool
         hup();
         wait_for("rules reloaded");
         assert!(ping(2).contains("<Body>pong-2</Body>"));
-        std::fs::write(&path, "[[rules]]\nname = \"broken\"\nwhen = { body_matches = \"(\" }\n").unwrap();
+        std::fs::write(&path, "[[rules]]\nname = \"broken\"\nwhen = { body_matches = \"(\" }\nreply = []\n").unwrap();
         hup();
         let refused = wait_for("rules file has problems; keeping the previous rules");
         assert!(refused["fields"]["problems"].as_str().unwrap().contains("bad regex"));

@@ -209,3 +209,75 @@ async fn a_missing_configured_rules_file_stops_the_start(pool: PgPool) {
     );
     assert!(twilio_receiver::startup::app_state(&settings, pool).is_err());
 }
+
+#[sqlx::test]
+async fn the_fallback_route_keeps_rule_silence_and_opt_outs_silent(pool: PgPool) {
+    let app = app_with_rules(
+        pool,
+        "fallback-silence",
+        &format!(
+            "{}\n[[rules]]\nname = \"quiet\"\nwhen = {{ message_type = \"location\" }}\nreply = []\n",
+            std::fs::read_to_string("config/rules.toml").unwrap()
+        ),
+        &[(
+            "TWILIO_RECEIVER__REPLY__FALLBACK_BODY",
+            "We will get back to you",
+        )],
+    );
+    let fallback = |n: u32, body: &str, extra: &[(&str, &str)]| {
+        let mut p = whatsapp_text(&sid(n), ANA, body);
+        p.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
+        p.extend(pairs(extra));
+        p.extend(pairs(&[("ErrorCode", "11200")]));
+        p
+    };
+    // No rule answers: the fallback body.
+    let r = app
+        .post_signed("/twilio/fallback", &fallback(1, "hello", &[]))
+        .await;
+    assert_eq!(bodies(&r.body), ["We will get back to you"]);
+    // A rule that answers nothing stays silent, and is recorded as the rule that answered.
+    let r = app
+        .post_signed(
+            "/twilio/fallback",
+            &fallback(2, "", &[("MessageType", "location")]),
+        )
+        .await;
+    assert!(bodies(&r.body).is_empty(), "{}", r.body);
+    assert_eq!(
+        app.count("select count(*) from replies where rule = 'quiet'")
+            .await,
+        1
+    );
+    // Opted out: silence, not the fallback body.
+    app.post_signed("/twilio/messages", &whatsapp_text(&sid(3), ANA, "STOP"))
+        .await;
+    let r = app
+        .post_signed("/twilio/fallback", &fallback(4, "anyone?", &[]))
+        .await;
+    assert!(bodies(&r.body).is_empty(), "{}", r.body);
+}
+
+#[sqlx::test]
+async fn the_shipped_rules_only_opt_out_on_the_keyword_alone(pool: PgPool) {
+    let app = app_with_rules(
+        pool,
+        "shipped",
+        &std::fs::read_to_string("config/rules.toml").unwrap(),
+        &[],
+    );
+    for (n, body) in [
+        (1, "Cancel my order please"),
+        (2, "End of day works"),
+        (3, "stop sending the catalogue?"),
+    ] {
+        assert!(say(&app, n, body).await.is_empty(), "{body}");
+    }
+    assert_eq!(app.count("select count(*) from consent").await, 0);
+    assert_eq!(say(&app, 4, "  Stop! ").await.len(), 1);
+    assert_eq!(
+        app.count("select count(*) from consent where state = 'opted_out'")
+            .await,
+        1
+    );
+}

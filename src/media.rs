@@ -1,0 +1,393 @@
+//! The media archive: background workers that download each queued inbound media item from
+//! Twilio and store it where the business says (`media.storage`).
+//!
+//! Safety rules, in order: a MediaUrl whose host is not in `media.credential_hosts` is never
+//! requested (refused); credentials (Basic auth: AccountSid and that account's token) go to
+//! the first hop only; redirects are followed by hand, https only, to `media.redirect_hosts`;
+//! bodies are streamed to storage with a size cap and a deadline, never held whole in memory.
+
+use crate::{
+    config::MediaSettings,
+    store::{
+        self,
+        media::{Job, Outcome},
+    },
+    twilio::Verifier,
+};
+use futures_util::StreamExt;
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart, path::Path as ObjectPath};
+use reqwest::{StatusCode, header::LOCATION};
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use std::{sync::Arc, time::Duration};
+use tokio::{sync::watch, task::JoinHandle};
+use url::Url;
+
+/// How many redirects a download may follow.
+const MAX_REDIRECTS: usize = 5;
+/// How long an idle worker waits before looking for due jobs again.
+const IDLE_POLL: Duration = Duration::from_millis(500);
+/// The longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// The storage named by `media.storage` (`file:///dir` or `s3://bucket/prefix`) and the
+/// prefix inside it. S3 settings come from the usual `AWS_*` variables.
+pub fn storage(url: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath), String> {
+    let parsed = Url::parse(url).map_err(|e| format!("not a URL: {url:?}: {e}"))?;
+    match parsed.scheme() {
+        "file" => {
+            let dir = parsed
+                .to_file_path()
+                .map_err(|_| format!("not a local directory: {url:?}"))?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                .map_err(|e| format!("cannot use {}: {e}", dir.display()))?;
+            Ok((Arc::new(store), ObjectPath::default()))
+        }
+        "s3" => {
+            let options = std::env::vars().filter_map(|(k, v)| {
+                let k = k.to_ascii_lowercase();
+                k.starts_with("aws_").then_some((k, v))
+            });
+            let (store, prefix) = object_store::parse_url_opts(&parsed, options)
+                .map_err(|e| format!("cannot use {url:?}: {e}"))?;
+            Ok((Arc::from(store), prefix))
+        }
+        other => Err(format!(
+            "unsupported storage scheme {other:?} (use file:// or s3://)"
+        )),
+    }
+}
+
+/// Downloads queued media and stores it.
+pub struct Archiver {
+    db: PgPool,
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    client: reqwest::Client,
+    verifier: Verifier,
+    settings: MediaSettings,
+}
+
+impl Archiver {
+    pub fn new(db: PgPool, settings: MediaSettings, verifier: Verifier) -> Result<Self, String> {
+        let (store, prefix) = storage(&settings.storage)?;
+        let client = reqwest::Client::builder()
+            // Redirects are followed by hand: credentials must not follow them.
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_millis(settings.timeout_ms))
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Archiver {
+            db,
+            store,
+            prefix,
+            client,
+            verifier,
+            settings,
+        })
+    }
+
+    /// Starts `media.workers` workers; they stop when `stop` turns true, finishing the item in
+    /// hand (an unfinished one is retried after its lease).
+    pub fn spawn(self, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+        let archiver = Arc::new(self);
+        (0..archiver.settings.workers.max(1))
+            .map(|_| {
+                let archiver = archiver.clone();
+                let mut stop = stop.clone();
+                tokio::spawn(async move {
+                    while !*stop.borrow() {
+                        let worked = archiver.run_once().await;
+                        if !worked {
+                            tokio::select! {
+                                _ = stop.changed() => {}
+                                () = tokio::time::sleep(IDLE_POLL) => {}
+                            }
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// Claims and processes one due job; `false` when there was none (or the database is
+    /// away).
+    pub async fn run_once(&self) -> bool {
+        let lease = Duration::from_millis(self.settings.timeout_ms) + Duration::from_secs(30);
+        let job = match store::media::claim(&self.db, lease).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(error = %e, "media archive: cannot claim a job");
+                return false;
+            }
+        };
+        let outcome = self.archive(&job).await;
+        match &outcome {
+            Outcome::Stored { bytes, .. } => {
+                tracing::info!(message_sid = %job.message_sid, index = job.index, bytes, "archived media")
+            }
+            Outcome::Retry { error, after } => tracing::warn!(
+                message_sid = %job.message_sid, index = job.index, attempt = job.attempt,
+                error = %error, retry_in_ms = after.as_millis() as u64, "media download failed; will retry"
+            ),
+            Outcome::Failed { error } | Outcome::Refused { error } => tracing::error!(
+                message_sid = %job.message_sid, index = job.index, error = %error, "media not archived"
+            ),
+        }
+        if let Err(e) = store::media::finish(&self.db, &job, &outcome).await {
+            // The lease runs out and another attempt happens: nothing is lost.
+            tracing::warn!(error = %e, "media archive: cannot record the outcome");
+        }
+        true
+    }
+
+    async fn archive(&self, job: &Job) -> Outcome {
+        match self.download(job).await {
+            Ok(stored) => stored,
+            Err(Failure::Refused(error)) => Outcome::Refused { error },
+            Err(Failure::Permanent(error)) => Outcome::Failed { error },
+            Err(Failure::Transient(error)) if job.attempt < self.settings.max_attempts => {
+                Outcome::Retry {
+                    error,
+                    after: backoff(self.settings.retry_base_ms, job.attempt, &job.message_sid),
+                }
+            }
+            Err(Failure::Transient(error)) => Outcome::Failed {
+                error: format!("gave up after {} attempts: {error}", job.attempt),
+            },
+        }
+    }
+
+    async fn download(&self, job: &Job) -> Result<Outcome, Failure> {
+        let mut url =
+            Url::parse(&job.url).map_err(|e| Failure::Refused(format!("not a URL: {e}")))?;
+        if !self.allowed(&url, &self.settings.credential_hosts) {
+            return Err(Failure::Refused(format!(
+                "MediaUrl host {:?} is not in media.credential_hosts",
+                url.host_str().unwrap_or_default()
+            )));
+        }
+        let token = self
+            .verifier
+            .tokens_for(Some(&job.account_sid))
+            .first()
+            .map(|t| t.expose_secret().to_owned());
+        let mut request = self
+            .client
+            .get(url.clone())
+            .basic_auth(&job.account_sid, token);
+        let mut response = None;
+        for _ in 0..=MAX_REDIRECTS {
+            let r = request
+                .send()
+                .await
+                .map_err(|e| Failure::Transient(describe(e)))?;
+            if !r.status().is_redirection() {
+                response = Some(r);
+                break;
+            }
+            let location = r
+                .headers()
+                .get(LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .ok_or_else(|| {
+                    Failure::Permanent(format!("redirect ({}) without a Location", r.status()))
+                })?;
+            url = url
+                .join(location)
+                .map_err(|e| Failure::Permanent(format!("bad redirect Location: {e}")))?;
+            if !self.allowed(&url, &self.settings.redirect_hosts) {
+                return Err(Failure::Refused(format!(
+                    "redirect to host {:?}, which is not in media.redirect_hosts",
+                    url.host_str().unwrap_or_default()
+                )));
+            }
+            // Past the first hop: no credentials.
+            request = self.client.get(url.clone());
+        }
+        let response = response.ok_or_else(|| Failure::Permanent("too many redirects".into()))?;
+        let status = response.status();
+        if !status.is_success() {
+            let error = format!("HTTP {status}");
+            return Err(
+                if status.is_server_error()
+                    || status == StatusCode::TOO_MANY_REQUESTS
+                    || status == StatusCode::NOT_FOUND
+                    || status == StatusCode::UNAUTHORIZED
+                    || status == StatusCode::FORBIDDEN
+                    || status == StatusCode::REQUEST_TIMEOUT
+                {
+                    // 404 right after receipt (not there yet) and 401/403 (a token being
+                    // rotated) can heal; they are given up after media.max_attempts.
+                    Failure::Transient(error)
+                } else {
+                    Failure::Permanent(error)
+                },
+            );
+        }
+        let max = self.settings.max_bytes;
+        if response.content_length().is_some_and(|len| len > max) {
+            return Err(Failure::Permanent(format!(
+                "larger than media.max_bytes ({max})"
+            )));
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+
+        let key = self
+            .prefix
+            .clone()
+            .join(job.message_sid.as_str())
+            .join(job.index.to_string());
+        let upload = self
+            .store
+            .put_multipart(&key)
+            .await
+            .map_err(|e| Failure::Transient(format!("storage: {e}")))?;
+        let mut writer = WriteMultipart::new(upload);
+        let mut hasher = Sha256::new();
+        let mut bytes: u64 = 0;
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(Failure::Transient(describe(e)));
+                }
+            };
+            bytes += chunk.len() as u64;
+            if bytes > max {
+                let _ = writer.abort().await;
+                return Err(Failure::Permanent(format!(
+                    "larger than media.max_bytes ({max})"
+                )));
+            }
+            hasher.update(&chunk);
+            writer.write(&chunk);
+        }
+        writer
+            .finish()
+            .await
+            .map_err(|e| Failure::Transient(format!("storage: {e}")))?;
+        Ok(Outcome::Stored {
+            key: key.to_string(),
+            bytes: bytes as i64,
+            sha256: hex(&hasher.finalize()),
+            content_type,
+        })
+    }
+
+    /// https to a listed host (`*.example.com` matches subdomains); plain http only to
+    /// loopback, and only when `media.allow_insecure_loopback` is on (tests).
+    fn allowed(&self, url: &Url, hosts: &[String]) -> bool {
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        let scheme_ok = match url.scheme() {
+            "https" => true,
+            "http" => self.settings.allow_insecure_loopback && is_loopback(host),
+            _ => false,
+        };
+        scheme_ok && hosts.iter().any(|pattern| host_matches(pattern, host))
+    }
+}
+
+enum Failure {
+    Transient(String),
+    Permanent(String),
+    Refused(String),
+}
+
+fn host_matches(pattern: &str, host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    let pattern = pattern.trim().to_ascii_lowercase();
+    match pattern.strip_prefix("*.") {
+        Some(domain) => host.ends_with(&format!(".{domain}")),
+        None => host == pattern,
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Exponential backoff from `base_ms`, doubled per attempt, capped, with up to 25 % jitter
+/// (derived from the SID and attempt, so replicas retrying the same failure spread out).
+fn backoff(base_ms: u64, attempt: i32, sid: &str) -> Duration {
+    let exp = base_ms.saturating_mul(1u64 << (attempt.clamp(1, 30) - 1));
+    let capped = Duration::from_millis(exp).min(MAX_BACKOFF);
+    let seed = sid.bytes().fold(attempt as u64, |h, b| {
+        h.wrapping_mul(31).wrapping_add(u64::from(b))
+    });
+    let jitter = capped.mul_f64((seed % 1000) as f64 / 4000.0);
+    capped + jitter
+}
+
+/// An HTTP client error without its URL (which may carry a pre-signed token).
+fn describe(e: reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "body interrupted"
+    } else {
+        "request failed"
+    };
+    format!("{kind}: {}", e.without_url())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_patterns() {
+        assert!(host_matches("api.twilio.com", "API.twilio.com"));
+        assert!(!host_matches(
+            "api.twilio.com",
+            "api.twilio.com.evil.example"
+        ));
+        assert!(host_matches("*.twiliocdn.com", "mms.twiliocdn.com"));
+        assert!(!host_matches("*.twiliocdn.com", "twiliocdn.com"));
+        assert!(!host_matches("*.twiliocdn.com", "eviltwiliocdn.com"));
+    }
+
+    #[test]
+    fn backoff_doubles_with_bounded_jitter() {
+        let a1 = backoff(1000, 1, "SM1");
+        let a3 = backoff(1000, 3, "SM1");
+        assert!(a1 >= Duration::from_millis(1000) && a1 <= Duration::from_millis(1250));
+        assert!(a3 >= Duration::from_millis(4000) && a3 <= Duration::from_millis(5000));
+        assert!(backoff(1000, 40, "SM1") <= MAX_BACKOFF.mul_f64(1.25));
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        assert!(is_loopback("127.0.0.1") && is_loopback("localhost") && is_loopback("[::1]"));
+        assert!(!is_loopback("10.0.0.1") && !is_loopback("example.com"));
+    }
+}

@@ -1,0 +1,142 @@
+//! The media archive's job queue: rows of `message_media` with an `archive_state`.
+//!
+//! Jobs are claimed with a lease (`FOR UPDATE SKIP LOCKED` picks one no other worker holds),
+//! so any number of workers and replicas can run, and a job whose worker died is taken over
+//! once its lease expires: nothing is lost across crashes and restarts.
+
+use super::StoreError;
+use sqlx::PgPool;
+use std::time::Duration;
+
+/// A media item to download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub message_sid: String,
+    pub index: i32,
+    pub url: String,
+    pub content_type: Option<String>,
+    pub account_sid: String,
+    /// This attempt's number, from 1.
+    pub attempt: i32,
+}
+
+/// Claims the next due job, if any, for `lease`.
+pub async fn claim(pool: &PgPool, lease: Duration) -> Result<Option<Job>, StoreError> {
+    let row = sqlx::query!(
+        r#"
+        update message_media mm
+        set archive_attempts = mm.archive_attempts + 1,
+            archive_lease_until = now() + $1::float8 * interval '1 second'
+        from (
+            select message_sid, index
+            from message_media
+            where archive_state = 'pending'
+              and archive_next_at <= now()
+              and (archive_lease_until is null or archive_lease_until < now())
+            order by archive_next_at
+            limit 1
+            for update skip locked
+        ) due, messages m
+        where mm.message_sid = due.message_sid and mm.index = due.index
+          and m.message_sid = mm.message_sid
+        returning mm.message_sid, mm.index, mm.url, mm.content_type, m.account_sid,
+                  mm.archive_attempts
+        "#,
+        lease.as_secs_f64(),
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| Job {
+        message_sid: r.message_sid,
+        index: r.index,
+        url: r.url,
+        content_type: r.content_type,
+        account_sid: r.account_sid,
+        attempt: r.archive_attempts,
+    }))
+}
+
+/// Where a job ended up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Stored {
+        key: String,
+        bytes: i64,
+        sha256: String,
+        content_type: Option<String>,
+    },
+    /// Try again after `after`.
+    Retry { error: String, after: Duration },
+    /// Given up for good.
+    Failed { error: String },
+    /// Never fetched: the URL or a redirect pointed at a host that is not allowed.
+    Refused { error: String },
+}
+
+/// Records a job's outcome and releases its lease.
+pub async fn finish(pool: &PgPool, job: &Job, outcome: &Outcome) -> Result<(), StoreError> {
+    let (state, key, bytes, sha256, content_type, error, retry_after) = match outcome {
+        Outcome::Stored {
+            key,
+            bytes,
+            sha256,
+            content_type,
+        } => (
+            "stored",
+            Some(key.as_str()),
+            Some(*bytes),
+            Some(sha256.as_str()),
+            content_type.as_deref(),
+            None,
+            None,
+        ),
+        Outcome::Retry { error, after } => (
+            "pending",
+            None,
+            None,
+            None,
+            None,
+            Some(error.as_str()),
+            Some(after.as_secs_f64()),
+        ),
+        Outcome::Failed { error } => ("failed", None, None, None, None, Some(error.as_str()), None),
+        Outcome::Refused { error } => (
+            "refused",
+            None,
+            None,
+            None,
+            None,
+            Some(error.as_str()),
+            None,
+        ),
+    };
+    sqlx::query!(
+        r#"
+        update message_media set
+            archive_state = $3,
+            storage_key = coalesce($4, storage_key),
+            bytes = coalesce($5, bytes),
+            sha256 = coalesce($6, sha256),
+            content_type = coalesce(content_type, $7),
+            stored_at = case when $3 = 'stored' then now() else stored_at end,
+            archive_error = $8,
+            archive_next_at = case when $9::float8 is not null
+                                   then now() + $9::float8 * interval '1 second'
+                                   else archive_next_at end,
+            archive_lease_until = null
+        where message_sid = $1 and index = $2
+        "#,
+        job.message_sid,
+        job.index,
+        state,
+        key,
+        bytes,
+        sha256,
+        content_type,
+        error,
+        retry_after,
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}

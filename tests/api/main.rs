@@ -7,6 +7,7 @@ mod fallback;
 mod helpers;
 mod inbound;
 mod logs;
+mod media;
 mod requests;
 pub mod rules;
 mod sessions;

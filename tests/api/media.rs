@@ -1,0 +1,418 @@
+//! The media archive against a local server that plays Twilio's media host.
+//!
+//! Workers are driven one job at a time (`run_once`), and retries are made due by moving
+//! `archive_next_at`, so nothing here waits on a timer.
+
+use crate::helpers::*;
+use axum::{
+    Router,
+    body::Body,
+    extract::State,
+    http::{HeaderMap, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+};
+use base64::Engine;
+use sqlx::PgPool;
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use twilio_receiver::media::Archiver;
+
+const ACCOUNT: &str = "AC00000000000000000000000000000000";
+
+/// Every request the fake host saw: path and Authorization header.
+#[derive(Default)]
+struct Fake {
+    port: Mutex<u16>,
+    hits: Mutex<Vec<(String, Option<String>)>>,
+}
+
+impl Fake {
+    fn hits(&self, path: &str) -> Vec<Option<String>> {
+        self.hits
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, a)| a.clone())
+            .collect()
+    }
+}
+
+fn expected_auth() -> String {
+    let raw = format!("{ACCOUNT}:{TOKEN}");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
+}
+
+async fn media_host(State(fake): State<Arc<Fake>>, uri: Uri, headers: HeaderMap) -> Response {
+    let path = uri.path().to_owned();
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let seen = {
+        let mut hits = fake.hits.lock().unwrap();
+        hits.push((path.clone(), auth.clone()));
+        hits.iter().filter(|(p, _)| *p == path).count()
+    };
+    let port = *fake.port.lock().unwrap();
+    let image = |body: &'static str| ([(header::CONTENT_TYPE, "image/jpeg")], body).into_response();
+    match path.as_str() {
+        "/ok" if auth.as_deref() == Some(expected_auth().as_str()) => image("a tiny jpeg"),
+        "/ok" => StatusCode::UNAUTHORIZED.into_response(),
+        "/late" if seen == 1 => StatusCode::NOT_FOUND.into_response(),
+        "/late" => image("arrived late"),
+        "/broken" => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        "/locked" => StatusCode::UNAUTHORIZED.into_response(),
+        "/big" => image("far more than ten bytes"),
+        "/slow" => {
+            let chunks = futures::stream::unfold(0, |i| async move {
+                match i {
+                    0 => Some((Ok::<_, std::io::Error>(bytes_of("first chunk")), 1)),
+                    1 => {
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                        Some((Ok(bytes_of("too late")), 2))
+                    }
+                    _ => None,
+                }
+            });
+            (
+                [(header::CONTENT_TYPE, "audio/ogg")],
+                Body::from_stream(chunks),
+            )
+                .into_response()
+        }
+        "/to-cdn" => redirect(&format!("http://127.0.0.1:{port}/cdn")),
+        "/cdn" => image("from the cdn"),
+        "/to-elsewhere" => redirect(&format!("http://localhost:{port}/cdn")),
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+fn bytes_of(s: &'static str) -> axum::body::Bytes {
+    axum::body::Bytes::from_static(s.as_bytes())
+}
+
+fn redirect(location: &str) -> Response {
+    (
+        StatusCode::TEMPORARY_REDIRECT,
+        [(header::LOCATION, location.to_owned())],
+    )
+        .into_response()
+}
+
+struct Setup {
+    app: TestApp,
+    archiver: Archiver,
+    fake: Arc<Fake>,
+    port: u16,
+    dir: PathBuf,
+}
+
+async fn setup(pool: PgPool, extra: &[(&str, &str)]) -> Setup {
+    let fake = Arc::new(Fake::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    *fake.port.lock().unwrap() = port;
+    let router = Router::new().fallback(media_host).with_state(fake.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let dir = std::env::temp_dir().join(format!("twr-media-{}-{port}", std::process::id()));
+    let storage = format!("file://{}", dir.display());
+    let mut env = vec![
+        ("TWILIO_RECEIVER__MEDIA__ARCHIVE", "true"),
+        ("TWILIO_RECEIVER__MEDIA__STORAGE", storage.as_str()),
+        ("TWILIO_RECEIVER__MEDIA__ALLOW_INSECURE_LOOPBACK", "true"),
+        ("TWILIO_RECEIVER__MEDIA__CREDENTIAL_HOSTS", "127.0.0.1"),
+        ("TWILIO_RECEIVER__MEDIA__REDIRECT_HOSTS", "127.0.0.1"),
+        ("TWILIO_RECEIVER__MEDIA__MAX_ATTEMPTS", "3"),
+        ("TWILIO_RECEIVER__MEDIA__MAX_BYTES", "16"),
+        ("TWILIO_RECEIVER__MEDIA__TIMEOUT_MS", "500"),
+    ];
+    env.extend_from_slice(extra);
+    let settings = settings(&env);
+    let archiver =
+        Archiver::new(pool.clone(), settings.media.clone(), settings.verifier()).unwrap();
+    Setup {
+        app: TestApp::with_settings(pool, settings),
+        archiver,
+        fake,
+        port,
+        dir,
+    }
+}
+
+impl Setup {
+    /// Posts message `n` with one media item at `url`.
+    async fn receive(&self, n: u32, url: &str) {
+        let mut params = whatsapp_text(&sid(n), "whatsapp:+15551234567", "");
+        params.retain(|(k, _)| k != "NumMedia");
+        params.extend(pairs(&[
+            ("NumMedia", "1"),
+            ("MediaUrl0", url),
+            ("MediaContentType0", "image/jpeg"),
+        ]));
+        assert_eq!(
+            self.app
+                .post_signed("/twilio/messages", &params)
+                .await
+                .status,
+            200
+        );
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Makes every pending retry due now, then runs one job.
+    async fn attempt(&self) -> bool {
+        sqlx::query(
+            "update message_media set archive_next_at = now() where archive_state = 'pending'",
+        )
+        .execute(&self.app.pool)
+        .await
+        .unwrap();
+        self.archiver.run_once().await
+    }
+
+    async fn item(&self, n: u32) -> Item {
+        let r = sqlx::query!(
+            "select archive_state, archive_attempts, storage_key, bytes, sha256, archive_error, content_type
+             from message_media where message_sid = $1 and index = 0",
+            sid(n)
+        )
+        .fetch_one(&self.app.pool)
+        .await
+        .unwrap();
+        Item {
+            state: r.archive_state,
+            attempts: r.archive_attempts,
+            key: r.storage_key,
+            bytes: r.bytes,
+            sha256: r.sha256,
+            error: r.archive_error.unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Item {
+    state: Option<String>,
+    attempts: i32,
+    key: Option<String>,
+    bytes: Option<i64>,
+    sha256: Option<String>,
+    error: String,
+}
+
+#[sqlx::test]
+async fn media_is_downloaded_with_basic_auth_and_stored_once(pool: PgPool) {
+    let s = setup(pool, &[]).await;
+    s.receive(1, &s.url("/ok")).await;
+
+    assert!(s.archiver.run_once().await);
+    assert!(!s.archiver.run_once().await, "nothing left to do");
+
+    let item = s.item(1).await;
+    assert_eq!(item.state.as_deref(), Some("stored"));
+    assert_eq!(item.bytes, Some(11));
+    use sha2::Digest;
+    let expected: String = sha2::Sha256::digest(b"a tiny jpeg")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(item.sha256.as_deref(), Some(expected.as_str()));
+    let key = item.key.unwrap();
+    assert_eq!(key, format!("{}/0", sid(1)));
+    assert_eq!(
+        std::fs::read_to_string(s.dir.join(&key)).unwrap(),
+        "a tiny jpeg"
+    );
+    assert_eq!(s.fake.hits("/ok"), [Some(expected_auth())]);
+    std::fs::remove_dir_all(&s.dir).unwrap();
+}
+
+#[sqlx::test]
+async fn archiving_is_off_unless_configured(pool: PgPool) {
+    let s = setup(pool, &[("TWILIO_RECEIVER__MEDIA__ARCHIVE", "false")]).await;
+    s.receive(1, &s.url("/ok")).await;
+    assert!(!s.archiver.run_once().await);
+    assert_eq!(s.item(1).await.state, None);
+    assert!(s.fake.hits("/ok").is_empty());
+}
+
+#[sqlx::test]
+async fn a_404_right_after_receipt_is_retried_until_it_succeeds(pool: PgPool) {
+    let s = setup(pool, &[]).await;
+    s.receive(1, &s.url("/late")).await;
+
+    s.attempt().await;
+    let first = s.item(1).await;
+    assert_eq!(
+        (first.state.as_deref(), first.attempts),
+        (Some("pending"), 1)
+    );
+    assert!(first.error.contains("404"), "{first:?}");
+    s.attempt().await;
+    let second = s.item(1).await;
+    assert_eq!(
+        (second.state.as_deref(), second.attempts),
+        (Some("stored"), 2)
+    );
+    assert_eq!(second.error, "");
+}
+
+#[sqlx::test]
+async fn server_errors_and_401s_are_retried_up_to_the_limit_then_recorded(pool: PgPool) {
+    let s = setup(pool, &[]).await;
+    s.receive(1, &s.url("/broken")).await;
+    s.receive(2, &s.url("/locked")).await;
+    for _ in 0..6 {
+        s.attempt().await;
+    }
+    assert!(!s.attempt().await, "given up: never claimed again");
+    for (n, status) in [(1, "500"), (2, "401")] {
+        let item = s.item(n).await;
+        assert_eq!(
+            (item.state.as_deref(), item.attempts),
+            (Some("failed"), 3),
+            "{item:?}"
+        );
+        assert!(
+            item.error.contains("gave up after 3 attempts") && item.error.contains(status),
+            "{item:?}"
+        );
+    }
+    assert_eq!(s.fake.hits("/broken").len(), 3);
+}
+
+#[sqlx::test]
+async fn oversize_media_fails_at_once(pool: PgPool) {
+    let s = setup(pool, &[]).await;
+    s.receive(1, &s.url("/big")).await;
+    s.attempt().await;
+    let item = s.item(1).await;
+    assert_eq!((item.state.as_deref(), item.attempts), (Some("failed"), 1));
+    assert!(item.error.contains("media.max_bytes"), "{item:?}");
+    assert!(!s.attempt().await);
+}
+
+#[sqlx::test]
+async fn a_slow_body_times_out_and_is_retried(pool: PgPool) {
+    let s = setup(pool, &[]).await;
+    s.receive(1, &s.url("/slow")).await;
+    s.attempt().await;
+    let item = s.item(1).await;
+    assert_eq!(item.state.as_deref(), Some("pending"));
+    assert!(
+        item.error.contains("timed out") || item.error.contains("interrupted"),
+        "{item:?}"
+    );
+    assert!(
+        !s.dir.join(format!("{}/0", sid(1))).exists(),
+        "no partial file"
+    );
+}
+
+#[sqlx::test]
+async fn other_hosts_never_get_a_request_or_credentials(pool: PgPool) {
+    let s = setup(pool, &[]).await;
+    // The same fake host under another name: not in media.credential_hosts.
+    s.receive(1, &format!("http://localhost:{}/ok", s.port))
+        .await;
+    s.attempt().await;
+    let item = s.item(1).await;
+    assert_eq!(item.state.as_deref(), Some("refused"));
+    assert!(item.error.contains("media.credential_hosts"), "{item:?}");
+    assert!(s.fake.hits("/ok").is_empty(), "no request reached it");
+}
+
+#[sqlx::test]
+async fn redirects_go_only_to_allowed_hosts_and_never_carry_credentials(pool: PgPool) {
+    let s = setup(pool, &[]).await;
+    s.receive(1, &s.url("/to-cdn")).await;
+    s.receive(2, &s.url("/to-elsewhere")).await;
+    s.attempt().await;
+    s.attempt().await;
+
+    assert_eq!(s.item(1).await.state.as_deref(), Some("stored"));
+    assert_eq!(s.fake.hits("/to-cdn"), [Some(expected_auth())]);
+    assert_eq!(
+        s.fake.hits("/cdn"),
+        [None],
+        "credentials stay on the first hop"
+    );
+    let refused = s.item(2).await;
+    assert_eq!(refused.state.as_deref(), Some("refused"));
+    assert!(
+        refused.error.contains("media.redirect_hosts"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        s.fake.hits("/cdn").len(),
+        1,
+        "the disallowed redirect was not followed"
+    );
+}
+
+#[sqlx::test]
+async fn two_workers_racing_store_each_item_once(pool: PgPool) {
+    let s = setup(pool.clone(), &[]).await;
+    for n in 0..20 {
+        s.receive(n, &s.url("/ok")).await;
+    }
+    let settings = settings(&[
+        (
+            "TWILIO_RECEIVER__MEDIA__STORAGE",
+            &format!("file://{}", s.dir.display()),
+        ),
+        ("TWILIO_RECEIVER__MEDIA__ALLOW_INSECURE_LOOPBACK", "true"),
+        ("TWILIO_RECEIVER__MEDIA__CREDENTIAL_HOSTS", "127.0.0.1"),
+    ]);
+    let second = Archiver::new(pool, settings.media.clone(), settings.verifier()).unwrap();
+
+    async fn drain(a: &Archiver) {
+        while a.run_once().await {}
+    }
+    tokio::join!(drain(&s.archiver), drain(&second));
+
+    assert_eq!(
+        s.app.count("select count(*) from message_media where archive_state = 'stored' and archive_attempts = 1").await,
+        20
+    );
+    assert_eq!(s.fake.hits("/ok").len(), 20, "each item downloaded once");
+}
+
+#[sqlx::test]
+async fn a_job_whose_worker_died_is_taken_over_after_its_lease(pool: PgPool) {
+    let s = setup(pool.clone(), &[]).await;
+    s.receive(1, &s.url("/ok")).await;
+    s.receive(2, &s.url("/ok")).await;
+    // A worker claims a job and dies before finishing it.
+    let claimed = twilio_receiver::store::media::claim(&pool, Duration::from_secs(600))
+        .await
+        .unwrap()
+        .unwrap();
+    // Its lease still holds: the other job is done, this one is left alone.
+    assert!(s.archiver.run_once().await);
+    assert!(!s.archiver.run_once().await);
+    // The lease runs out (a restart later): the job is picked up and stored.
+    sqlx::query("update message_media set archive_lease_until = now() - interval '1 second' where message_sid = $1")
+        .bind(&claimed.message_sid)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(s.archiver.run_once().await);
+    assert_eq!(
+        s.app
+            .count("select count(*) from message_media where archive_state = 'stored'")
+            .await,
+        2
+    );
+}

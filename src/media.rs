@@ -34,6 +34,18 @@ const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// The storage named by `media.storage` (`file:///dir` or `s3://bucket/prefix`) and the
 /// prefix inside it. S3 settings come from the usual `AWS_*` variables.
 pub fn storage(url: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath), String> {
+    let aws = std::env::vars().filter_map(|(k, v)| {
+        let k = k.to_ascii_lowercase();
+        k.starts_with("aws_").then_some((k, v))
+    });
+    storage_with_options(url, aws)
+}
+
+/// [`storage`] with S3 options given explicitly (`aws_endpoint`, `aws_region`, ...).
+pub fn storage_with_options(
+    url: &str,
+    aws: impl IntoIterator<Item = (String, String)>,
+) -> Result<(Arc<dyn ObjectStore>, ObjectPath), String> {
     let parsed = Url::parse(url).map_err(|e| format!("not a URL: {url:?}: {e}"))?;
     match parsed.scheme() {
         "file" => {
@@ -47,11 +59,7 @@ pub fn storage(url: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath), String> 
             Ok((Arc::new(store), ObjectPath::default()))
         }
         "s3" => {
-            let options = std::env::vars().filter_map(|(k, v)| {
-                let k = k.to_ascii_lowercase();
-                k.starts_with("aws_").then_some((k, v))
-            });
-            let (store, prefix) = object_store::parse_url_opts(&parsed, options)
+            let (store, prefix) = object_store::parse_url_opts(&parsed, aws)
                 .map_err(|e| format!("cannot use {url:?}: {e}"))?;
             Ok((Arc::from(store), prefix))
         }
@@ -73,7 +81,17 @@ pub struct Archiver {
 
 impl Archiver {
     pub fn new(db: PgPool, settings: MediaSettings, verifier: Verifier) -> Result<Self, String> {
-        let (store, prefix) = storage(&settings.storage)?;
+        let storage = storage(&settings.storage)?;
+        Self::with_storage(db, settings, verifier, storage)
+    }
+
+    /// An archiver writing to `storage` (see [`storage_with_options`]).
+    pub fn with_storage(
+        db: PgPool,
+        settings: MediaSettings,
+        verifier: Verifier,
+        (store, prefix): (Arc<dyn ObjectStore>, ObjectPath),
+    ) -> Result<Self, String> {
         let client = reqwest::Client::builder()
             // Redirects are followed by hand: credentials must not follow them.
             .redirect(reqwest::redirect::Policy::none())

@@ -416,3 +416,83 @@ async fn a_job_whose_worker_died_is_taken_over_after_its_lease(pool: PgPool) {
         2
     );
 }
+
+/// S3 storage against moto's S3-compatible server (`pip install 'moto[server]'`; `.ci/run`
+/// installs it), started here on a port of its own.
+#[sqlx::test]
+async fn media_is_stored_in_an_s3_compatible_bucket(pool: PgPool) {
+    use std::io::BufRead;
+    let s = setup(pool.clone(), &[]).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut moto = std::process::Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("moto_server runs (pip install 'moto[server]')");
+    // Ready once it says so on stderr.
+    let stderr = moto.stderr.take().unwrap();
+    let ready = tokio::task::spawn_blocking(move || {
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let ready = lines
+            .by_ref()
+            .any(|l| l.is_ok_and(|l| l.contains("Running on")));
+        // Keep draining so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        ready
+    })
+    .await
+    .unwrap();
+    assert!(ready, "moto_server did not start");
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    assert!(
+        http.put(format!("{endpoint}/twr-media"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+
+    let settings = settings(&[
+        ("TWILIO_RECEIVER__MEDIA__STORAGE", "s3://twr-media/whatsapp"),
+        ("TWILIO_RECEIVER__MEDIA__ALLOW_INSECURE_LOOPBACK", "true"),
+        ("TWILIO_RECEIVER__MEDIA__CREDENTIAL_HOSTS", "127.0.0.1"),
+    ]);
+    let aws = [
+        ("aws_endpoint", endpoint.as_str()),
+        ("aws_allow_http", "true"),
+        ("aws_region", "us-east-1"),
+        ("aws_access_key_id", "test"),
+        ("aws_secret_access_key", "test"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    let storage =
+        twilio_receiver::media::storage_with_options(&settings.media.storage, aws).unwrap();
+    let archiver =
+        Archiver::with_storage(pool, settings.media.clone(), settings.verifier(), storage).unwrap();
+
+    s.receive(1, &s.url("/ok")).await;
+    assert!(archiver.run_once().await);
+
+    let item = s.item(1).await;
+    assert_eq!(item.state.as_deref(), Some("stored"), "{item:?}");
+    assert_eq!(
+        item.key.as_deref(),
+        Some(format!("whatsapp/{}/0", sid(1)).as_str())
+    );
+    let object = http
+        .get(format!("{endpoint}/twr-media/whatsapp/{}/0", sid(1)))
+        .send()
+        .await
+        .unwrap();
+    assert!(object.status().is_success());
+    assert_eq!(object.text().await.unwrap(), "a tiny jpeg");
+    moto.kill().unwrap();
+    moto.wait().unwrap();
+}

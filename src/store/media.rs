@@ -112,6 +112,7 @@ pub async fn finish(pool: &PgPool, job: &Job, outcome: &Outcome) -> Result<(), S
     };
     sqlx::query!(
         r#"
+        with done as (
         update message_media set
             archive_state = $3,
             storage_key = coalesce($4, storage_key),
@@ -125,6 +126,16 @@ pub async fn finish(pool: &PgPool, job: &Job, outcome: &Outcome) -> Result<(), S
                                    else archive_next_at end,
             archive_lease_until = null
         where message_sid = $1 and index = $2
+        returning archive_state
+        )
+        -- Listeners hear about each item that reached its final state.
+        select count(*) as "notified!"
+        from done, lateral (
+            select pg_notify('twilio_receiver',
+                             json_build_object('kind', 'media', 'message_sid', $1::text,
+                                               'index', $2::int4, 'state', done.archive_state)::text)
+            where done.archive_state <> 'pending'
+        ) as n
         "#,
         job.message_sid,
         job.index,
@@ -136,7 +147,7 @@ pub async fn finish(pool: &PgPool, job: &Job, outcome: &Outcome) -> Result<(), S
         error,
         retry_after,
     )
-    .execute(pool)
+    .fetch_one(pool)
     .await?;
     Ok(())
 }

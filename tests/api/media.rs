@@ -496,3 +496,70 @@ async fn media_is_stored_in_an_s3_compatible_bucket(pool: PgPool) {
     moto.kill().unwrap();
     moto.wait().unwrap();
 }
+
+/// `serve` runs the workers itself, media from the fallback route is queued like any other,
+/// and each archived item is announced with `NOTIFY twilio_receiver` (kind "media").
+#[sqlx::test]
+async fn serve_archives_fallback_media_in_the_background_and_notifies(pool: PgPool) {
+    use tower::ServiceExt;
+    let s = setup(pool.clone(), &[]).await;
+    let storage = format!("file://{}", s.dir.display());
+    let url = database_url(&pool);
+    let settings = settings(&[
+        ("TWILIO_RECEIVER__MEDIA__ARCHIVE", "true"),
+        ("TWILIO_RECEIVER__MEDIA__STORAGE", &storage),
+        ("TWILIO_RECEIVER__MEDIA__ALLOW_INSECURE_LOOPBACK", "true"),
+        ("TWILIO_RECEIVER__MEDIA__CREDENTIAL_HOSTS", "127.0.0.1"),
+        ("TWILIO_RECEIVER__DATABASE__URL", &url),
+        ("TWILIO_RECEIVER__SERVER__LISTEN", "127.0.0.1:0"),
+    ]);
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener.listen("twilio_receiver").await.unwrap();
+    let app = twilio_receiver::startup::Application::build(&settings)
+        .await
+        .unwrap();
+    let router = app.router();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+
+    let mut params = whatsapp_text(&sid(1), "whatsapp:+15551234567", "");
+    params.retain(|(k, _)| k != "NumMedia");
+    let media_url = s.url("/ok");
+    params.extend(pairs(&[
+        ("NumMedia", "1"),
+        ("MediaUrl0", &media_url),
+        ("MediaContentType0", "image/jpeg"),
+        ("ErrorCode", "11200"),
+    ]));
+    let request = signed_post(
+        &format!("{BASE}/twilio/fallback"),
+        "/twilio/fallback",
+        &params,
+        TOKEN,
+    );
+    assert_eq!(router.oneshot(request).await.unwrap().status(), 200);
+
+    let archived = loop {
+        let n = tokio::time::timeout(Duration::from_secs(30), listener.recv())
+            .await
+            .expect("the media item is archived within 30 s")
+            .unwrap();
+        let payload: serde_json::Value = serde_json::from_str(n.payload()).unwrap();
+        if payload["kind"] == "media" {
+            break payload;
+        }
+    };
+    assert_eq!(archived["message_sid"], sid(1));
+    assert_eq!(archived["state"], "stored");
+    assert_eq!(
+        std::fs::read_to_string(s.dir.join(format!("{}/0", sid(1)))).unwrap(),
+        "a tiny jpeg"
+    );
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

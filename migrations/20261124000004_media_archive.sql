@@ -12,7 +12,8 @@ alter table message_media
     -- a worker holds the job until then; past it, another worker may take it over
     add column archive_lease_until timestamptz,
     add column stored_at timestamptz,
-    -- where the file is, relative to media.storage
+    -- the object's key: the file under a file:// directory, or the key in the bucket
+    -- (prefix included) for s3://
     add column storage_key text,
     add column bytes bigint,
     -- lowercase hex SHA-256 of the stored bytes

@@ -74,6 +74,7 @@ pub struct Archiver {
     db: PgPool,
     store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
+    part_size: usize,
     client: reqwest::Client,
     verifier: Verifier,
     settings: MediaSettings,
@@ -99,10 +100,17 @@ impl Archiver {
             .connect_timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        // S3 multipart parts must be at least 5 MiB; a local file takes any size.
+        let part_size = if store.to_string().starts_with("LocalFileSystem") {
+            256 * 1024
+        } else {
+            5 * 1024 * 1024
+        };
         Ok(Archiver {
             db,
             store,
             prefix,
+            part_size,
             client,
             verifier,
             settings,
@@ -119,7 +127,12 @@ impl Archiver {
                 let mut stop = stop.clone();
                 tokio::spawn(async move {
                     while !*stop.borrow() {
-                        let worked = archiver.run_once().await;
+                        let mut stopping = stop.clone();
+                        let worked = archiver
+                            .run_once_until(async move {
+                                let _ = stopping.wait_for(|s| *s).await;
+                            })
+                            .await;
                         if !worked {
                             tokio::select! {
                                 _ = stop.changed() => {}
@@ -135,7 +148,17 @@ impl Archiver {
     /// Claims and processes one due job; `false` when there was none (or the database is
     /// away).
     pub async fn run_once(&self) -> bool {
-        let lease = Duration::from_millis(self.settings.timeout_ms) + Duration::from_secs(30);
+        self.run_once_until(std::future::pending()).await
+    }
+
+    /// [`Archiver::run_once`], abandoning the job in hand when `stop` completes: the upload
+    /// is dropped (no partial file is kept) and the job is released without using up an
+    /// attempt, so the next start picks it up at once.
+    async fn run_once_until(&self, stop: impl std::future::Future<Output = ()>) -> bool {
+        let deadline = Duration::from_millis(self.settings.timeout_ms);
+        // The lease outlasts the whole attempt (deadline included), so no other worker can
+        // take the job over while this one still works on it.
+        let lease = deadline + Duration::from_secs(30);
         let job = match store::media::claim(&self.db, lease).await {
             Ok(Some(job)) => job,
             Ok(None) => return false,
@@ -144,15 +167,23 @@ impl Archiver {
                 return false;
             }
         };
-        let outcome = self.archive(&job).await;
+        let outcome = tokio::select! {
+            outcome = tokio::time::timeout(deadline, self.archive(&job)) => outcome.unwrap_or_else(|_| {
+                self.retry_or_give_up(&job, format!("not finished within media.timeout_ms ({} ms)", deadline.as_millis()))
+            }),
+            () = stop => Outcome::Released,
+        };
         match &outcome {
             Outcome::Stored { bytes, .. } => {
                 tracing::info!(message_sid = %job.message_sid, index = job.index, bytes, "archived media")
             }
-            Outcome::Retry { error, after } => tracing::warn!(
+            Outcome::Retry { error, after, .. } => tracing::warn!(
                 message_sid = %job.message_sid, index = job.index, attempt = job.attempt,
                 error = %error, retry_in_ms = after.as_millis() as u64, "media download failed; will retry"
             ),
+            Outcome::Released => {
+                tracing::info!(message_sid = %job.message_sid, index = job.index, "shutting down: media job released")
+            }
             Outcome::Failed { error } | Outcome::Refused { error } => tracing::error!(
                 message_sid = %job.message_sid, index = job.index, error = %error, "media not archived"
             ),
@@ -169,15 +200,38 @@ impl Archiver {
             Ok(stored) => stored,
             Err(Failure::Refused(error)) => Outcome::Refused { error },
             Err(Failure::Permanent(error)) => Outcome::Failed { error },
-            Err(Failure::Transient(error)) if job.attempt < self.settings.max_attempts => {
-                Outcome::Retry {
-                    error,
-                    after: backoff(self.settings.retry_base_ms, job.attempt, &job.message_sid),
-                }
-            }
-            Err(Failure::Transient(error)) => Outcome::Failed {
-                error: format!("gave up after {} attempts: {error}", job.attempt),
+            Err(Failure::Transient(error)) => self.retry_or_give_up(job, error),
+            // Our own storage failing says nothing about the media: retry without using up
+            // an attempt, so an outage of the bucket or disk never gives items up.
+            Err(Failure::Storage(error)) => Outcome::Retry {
+                error,
+                after: backoff(
+                    self.settings.retry_base_ms,
+                    job.attempt,
+                    &job.message_sid,
+                    job.index,
+                ),
+                counts: false,
             },
+        }
+    }
+
+    fn retry_or_give_up(&self, job: &Job, error: String) -> Outcome {
+        if job.attempt < self.settings.max_attempts {
+            Outcome::Retry {
+                error,
+                after: backoff(
+                    self.settings.retry_base_ms,
+                    job.attempt,
+                    &job.message_sid,
+                    job.index,
+                ),
+                counts: true,
+            }
+        } else {
+            Outcome::Failed {
+                error: format!("gave up after {} attempts: {error}", job.attempt),
+            }
         }
     }
 
@@ -269,8 +323,10 @@ impl Archiver {
             .store
             .put_multipart(&key)
             .await
-            .map_err(|e| Failure::Transient(format!("storage: {e}")))?;
-        let mut writer = WriteMultipart::new(upload);
+            .map_err(|e| Failure::Storage(format!("storage: {e}")))?;
+        // At most one part in memory: small parts for a local directory, S3's 5 MiB minimum
+        // for buckets.
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, self.part_size);
         let mut hasher = Sha256::new();
         let mut bytes: u64 = 0;
         let mut body = response.bytes_stream();
@@ -295,7 +351,7 @@ impl Archiver {
         writer
             .finish()
             .await
-            .map_err(|e| Failure::Transient(format!("storage: {e}")))?;
+            .map_err(|e| Failure::Storage(format!("storage: {e}")))?;
         Ok(Outcome::Stored {
             key: key.to_string(),
             bytes: bytes as i64,
@@ -304,25 +360,32 @@ impl Archiver {
         })
     }
 
-    /// https to a listed host (`*.example.com` matches subdomains); plain http only to
-    /// loopback, and only when `media.allow_insecure_loopback` is on (tests).
     fn allowed(&self, url: &Url, hosts: &[String]) -> bool {
-        let Some(host) = url.host_str() else {
-            return false;
-        };
-        let scheme_ok = match url.scheme() {
-            "https" => true,
-            "http" => self.settings.allow_insecure_loopback && is_loopback(host),
-            _ => false,
-        };
-        scheme_ok && hosts.iter().any(|pattern| host_matches(pattern, host))
+        url_allowed(url, hosts, self.settings.allow_insecure_loopback)
     }
 }
 
+/// https to a listed host (`*.example.com` matches subdomains); plain http only to loopback,
+/// and only with `media.allow_insecure_loopback` (tests).
+fn url_allowed(url: &Url, hosts: &[String], allow_insecure_loopback: bool) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let scheme_ok = match url.scheme() {
+        "https" => true,
+        "http" => allow_insecure_loopback && is_loopback(host),
+        _ => false,
+    };
+    scheme_ok && hosts.iter().any(|pattern| host_matches(pattern, host))
+}
+
 enum Failure {
+    /// The download may work next time (counts as an attempt).
     Transient(String),
     Permanent(String),
     Refused(String),
+    /// Writing to our own storage failed (does not count as an attempt).
+    Storage(String),
 }
 
 fn host_matches(pattern: &str, host: &str) -> bool {
@@ -343,13 +406,16 @@ fn is_loopback(host: &str) -> bool {
 }
 
 /// Exponential backoff from `base_ms`, doubled per attempt, capped, with up to 25 % jitter
-/// (derived from the SID and attempt, so replicas retrying the same failure spread out).
-fn backoff(base_ms: u64, attempt: i32, sid: &str) -> Duration {
+/// (derived from the SID, index and attempt, so items failing together retry apart).
+fn backoff(base_ms: u64, attempt: i32, sid: &str, index: i32) -> Duration {
     let exp = base_ms.saturating_mul(1u64 << (attempt.clamp(1, 30) - 1));
     let capped = Duration::from_millis(exp).min(MAX_BACKOFF);
-    let seed = sid.bytes().fold(attempt as u64, |h, b| {
-        h.wrapping_mul(31).wrapping_add(u64::from(b))
-    });
+    let start = (attempt as u64)
+        .wrapping_mul(131)
+        .wrapping_add(index as u64);
+    let seed = sid
+        .bytes()
+        .fold(start, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
     let jitter = capped.mul_f64((seed % 1000) as f64 / 4000.0);
     capped + jitter
 }
@@ -396,11 +462,31 @@ mod tests {
 
     #[test]
     fn backoff_doubles_with_bounded_jitter() {
-        let a1 = backoff(1000, 1, "SM1");
-        let a3 = backoff(1000, 3, "SM1");
+        let a1 = backoff(1000, 1, "SM1", 0);
+        let a3 = backoff(1000, 3, "SM1", 0);
         assert!(a1 >= Duration::from_millis(1000) && a1 <= Duration::from_millis(1250));
         assert!(a3 >= Duration::from_millis(4000) && a3 <= Duration::from_millis(5000));
-        assert!(backoff(1000, 40, "SM1") <= MAX_BACKOFF.mul_f64(1.25));
+        assert!(backoff(1000, 40, "SM1", 0) <= MAX_BACKOFF.mul_f64(1.25));
+        assert_ne!(backoff(1000, 2, "SM1", 0), backoff(1000, 2, "SM1", 1));
+    }
+
+    #[test]
+    fn only_https_reaches_listed_hosts_unless_loopback_http_is_allowed() {
+        let hosts = ["api.twilio.com".to_owned(), "127.0.0.1".to_owned()];
+        let ok = |u: &str, insecure| url_allowed(&Url::parse(u).unwrap(), &hosts, insecure);
+        assert!(ok("https://api.twilio.com/x", false));
+        assert!(
+            !ok("http://api.twilio.com/x", false),
+            "no downgrade to http"
+        );
+        assert!(
+            !ok("http://api.twilio.com/x", true),
+            "http only to loopback, even in tests"
+        );
+        assert!(!ok("http://127.0.0.1/x", false));
+        assert!(ok("http://127.0.0.1/x", true));
+        assert!(!ok("https://evil.example/x", false));
+        assert!(!ok("ftp://api.twilio.com/x", false));
     }
 
     #[test]

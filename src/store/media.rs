@@ -65,8 +65,15 @@ pub enum Outcome {
         sha256: String,
         content_type: Option<String>,
     },
-    /// Try again after `after`.
-    Retry { error: String, after: Duration },
+    /// Try again after `after`; `counts` is false when the attempt should not count (our own
+    /// storage failed).
+    Retry {
+        error: String,
+        after: Duration,
+        counts: bool,
+    },
+    /// Shutting down mid-job: due again at once, the attempt not counted.
+    Released,
     /// Given up for good.
     Failed { error: String },
     /// Never fetched: the URL or a redirect pointed at a host that is not allowed.
@@ -75,7 +82,15 @@ pub enum Outcome {
 
 /// Records a job's outcome and releases its lease.
 pub async fn finish(pool: &PgPool, job: &Job, outcome: &Outcome) -> Result<(), StoreError> {
-    let (state, key, bytes, sha256, content_type, error, retry_after) = match outcome {
+    // (state, stored file, error, retry delay, whether to refund this attempt)
+    type Stored<'a> = Option<(&'a str, i64, &'a str, Option<&'a str>)>;
+    let (state, stored, error, retry_after, refund): (
+        &str,
+        Stored<'_>,
+        Option<&str>,
+        Option<f64>,
+        bool,
+    ) = match outcome {
         Outcome::Stored {
             key,
             bytes,
@@ -83,32 +98,34 @@ pub async fn finish(pool: &PgPool, job: &Job, outcome: &Outcome) -> Result<(), S
             content_type,
         } => (
             "stored",
-            Some(key.as_str()),
-            Some(*bytes),
-            Some(sha256.as_str()),
-            content_type.as_deref(),
+            Some((
+                key.as_str(),
+                *bytes,
+                sha256.as_str(),
+                content_type.as_deref(),
+            )),
             None,
             None,
+            false,
         ),
-        Outcome::Retry { error, after } => (
+        Outcome::Retry {
+            error,
+            after,
+            counts,
+        } => (
             "pending",
-            None,
-            None,
-            None,
             None,
             Some(error.as_str()),
             Some(after.as_secs_f64()),
+            !counts,
         ),
-        Outcome::Failed { error } => ("failed", None, None, None, None, Some(error.as_str()), None),
-        Outcome::Refused { error } => (
-            "refused",
-            None,
-            None,
-            None,
-            None,
-            Some(error.as_str()),
-            None,
-        ),
+        Outcome::Released => ("pending", None, None, Some(0.0), true),
+        Outcome::Failed { error } => ("failed", None, Some(error.as_str()), None, false),
+        Outcome::Refused { error } => ("refused", None, Some(error.as_str()), None, false),
+    };
+    let (key, bytes, sha256, content_type) = match stored {
+        Some((k, b, h, c)) => (Some(k), Some(b), Some(h), c),
+        None => (None, None, None, None),
     };
     sqlx::query!(
         r#"
@@ -124,8 +141,12 @@ pub async fn finish(pool: &PgPool, job: &Job, outcome: &Outcome) -> Result<(), S
             archive_next_at = case when $9::float8 is not null
                                    then now() + $9::float8 * interval '1 second'
                                    else archive_next_at end,
+            archive_attempts = archive_attempts - case when $11 then 1 else 0 end,
             archive_lease_until = null
-        where message_sid = $1 and index = $2
+        -- Only the attempt that holds the job may record it: a worker whose lease ran out
+        -- (and whose job was taken over) changes nothing.
+        where message_sid = $1 and index = $2 and archive_attempts = $10
+          and archive_state = 'pending'
         returning archive_state
         )
         -- Listeners hear about each item that reached its final state.
@@ -146,6 +167,8 @@ pub async fn finish(pool: &PgPool, job: &Job, outcome: &Outcome) -> Result<(), S
         content_type,
         error,
         retry_after,
+        job.attempt,
+        refund,
     )
     .fetch_one(pool)
     .await?;

@@ -14,6 +14,8 @@ pub mod config;
 pub mod error;
 /// The media archive: background workers that download and store inbound media.
 pub mod media;
+/// Prometheus metrics for the admin listener.
+pub mod metrics;
 /// The reply to an inbound message (where the rules engine plugs in).
 pub mod reply;
 /// Routes, extractors, middleware and shared state.

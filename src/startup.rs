@@ -60,6 +60,7 @@ pub fn app_state(settings: &Settings, db: PgPool) -> Result<AppState, StartupErr
         // Leaves a quarter of the request deadline to answer before the timeout layer's 503.
         fallback_deadline: settings.server.request_timeout() * 3 / 4,
         archive_media: settings.media.archive,
+        metrics: Arc::new(crate::metrics::Metrics::new()),
     })
 }
 
@@ -91,6 +92,8 @@ async fn migrate_when_reachable(settings: DatabaseSettings, ready: watch::Sender
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    admin_listener: TcpListener,
+    admin_router: Router,
     schema_ready: watch::Receiver<bool>,
     replier: Arc<Replier>,
     rules_file: (PathBuf, bool),
@@ -140,8 +143,21 @@ impl Application {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
+        let admin_addr = settings
+            .server
+            .admin_addr()
+            .map_err(|e| StartupError::Config(vec![e]))?;
+        let admin_listener =
+            TcpListener::bind(admin_addr)
+                .await
+                .map_err(|source| StartupError::Bind {
+                    addr: admin_addr,
+                    source,
+                })?;
         Ok(Application {
             listener,
+            admin_listener,
+            admin_router: routes::admin_router(state.clone()),
             replier: state.replier.clone(),
             router: routes::router(state, settings.server.request_timeout()),
             schema_ready: ready_rx,
@@ -150,6 +166,14 @@ impl Application {
             #[cfg(unix)]
             hangups: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
         })
+    }
+
+    /// The port of the admin listener (`/metrics`).
+    pub fn admin_port(&self) -> u16 {
+        self.admin_listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
     }
 
     /// The router, for driving the application without a socket.
@@ -188,10 +212,26 @@ impl Application {
             .archiver
             .map(|a| a.spawn(workers_stop))
             .unwrap_or_default();
+        // One shutdown signal for both listeners.
+        let (stopping, stop) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            stopping.send_replace(true);
+        });
+        let wait = |mut stop: watch::Receiver<bool>| async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        tracing::info!(addr = %self.admin_listener.local_addr()?, "admin listening (/metrics)");
+        let admin = tokio::spawn(
+            axum::serve(self.admin_listener, self.admin_router)
+                .with_graceful_shutdown(wait(stop.clone()))
+                .into_future(),
+        );
         tracing::info!(addr = %self.listener.local_addr()?, "listening");
         let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(wait(stop))
             .await;
+        let _ = admin.await;
         #[cfg(unix)]
         if let Some(reloader) = reloader {
             reloader.abort();

@@ -46,6 +46,25 @@ pub async fn fallback(State(state): State<AppState>, signed: Signed) -> Result<R
         error_url: signed.params.non_empty("ErrorUrl").map(str::to_owned),
     };
     tracing::info!(error_code = ?failure.error_code, "fallback call");
+    let code = signed
+        .params
+        .non_empty("ErrorCode")
+        .unwrap_or("none")
+        .trim();
+    state
+        .metrics
+        .fallback_calls
+        .get_or_create(&crate::metrics::ErrorCode {
+            // Bounded label values: a number of at most 6 digits, else "other".
+            error_code: if code.len() <= 6 && code.bytes().all(|b| b.is_ascii_digit())
+                || code == "none"
+            {
+                code.to_owned()
+            } else {
+                "other".to_owned()
+            },
+        })
+        .inc();
     // Bounded below the request deadline: a database that stops answering mid-request must
     // still get the fallback TwiML out, never the timeout's 503.
     let stored = tokio::time::timeout(
@@ -104,8 +123,18 @@ async fn receive(
         lookback: rules.lookback(),
         archive_media: state.archive_media,
     };
+    let started = std::time::Instant::now();
     let received = store::inbound::receive(&state.db, delivery, |facts| {
         let mut decision = state.replier.decide(&rules, msg, facts);
+        for rule in decision.rule.iter().flat_map(|r| r.split(',')) {
+            state
+                .metrics
+                .rule_matches
+                .get_or_create(&crate::metrics::Rule {
+                    rule: rule.to_owned(),
+                })
+                .inc();
+        }
         // The fallback body stands in only where no rule answered and the contact may
         // be answered at all.
         if failure.is_some()
@@ -123,13 +152,16 @@ async fn receive(
             consent: decision.consent.map(|c| c.state()),
         }
     })
-    .await?;
+    .await;
+    state.metrics.database_time(started.elapsed());
+    let received = received?;
     Ok(match received {
         Received::New { twiml } => {
             tracing::info!(channel = %msg.to.channel(), media = msg.media.len(), "stored inbound message");
             Some(twiml)
         }
         Received::Duplicate { twiml } => {
+            state.metrics.duplicates.inc();
             tracing::info!("duplicate delivery; replaying the first reply");
             twiml
         }

@@ -7,7 +7,7 @@ mod status;
 
 pub use signed::{Signed, Signing};
 
-use crate::{reply::Replier, telemetry};
+use crate::{metrics::Metrics, reply::Replier, telemetry};
 use axum::{
     Router,
     extract::FromRef,
@@ -40,6 +40,7 @@ pub struct AppState {
     pub fallback_deadline: Duration,
     /// Queue inbound media for the archive (`media.archive`).
     pub archive_media: bool,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -70,6 +71,41 @@ impl Clock {
     pub fn now(&self) -> DateTime<Utc> {
         (self.0)()
     }
+}
+
+/// Counts each webhook request by route template and status.
+async fn count_requests(
+    axum::extract::State(metrics): axum::extract::State<Arc<Metrics>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    metrics.request(&route, response.status().as_u16());
+    response
+}
+
+/// The admin listener's routes: `GET /metrics`.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(
+                |axum::extract::State(state): axum::extract::State<AppState>| async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        state.metrics.render(&state.db),
+                    )
+                },
+            ),
+        )
+        .with_state(state)
 }
 
 /// The router with its middleware. `request_timeout` bounds every webhook, well inside the
@@ -113,6 +149,11 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         )
         .route("/twilio/status", get(status::status).post(status::status))
         .layer(middleware)
+        // Outermost, so timeouts and panics are counted too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         // Health checks are polled every few seconds: kept out of the request log.
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

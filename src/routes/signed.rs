@@ -59,6 +59,7 @@ impl Signing {
 impl<S> FromRequest<S> for Signed
 where
     Arc<Signing>: FromRef<S>,
+    Arc<crate::metrics::Metrics>: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = AppError;
@@ -118,12 +119,20 @@ where
                     base,
                 })
             }
-            Err(Rejection::Signature(reason)) => Err(AppError::BadSignature {
-                reason,
-                // The URL without its query (which may hold phone numbers) is what an
-                // operator needs to spot a proxy or public_url mismatch.
-                checked_url: url.split(['?', '#']).next().unwrap_or_default().to_owned(),
-            }),
+            Err(Rejection::Signature(reason)) => {
+                Arc::<crate::metrics::Metrics>::from_ref(state)
+                    .signature_rejections
+                    .get_or_create(&crate::metrics::Reason {
+                        reason: reason.code().to_owned(),
+                    })
+                    .inc();
+                Err(AppError::BadSignature {
+                    reason,
+                    // The URL without its query (which may hold phone numbers) is what an
+                    // operator needs to spot a proxy or public_url mismatch.
+                    checked_url: url.split(['?', '#']).next().unwrap_or_default().to_owned(),
+                })
+            }
             Err(rejection) => Err(rejection.into()),
         }
     }

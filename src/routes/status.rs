@@ -16,6 +16,7 @@ pub async fn status(State(state): State<AppState>, signed: Signed) -> Result<Sta
     Span::current().record("message_sid", callback.sid.as_str());
     state.ensure_schema()?;
     let link = ReplyLink::from_query(&signed.query);
+    let started = std::time::Instant::now();
     let recorded = store::status::record(
         &state.db,
         &callback,
@@ -23,7 +24,12 @@ pub async fn status(State(state): State<AppState>, signed: Signed) -> Result<Sta
         signed.params.to_json(),
         state.clock.now(),
     )
-    .await?;
+    .await;
+    state.metrics.database_time(started.elapsed());
+    let recorded = recorded?;
+    if !recorded.advanced {
+        state.metrics.status_not_advanced.inc();
+    }
     tracing::info!(
         status = %callback.status,
         new_event = recorded.new_event,

@@ -13,6 +13,8 @@ pub struct Recorded {
     pub new_event: bool,
     /// The callback named a SID we had not stored: an outbound row was created.
     pub created_message: bool,
+    /// This event set the message's current status (a new event that won on precedence).
+    pub advanced: bool,
 }
 
 /// One statement, so it commits atomically and takes one round trip. Concurrent callbacks
@@ -61,7 +63,7 @@ pub async fn record(
                 body = coalesce(m.body, excluded.body),
                 updated_at = excluded.updated_at
             -- xmax is 0 on a row this statement inserted rather than updated.
-            returning (m.xmax = 0) as created
+            returning (m.xmax = 0) as created, m.status = $2 as current
         ), conv as (
             -- Outbound messages never open or extend a 24-hour window.
             insert into conversations as c (
@@ -75,6 +77,7 @@ pub async fn record(
         )
         select exists (select 1 from ev) as "new_event!",
                coalesce((select created from msg), false) as "created!",
+               coalesce((select current from msg), false) as "current!",
                -- Correlated with ev, so a redelivery (no ev row) can never notify.
                (select count(*) from ev, lateral (
                    select pg_notify('twilio_receiver',
@@ -106,5 +109,6 @@ pub async fn record(
     Ok(Recorded {
         new_event: row.new_event,
         created_message: row.created,
+        advanced: row.new_event && row.current,
     })
 }

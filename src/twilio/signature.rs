@@ -33,6 +33,20 @@ pub enum SignatureError {
     Mismatch { candidates: usize, tokens: usize },
 }
 
+impl SignatureError {
+    /// A short, stable name for metrics labels.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SignatureError::Missing => "missing",
+            SignatureError::BadBase64 => "bad_base64",
+            SignatureError::NoTokens => "no_tokens",
+            SignatureError::BodyHashMissing => "body_hash_missing",
+            SignatureError::BodyHashMismatch => "body_hash_mismatch",
+            SignatureError::Mismatch { .. } => "mismatch",
+        }
+    }
+}
+
 /// The parameter part of the string to sign: sorted names, distinct values per name sorted.
 pub fn params_to_sign(params: &[(String, String)]) -> Vec<u8> {
     let mut sorted: Vec<(&str, &str)> = params

@@ -443,6 +443,7 @@ async fn sighup_reloads_the_rules_and_a_bad_file_keeps_the_old_ones(pool: PgPool
                 ("TWILIO_AUTH_TOKEN", TOKEN),
                 ("TWILIO_RECEIVER__SERVER__PUBLIC_URL", BASE),
                 ("TWILIO_RECEIVER__SERVER__LISTEN", "127.0.0.1:0"),
+                ("TWILIO_RECEIVER__SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
                 ("TWILIO_RECEIVER__DATABASE__URL", url.as_str()),
                 ("TWILIO_RECEIVER__DATABASE__MIGRATE_ON_START", "false"),
                 ("TWILIO_RECEIVER__RULES__PATH", path.to_str().unwrap()),

@@ -35,6 +35,11 @@ pub fn settings(env: &[(&str, &str)]) -> Settings {
             "TWILIO_RECEIVER__DATABASE__MIGRATE_ON_START".into(),
             "false".into(),
         ),
+        // Tests run side by side: never the fixed admin port.
+        (
+            "TWILIO_RECEIVER__SERVER__ADMIN_LISTEN".into(),
+            "127.0.0.1:0".into(),
+        ),
     ]);
     vars.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     Settings::load(&Sources {
@@ -47,6 +52,8 @@ pub fn settings(env: &[(&str, &str)]) -> Settings {
 
 pub struct TestApp {
     pub router: Router,
+    /// The admin listener's routes (`/metrics`).
+    pub admin: Router,
     /// The pool assertions read through.
     pub pool: PgPool,
     /// The pool the server itself uses.
@@ -77,6 +84,7 @@ impl TestApp {
         let clock = now.clone();
         state.clock = Clock::from_fn(move || *clock.lock().unwrap());
         TestApp {
+            admin: routes::admin_router(state.clone()),
             router: routes::router(state, settings.server.request_timeout()),
             app_db: pool.clone(),
             pool,

@@ -8,6 +8,7 @@ mod helpers;
 mod inbound;
 mod logs;
 mod media;
+mod metrics;
 mod requests;
 pub mod rules;
 mod sessions;

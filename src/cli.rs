@@ -70,6 +70,10 @@ enum Command {
         /// The body's content type (form or JSON).
         #[arg(long, default_value = FORM)]
         content_type: String,
+        /// The X-Twilio-Webhooks-Signature-Settings header, when Twilio signed with a shared
+        /// key (`key=<id>,algorithm=HMAC_SHA256`); the key comes from twilio.shared_keys.
+        #[arg(long)]
+        signature_settings: Option<String>,
     },
     /// Exit 0 when the local server's /healthz answers (for container health checks).
     Healthcheck,
@@ -93,7 +97,15 @@ pub fn main() -> ExitCode {
             signature,
             token,
             content_type,
-        } => verify_command(&sources, &url, &signature, token, &content_type),
+            signature_settings,
+        } => verify_command(
+            &sources,
+            &url,
+            &signature,
+            token,
+            &content_type,
+            signature_settings,
+        ),
         Command::Healthcheck => with_settings(&sources, |s| runtime().block_on(healthcheck(s))),
     }
 }
@@ -212,6 +224,7 @@ fn verify_command(
     signature: &str,
     tokens: Vec<String>,
     content_type: &str,
+    signature_settings: Option<String>,
 ) -> ExitCode {
     let verifier = if tokens.is_empty() {
         match Settings::load(sources) {
@@ -226,11 +239,24 @@ fn verify_command(
             }
         }
     } else {
-        crate::twilio::Verifier::new(
-            tokens.into_iter().map(SecretString::from).collect(),
-            Default::default(),
-            true,
-        )
+        {
+            // With --signature-settings, the given token is the shared key's secret.
+            let key_id = signature_settings.as_deref().and_then(|h| {
+                h.split(',')
+                    .find_map(|p| p.trim().strip_prefix("key=").map(str::to_owned))
+            });
+            let shared = key_id
+                .zip(tokens.first())
+                .map(|(id, t)| (id, SecretString::from(t.clone())))
+                .into_iter()
+                .collect();
+            crate::twilio::Verifier::new(
+                tokens.into_iter().map(SecretString::from).collect(),
+                Default::default(),
+                true,
+            )
+            .with_shared_keys(shared)
+        }
     };
     let body = match read_stdin() {
         Ok(b) => b,
@@ -242,6 +268,7 @@ fn verify_command(
         content_type: Some(content_type),
         body: &body,
         signature: Some(signature),
+        signature_settings: signature_settings.as_deref(),
     };
     match verifier.verify(&request) {
         Ok(_) => {

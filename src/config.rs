@@ -79,6 +79,13 @@ pub struct TwilioSettings {
         serialize_with = "redact_map"
     )]
     pub accounts: BTreeMap<String, Vec<SecretString>>,
+    /// Shared-key secrets for Twilio's Webhook Rules (key id -> secret), file only.
+    #[serde(
+        default,
+        deserialize_with = "secret_by_id",
+        serialize_with = "redact_by_id"
+    )]
+    pub shared_keys: BTreeMap<String, SecretString>,
     pub verify_signatures: bool,
 }
 
@@ -90,6 +97,7 @@ impl std::fmt::Debug for TwilioSettings {
                 &format_args!("[{} redacted]", self.auth_tokens.len()),
             )
             .field("accounts", &self.accounts.keys().collect::<Vec<_>>())
+            .field("shared_keys", &self.shared_keys.keys().collect::<Vec<_>>())
             .field("verify_signatures", &self.verify_signatures)
             .finish()
     }
@@ -338,6 +346,13 @@ impl Settings {
                 .collect(),
             self.twilio.verify_signatures,
         )
+        .with_shared_keys(
+            self.twilio
+                .shared_keys
+                .iter()
+                .map(|(id, secret)| (id.clone(), secret.clone()))
+                .collect(),
+        )
     }
 
     pub fn default_reply(&self) -> Option<String> {
@@ -467,6 +482,22 @@ fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
         .into_iter()
         .map(|s| s.expose_secret().to_owned())
         .collect())
+}
+
+fn secret_by_id<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, SecretString>, D::Error> {
+    Ok(BTreeMap::<String, String>::deserialize(d)?
+        .into_iter()
+        .map(|(k, v)| (k, SecretString::from(v)))
+        .collect())
+}
+
+fn redact_by_id<S: Serializer>(
+    map: &BTreeMap<String, SecretString>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(map.keys().map(|k| (k, "[redacted]")))
 }
 
 fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {

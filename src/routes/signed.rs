@@ -99,6 +99,7 @@ where
             content_type: header_str(&parts.headers, header::CONTENT_TYPE.as_str()),
             body: &body,
             signature: signature.as_deref(),
+            signature_settings: header_str(&parts.headers, "x-twilio-webhooks-signature-settings"),
         };
         match signing.verifier.verify(&request) {
             Ok(params) => {

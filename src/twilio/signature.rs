@@ -31,6 +31,12 @@ pub enum SignatureError {
     BodyHashMismatch,
     #[error("no candidate URL matched ({candidates} URLs tried with {tokens} tokens)")]
     Mismatch { candidates: usize, tokens: usize },
+    #[error(
+        "X-Twilio-Webhooks-Signature-Settings names key {0:?}, which is not in twilio.shared_keys"
+    )]
+    UnknownKey(String),
+    #[error("X-Twilio-Webhooks-Signature-Settings names unsupported algorithm {0:?}")]
+    UnsupportedAlgorithm(String),
 }
 
 impl SignatureError {
@@ -43,6 +49,8 @@ impl SignatureError {
             SignatureError::BodyHashMissing => "body_hash_missing",
             SignatureError::BodyHashMismatch => "body_hash_mismatch",
             SignatureError::Mismatch { .. } => "mismatch",
+            SignatureError::UnknownKey(_) => "unknown_key",
+            SignatureError::UnsupportedAlgorithm(_) => "unsupported_algorithm",
         }
     }
 }
@@ -73,17 +81,69 @@ pub fn string_to_sign(url: &str, params: &[(String, String)]) -> String {
     s
 }
 
-/// The signature Twilio would send for `url` and `params` under `token`.
-pub fn compute(token: &[u8], url: &str, params: &[(String, String)]) -> String {
-    let mut mac = HmacSha1::new_from_slice(token).expect("HMAC accepts keys of any length");
-    mac.update(url.as_bytes());
-    mac.update(&params_to_sign(params));
-    BASE64.encode(mac.finalize().into_bytes())
+/// The HMAC a signature uses: SHA-1 with an Auth Token (the default), or SHA-256 with a
+/// shared key named by `X-Twilio-Webhooks-Signature-Settings` (TWILIO.md §1.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    Sha1,
+    Sha256,
 }
 
-/// Checks `header` against every URL candidate and every token, in constant time per try.
+impl Algorithm {
+    /// Twilio's name for it (`HMAC_SHA1`, `HMAC_SHA256`), case-insensitively.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.trim().to_ascii_uppercase().as_str() {
+            "HMAC_SHA1" => Some(Algorithm::Sha1),
+            "HMAC_SHA256" => Some(Algorithm::Sha256),
+            _ => None,
+        }
+    }
+
+    fn mac(self, key: &[u8], parts: [&[u8]; 2]) -> Vec<u8> {
+        fn run<M: Mac + hmac::digest::KeyInit>(key: &[u8], parts: [&[u8]; 2]) -> Vec<u8> {
+            let mut mac = <M as hmac::digest::KeyInit>::new_from_slice(key)
+                .expect("HMAC accepts keys of any length");
+            for part in parts {
+                mac.update(part);
+            }
+            mac.finalize().into_bytes().to_vec()
+        }
+        match self {
+            Algorithm::Sha1 => run::<HmacSha1>(key, parts),
+            Algorithm::Sha256 => run::<Hmac<sha2::Sha256>>(key, parts),
+        }
+    }
+}
+
+/// The signature Twilio would send for `url` and `params` under `token` (HMAC-SHA1).
+pub fn compute(token: &[u8], url: &str, params: &[(String, String)]) -> String {
+    compute_with(Algorithm::Sha1, token, url, params)
+}
+
+/// The signature for `url` and `params` under `key` with `algorithm`.
+pub fn compute_with(
+    algorithm: Algorithm,
+    key: &[u8],
+    url: &str,
+    params: &[(String, String)],
+) -> String {
+    BASE64.encode(algorithm.mac(key, [url.as_bytes(), &params_to_sign(params)]))
+}
+
+/// Checks `header` (HMAC-SHA1) against every URL candidate and every token.
 pub fn verify(
     tokens: &[&[u8]],
+    url: &str,
+    params: &[(String, String)],
+    header: &str,
+) -> Result<(), SignatureError> {
+    verify_with(Algorithm::Sha1, tokens, url, params, header)
+}
+
+/// Checks `header` against every URL candidate and every key, in constant time per try.
+pub fn verify_with(
+    algorithm: Algorithm,
+    keys: &[&[u8]],
     url: &str,
     params: &[(String, String)],
     header: &str,
@@ -94,26 +154,30 @@ pub fn verify(
     let expected = BASE64
         .decode(header)
         .map_err(|_| SignatureError::BadBase64)?;
-    if tokens.is_empty() {
+    if keys.is_empty() {
         return Err(SignatureError::NoTokens);
     }
     let tail = params_to_sign(params);
     let candidates = url_candidates(url);
     for candidate in &candidates {
-        for token in tokens {
-            let mut mac = HmacSha1::new_from_slice(token).expect("HMAC accepts keys of any length");
-            mac.update(candidate.as_bytes());
-            mac.update(&tail);
-            // verify_slice is constant-time; comparing base64 strings with == would not be.
-            if mac.verify_slice(&expected).is_ok() {
+        for key in keys {
+            let computed = algorithm.mac(key, [candidate.as_bytes(), &tail]);
+            // Constant-time comparison; == on the bytes would leak the matching prefix length.
+            if constant_time_eq(&computed, &expected) {
                 return Ok(());
             }
         }
     }
     Err(SignatureError::Mismatch {
         candidates: candidates.len(),
-        tokens: tokens.len(),
+        tokens: keys.len(),
     })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    // The length is public (it is the digest size); `subtle` compares the contents in full.
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 /// The URLs a signature may have been computed over (TWILIO.md §1.3): as received, then with

@@ -5,7 +5,7 @@
 
 use super::{
     params::Params,
-    signature::{self, SignatureError},
+    signature::{self, Algorithm, SignatureError},
 };
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
@@ -22,6 +22,9 @@ pub struct RawRequest<'a> {
     pub body: &'a [u8],
     /// The `X-Twilio-Signature` header; `None` when absent.
     pub signature: Option<&'a str>,
+    /// `X-Twilio-Webhooks-Signature-Settings` (`key=<id>,algorithm=HMAC_SHA256`): present when
+    /// Twilio signed with a shared key instead of the Auth Token.
+    pub signature_settings: Option<&'a str>,
 }
 
 /// Why a request was turned away before any handler saw it.
@@ -63,6 +66,8 @@ pub struct Verifier {
     tokens: Vec<SecretString>,
     /// Per-account tokens, keyed by lower-cased AccountSid (the config crate lower-cases keys).
     accounts: HashMap<String, Vec<SecretString>>,
+    /// Shared-key secrets by lower-cased key id (`twilio.shared_keys`).
+    shared_keys: HashMap<String, SecretString>,
     enforce: bool,
 }
 
@@ -89,6 +94,7 @@ impl Verifier {
         Verifier {
             tokens,
             accounts,
+            shared_keys: HashMap::new(),
             enforce,
         }
     }
@@ -96,6 +102,42 @@ impl Verifier {
     /// Turns checking on whatever the settings say (the `verify` command always checks).
     pub fn enforce(&mut self) {
         self.enforce = true;
+    }
+
+    /// Adds shared-key secrets (`twilio.shared_keys`: key id -> secret).
+    pub fn with_shared_keys(mut self, keys: HashMap<String, SecretString>) -> Self {
+        self.shared_keys = keys
+            .into_iter()
+            .map(|(id, secret)| (id.to_ascii_lowercase(), secret))
+            .collect();
+        self
+    }
+
+    /// The algorithm and keys a request is checked with: the shared key and algorithm that
+    /// `X-Twilio-Webhooks-Signature-Settings` names, else the Auth Tokens with HMAC-SHA1.
+    fn keys_for(
+        &self,
+        settings: Option<&str>,
+        account_sid: Option<&str>,
+    ) -> Result<(Algorithm, std::borrow::Cow<'_, [SecretString]>), SignatureError> {
+        let Some(settings) = settings.filter(|s| !s.trim().is_empty()) else {
+            return Ok((Algorithm::Sha1, self.tokens_for(account_sid).into()));
+        };
+        let field = |name: &str| {
+            settings.split(',').find_map(|part| {
+                let (k, v) = part.split_once('=')?;
+                (k.trim() == name).then(|| v.trim().to_owned())
+            })
+        };
+        let algorithm_name = field("algorithm").unwrap_or_else(|| "HMAC_SHA1".to_owned());
+        let algorithm = Algorithm::from_name(&algorithm_name)
+            .ok_or(SignatureError::UnsupportedAlgorithm(algorithm_name))?;
+        let key_id = field("key").unwrap_or_default();
+        let secret = self
+            .shared_keys
+            .get(&key_id.to_ascii_lowercase())
+            .ok_or(SignatureError::UnknownKey(key_id))?;
+        Ok((algorithm, vec![secret.clone()].into()))
     }
 
     /// Whether signatures are checked (`twilio.verify_signatures`).
@@ -148,12 +190,15 @@ impl Verifier {
                 .iter()
                 .find(|(k, _)| k == "AccountSid")
                 .map(|(_, v)| v.as_str());
-            let tokens: Vec<&[u8]> = self
-                .tokens_for(account)
-                .iter()
-                .map(|t| t.expose_secret().as_bytes())
-                .collect();
-            signature::verify(&tokens, req.url, signed, req.signature.unwrap_or_default())?;
+            let (algorithm, keys) = self.keys_for(req.signature_settings, account)?;
+            let keys: Vec<&[u8]> = keys.iter().map(|t| t.expose_secret().as_bytes()).collect();
+            signature::verify_with(
+                algorithm,
+                &keys,
+                req.url,
+                signed,
+                req.signature.unwrap_or_default(),
+            )?;
         }
         if !json_ok {
             return Err(Rejection::BadJson);
@@ -290,6 +335,7 @@ mod tests {
             content_type: ct,
             body,
             signature: Some(sig),
+            signature_settings: None,
         }
     }
 
@@ -344,6 +390,7 @@ mod tests {
             content_type: None,
             body: b"",
             signature: Some(&sig),
+            signature_settings: None,
         };
         let params = verifier(&["tok"]).verify(&req).unwrap();
         assert_eq!(params.get("Body"), Some("hi there"));
@@ -410,6 +457,36 @@ mod tests {
     }
 
     #[test]
+    fn shared_keys_sign_with_hmac_sha256_and_unknown_keys_or_algorithms_are_refused() {
+        let url = "https://h/x";
+        let body = b"MessageSid=SM1&AccountSid=AC1";
+        let pairs = form_pairs(body).unwrap();
+        let sig = signature::compute_with(Algorithm::Sha256, b"secret", url, &pairs);
+        let v = verifier(&["auth-token"]).with_shared_keys(HashMap::from([(
+            "Key_1".to_owned(),
+            SecretString::from("secret"),
+        )]));
+        let req = |settings| RawRequest {
+            signature_settings: Some(settings),
+            ..post(url, FORM, body, &sig)
+        };
+        assert!(v.verify(&req("key=key_1,algorithm=HMAC_SHA256")).is_ok());
+        assert!(v.verify(&req("algorithm=hmac_sha256, key=KEY_1")).is_ok());
+        assert_eq!(
+            v.verify(&req("key=other,algorithm=HMAC_SHA256")),
+            Err(SignatureError::UnknownKey("other".into()).into())
+        );
+        assert_eq!(
+            v.verify(&req("key=key_1,algorithm=HMAC_SHA512")),
+            Err(SignatureError::UnsupportedAlgorithm("HMAC_SHA512".into()).into())
+        );
+        // SHA-1 with the shared key is a different signature.
+        assert!(v.verify(&req("key=key_1,algorithm=HMAC_SHA1")).is_err());
+        // Without the header the Auth Token and SHA-1 apply.
+        assert!(v.verify(&post(url, FORM, body, &sig)).is_err());
+    }
+
+    #[test]
     fn per_account_tokens_are_chosen_by_account_sid() {
         let v = Verifier::new(
             vec![SecretString::from("parent")],
@@ -436,6 +513,7 @@ mod tests {
             content_type: FORM,
             body: b"MessageSid=SM1",
             signature: None,
+            signature_settings: None,
         };
         assert_eq!(v.verify(&req).unwrap().get("MessageSid"), Some("SM1"));
     }
@@ -452,7 +530,18 @@ mod tests {
         for case in cases {
             let field = |k: &str| case[k].as_str().unwrap();
             let name = field("name");
-            let v = verifier(&[field("token")]);
+            let settings = case["signature_settings"].as_str();
+            let mut v = verifier(&[field("token")]);
+            if let Some(settings) = settings {
+                let id = settings
+                    .split(',')
+                    .find_map(|p| p.strip_prefix("key="))
+                    .unwrap();
+                v = v.with_shared_keys(HashMap::from([(
+                    id.to_owned(),
+                    SecretString::from(field("token")),
+                )]));
+            }
             let is_get = name.starts_with("get");
             let req = RawRequest {
                 is_get,
@@ -460,10 +549,11 @@ mod tests {
                 content_type: (!is_get).then(|| field("content_type")),
                 body: field("body").as_bytes(),
                 signature: Some(field("signature")),
+                signature_settings: settings,
             };
             assert!(v.verify(&req).is_ok(), "{name}: {:?}", v.verify(&req));
             // The same signature made by our signer.
-            if !is_get {
+            if !is_get && settings.is_none() {
                 assert_eq!(
                     sign(
                         field("token").as_bytes(),

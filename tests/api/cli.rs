@@ -164,21 +164,21 @@ fn fixtures_signed_by_twilio_python_verify_through_the_command() {
         serde_json::from_str(include_str!("../fixtures/twilio_python_signatures.json")).unwrap();
     for case in fixture["cases"].as_array().unwrap() {
         let f = |k: &str| case[k].as_str().unwrap();
-        let out = run(
-            &[
-                "verify",
-                "--url",
-                f("url"),
-                "--signature",
-                f("signature"),
-                "--token",
-                f("token"),
-                "--content-type",
-                f("content_type"),
-            ],
-            &[],
-            f("body"),
-        );
+        let mut args = vec![
+            "verify",
+            "--url",
+            f("url"),
+            "--signature",
+            f("signature"),
+            "--token",
+            f("token"),
+            "--content-type",
+            f("content_type"),
+        ];
+        if let Some(settings) = case["signature_settings"].as_str() {
+            args.extend(["--signature-settings", settings]);
+        }
+        let out = run(&args, &[], f("body"));
         assert_eq!(
             out.status.code(),
             Some(0),

@@ -225,3 +225,74 @@ async fn subaccounts_are_checked_with_their_own_tokens(pool: PgPool) {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[sqlx::test]
+async fn webhook_rules_signing_with_a_shared_key_are_verified_with_that_key(pool: PgPool) {
+    let dir = std::env::temp_dir().join(format!("twr-shared-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("keys.toml");
+    std::fs::write(
+        &file,
+        "[twilio.shared_keys]\nwebhooks_sharedkey_0123 = \"shared-secret\"\n",
+    )
+    .unwrap();
+    let mut settings = settings(&[]);
+    settings.twilio.shared_keys =
+        twilio_receiver::config::Settings::load(&twilio_receiver::config::Sources {
+            config_dir: dir.clone(),
+            config_file: Some(file),
+            env: Default::default(),
+        })
+        .unwrap()
+        .twilio
+        .shared_keys;
+    let app = TestApp::with_settings(pool, settings);
+    let url = format!("{BASE}/twilio/messages");
+    let request = |n: u32, header: &str, key: &[u8]| {
+        let params = whatsapp_text(&sid(n), "whatsapp:+15551234567", "hi");
+        let sig = signature::compute_with(signature::Algorithm::Sha256, key, &url, &params);
+        let mut r = signed_post(&url, "/twilio/messages", &params, TOKEN);
+        r.headers_mut()
+            .insert("x-twilio-signature", sig.parse().unwrap());
+        r.headers_mut().insert(
+            "x-twilio-webhooks-signature-settings",
+            header.parse().unwrap(),
+        );
+        r
+    };
+
+    let ok = app
+        .send(request(
+            1,
+            "key=webhooks_sharedkey_0123,algorithm=HMAC_SHA256",
+            b"shared-secret",
+        ))
+        .await;
+    assert_eq!(ok.status, 200);
+    let unknown = app
+        .send(request(
+            2,
+            "key=webhooks_sharedkey_9999,algorithm=HMAC_SHA256",
+            b"shared-secret",
+        ))
+        .await;
+    assert_eq!(unknown.status, 403);
+    let algorithm = app
+        .send(request(
+            3,
+            "key=webhooks_sharedkey_0123,algorithm=HMAC_MD5",
+            b"shared-secret",
+        ))
+        .await;
+    assert_eq!(algorithm.status, 403);
+    let wrong_secret = app
+        .send(request(
+            4,
+            "key=webhooks_sharedkey_0123,algorithm=HMAC_SHA256",
+            TOKEN.as_bytes(),
+        ))
+        .await;
+    assert_eq!(wrong_secret.status, 403);
+    assert_eq!(app.count("select count(*) from messages").await, 1);
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -77,6 +77,14 @@ enum Command {
     },
     /// Exit 0 when the local server's /healthz answers (for container health checks).
     Healthcheck,
+    /// Delete everything stored about one contact (messages both ways, media rows and
+    /// archived files, status events, fallback calls, replies, sessions, consent) and print
+    /// what was removed.
+    Erase {
+        /// The contact's address exactly as stored, e.g. whatsapp:+15551234567.
+        #[arg(long)]
+        contact: String,
+    },
 }
 
 /// Runs the command line and returns the process exit code.
@@ -107,6 +115,9 @@ pub fn main() -> ExitCode {
             signature_settings,
         ),
         Command::Healthcheck => with_settings(&sources, |s| runtime().block_on(healthcheck(s))),
+        Command::Erase { contact } => {
+            with_settings(&sources, |s| runtime().block_on(erase(s, &contact)))
+        }
     }
 }
 
@@ -279,6 +290,67 @@ fn verify_command(
             println!("invalid: {reason}");
             ExitCode::FAILURE
         }
+    }
+}
+
+async fn erase(settings: Settings, contact: &str) -> ExitCode {
+    let erased = match store::pool(&settings.database) {
+        Ok(pool) => store::erase::contact(&pool, contact)
+            .await
+            .map_err(|e| error_chain(&e)),
+        Err(e) => Err(e),
+    };
+    let erased = match erased {
+        Ok(erased) => erased,
+        Err(e) => {
+            eprintln!("error: nothing erased: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "erased {contact}: {} messages, {} media rows, {} status events, {} fallback calls, {} replies, {} sessions, {} conversations, {} consent rows",
+        erased.messages,
+        erased.media,
+        erased.status_events,
+        erased.failures,
+        erased.replies,
+        erased.sessions,
+        erased.conversations,
+        erased.consent
+    );
+    if erased.storage_keys.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    // Files go after the rows are committed; a file that cannot be deleted is reported.
+    let store = match crate::media::storage(&settings.media.storage) {
+        Ok((store, _)) => store,
+        Err(e) => {
+            eprintln!(
+                "error: {} archived files not deleted: media.storage: {e}",
+                erased.storage_keys.len()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = 0;
+    for key in &erased.storage_keys {
+        use object_store::ObjectStoreExt;
+        if let Err(e) = store
+            .delete(&object_store::path::Path::from(key.as_str()))
+            .await
+        {
+            failed += 1;
+            eprintln!("error: cannot delete archived file {key}: {e}");
+        }
+    }
+    println!(
+        "deleted {} archived files",
+        erased.storage_keys.len() - failed
+    );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

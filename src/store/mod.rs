@@ -1,6 +1,7 @@
 //! Postgres: the pool, migrations and the SQL of every write. Knows SQL and core types, never
 //! HTTP; it returns [`StoreError`], and only `routes` turns that into a status code.
 
+pub mod erase;
 pub mod inbound;
 pub mod media;
 pub mod status;

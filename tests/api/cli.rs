@@ -488,3 +488,103 @@ async fn sighup_reloads_the_rules_and_a_bad_file_keeps_the_old_ones(pool: PgPool
     .await
     .unwrap();
 }
+
+/// `erase --contact` removes everything about one contact, archived files included, and
+/// leaves everyone else alone.
+#[sqlx::test]
+async fn erase_removes_one_contact_everywhere_and_nothing_else(pool: PgPool) {
+    let rules = std::fs::canonicalize("config/rules.toml").unwrap();
+    let app = TestApp::with_env(
+        pool.clone(),
+        &[("TWILIO_RECEIVER__RULES__PATH", rules.to_str().unwrap())],
+    );
+    let ana = "whatsapp:+15551234567";
+    let bob = "whatsapp:+15557654321";
+    let mut photo = whatsapp_text(&sid(1), ana, "");
+    photo.extend(pairs(&[
+        ("MediaUrl0", "https://api.twilio.com/m/ME1"),
+        ("MediaContentType0", "image/jpeg"),
+    ]));
+    app.post_signed("/twilio/messages", &photo).await;
+    app.post_signed("/twilio/messages", &whatsapp_text(&sid(2), ana, "STOP"))
+        .await;
+    let mut fallback = whatsapp_text(&sid(3), ana, "again");
+    fallback.push(("ErrorCode".into(), "11200".into()));
+    app.post_signed("/twilio/fallback", &fallback).await;
+    let status = pairs(&[
+        ("MessageSid", "SM99999999999999999999999999999999"),
+        ("AccountSid", "AC00000000000000000000000000000000"),
+        ("From", BUSINESS),
+        ("To", ana),
+        ("MessageStatus", "delivered"),
+    ]);
+    app.post_signed("/twilio/status", &status).await;
+    app.post_signed("/twilio/messages", &whatsapp_text(&sid(4), bob, "hi"))
+        .await;
+    // Ana's photo was archived.
+    let dir = std::env::temp_dir().join(format!("twr-erase-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join(sid(1))).unwrap();
+    std::fs::write(dir.join(sid(1)).join("0"), "jpeg").unwrap();
+    sqlx::query("update message_media set archive_state = 'stored', storage_key = $1 where message_sid = $2")
+        .bind(format!("{}/0", sid(1)))
+        .bind(sid(1))
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let url = database_url(&pool);
+    let storage = format!("file://{}", dir.display());
+    let out = tokio::task::spawn_blocking(move || {
+        run(
+            &["erase", "--contact", ana],
+            &[
+                ("TWILIO_RECEIVER__DATABASE__URL", &url),
+                ("TWILIO_RECEIVER__MEDIA__STORAGE", &storage),
+            ],
+            "",
+        )
+    })
+    .await
+    .unwrap();
+
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = stdout(&out);
+    assert!(
+        printed.contains("4 messages, 1 media rows, 1 status events, 1 fallback calls, 3 replies, 1 sessions, 1 conversations, 1 consent rows"),
+        "{printed}"
+    );
+    assert!(printed.contains("deleted 1 archived files"), "{printed}");
+    assert!(!dir.join(sid(1)).join("0").exists());
+    for table in ["messages", "sessions", "conversations", "consent"] {
+        let left = app
+            .count(&format!(
+                "select count(*) from {table} where contact = '{ana}'"
+            ))
+            .await;
+        assert_eq!(left, 0, "{table}");
+    }
+    assert_eq!(
+        app.count("select count(*) from message_status_events")
+            .await,
+        0
+    );
+    assert_eq!(app.count("select count(*) from webhook_failures").await, 0);
+    assert_eq!(
+        app.count(&format!(
+            "select count(*) from messages where contact = '{bob}'"
+        ))
+        .await,
+        1
+    );
+    assert_eq!(
+        app.count("select count(*) from replies").await,
+        1,
+        "Bob's reply stays"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -67,6 +67,37 @@ pub struct ServerSettings {
     pub body_limit_bytes: usize,
     pub request_timeout_ms: u64,
     pub admin_listen: String,
+    /// HTTP Basic credentials the webhook routes require (when the URL in Twilio carries
+    /// `user:password@`); both empty: off.
+    #[serde(default)]
+    pub basic_auth: BasicAuthSettings,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct BasicAuthSettings {
+    #[serde(default)]
+    pub user: String,
+    #[serde(
+        default,
+        serialize_with = "redact_secret",
+        deserialize_with = "secret_string"
+    )]
+    pub password: SecretString,
+}
+
+impl BasicAuthSettings {
+    /// The expected `Authorization` header value, when Basic auth is on.
+    pub fn header(&self) -> Option<SecretString> {
+        use base64::Engine;
+        let password = self.password.expose_secret();
+        (!self.user.is_empty() || !password.is_empty()).then(|| {
+            let raw = format!("{}:{password}", self.user);
+            SecretString::from(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(raw)
+            ))
+        })
+    }
 }
 
 #[derive(Deserialize, Serialize)]
@@ -484,6 +515,18 @@ fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
         .collect())
 }
 
+fn secret_string<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+    Ok(SecretString::from(String::deserialize(d)?))
+}
+
+fn redact_secret<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if secret.expose_secret().is_empty() {
+        ""
+    } else {
+        "[redacted]"
+    })
+}
+
 fn secret_by_id<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<BTreeMap<String, SecretString>, D::Error> {
@@ -718,11 +761,14 @@ mod tests {
         let s = Settings::load(&sources(&[
             ("TWILIO_AUTH_TOKEN", "sekrit-token"),
             ("DATABASE_URL", "postgres://app:pa55word@db:5432/x"),
+            ("TWILIO_RECEIVER__SERVER__BASIC_AUTH__USER", "twilio"),
+            ("TWILIO_RECEIVER__SERVER__BASIC_AUTH__PASSWORD", "hunter2"),
         ]))
         .unwrap();
         let printed = format!("{}\n{s:?}", s.redacted_toml());
         assert!(!printed.contains("sekrit-token"), "{printed}");
         assert!(!printed.contains("pa55word"), "{printed}");
+        assert!(!printed.contains("hunter2"), "{printed}");
         assert!(
             printed.contains("postgres://app:[redacted]@db:5432/x"),
             "{printed}"

@@ -33,6 +33,9 @@ pub enum AppError {
     BadBody(#[source] axum::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Basic auth is on and the request has no (or wrong) credentials.
+    #[error("missing or wrong HTTP Basic credentials")]
+    Unauthorized,
     /// Migrations have not been applied yet (Postgres was unreachable at start).
     #[error("the database schema is not ready yet")]
     NotReady,
@@ -51,6 +54,7 @@ impl AppError {
             | AppError::MissingParam(_)
             | AppError::BadBody(_) => StatusCode::BAD_REQUEST,
             AppError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
             AppError::Store(StoreError::Unavailable(_)) | AppError::NotReady => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -89,6 +93,16 @@ impl IntoResponse for AppError {
             }
             other => tracing::info!(reason = %other, status = status.as_u16(), "bad request"),
         }
+        if let AppError::Unauthorized = self {
+            return (
+                status,
+                [(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    r#"Basic realm="twilio-receiver""#,
+                )],
+            )
+                .into_response();
+        }
         let body = match &self {
             AppError::Rejected(Rejection::Signature(_)) | AppError::BadSignature { .. } => "",
             AppError::Store(StoreError::Unavailable(_)) => "service unavailable\n",
@@ -100,6 +114,7 @@ impl IntoResponse for AppError {
             AppError::Rejected(Rejection::BadJson) => "the JSON body is not an object\n",
             AppError::Rejected(Rejection::BadForm) => "the form body could not be parsed\n",
             AppError::NotReady => "service unavailable\n",
+            AppError::Unauthorized => "",
             AppError::BadBody(_) => "request body could not be read\n",
             AppError::MissingParam(MissingParam(name)) => {
                 return (status, format!("missing required parameter {name}\n")).into_response();

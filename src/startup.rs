@@ -46,6 +46,7 @@ pub fn app_state(settings: &Settings, db: PgPool) -> Result<AppState, StartupErr
             verifier: settings.verifier(),
             base,
             body_limit: settings.server.body_limit_bytes,
+            basic_auth: settings.server.basic_auth.header(),
         }),
         replier: Arc::new(Replier::new(
             rules,

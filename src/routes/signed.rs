@@ -31,6 +31,8 @@ pub struct Signing {
     pub verifier: Verifier,
     pub base: PublicBase,
     pub body_limit: usize,
+    /// The `Authorization` header required before anything else, when Basic auth is on.
+    pub basic_auth: Option<secrecy::SecretString>,
 }
 
 impl Signing {
@@ -67,6 +69,20 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
         let signing = Arc::<Signing>::from_ref(state);
         let (parts, body) = req.into_parts();
+        if let Some(expected) = &signing.basic_auth {
+            use secrecy::ExposeSecret;
+            use subtle::ConstantTimeEq;
+            let given = parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes())
+                .unwrap_or_default();
+            let expected = expected.expose_secret().as_bytes();
+            // Constant-time; a missing header is Twilio's first try, answered 401 as it expects.
+            if given.len() != expected.len() || !bool::from(given.ct_eq(expected)) {
+                return Err(AppError::Unauthorized);
+            }
+        }
         // OriginalUri keeps the path Twilio called even when the router is nested. Its
         // path and query are the raw bytes of the request line: never re-encoded.
         let uri = parts
@@ -198,6 +214,7 @@ mod tests {
             verifier: Verifier::new(vec![], Default::default(), true),
             base,
             body_limit: 1,
+            basic_auth: None,
         }
     }
 

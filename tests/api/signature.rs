@@ -296,3 +296,54 @@ async fn webhook_rules_signing_with_a_shared_key_are_verified_with_that_key(pool
     assert_eq!(app.count("select count(*) from messages").await, 1);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Webhook URLs with credentials: Twilio first calls without them and expects a 401 with
+/// WWW-Authenticate, then retries with them; the signature must hold as well.
+#[sqlx::test]
+async fn basic_auth_asks_first_then_checks_credentials_and_signature(pool: PgPool) {
+    let app = TestApp::with_env(
+        pool,
+        &[
+            ("TWILIO_RECEIVER__SERVER__BASIC_AUTH__USER", "twilio"),
+            (
+                "TWILIO_RECEIVER__SERVER__BASIC_AUTH__PASSWORD",
+                "s3cret:pass",
+            ),
+        ],
+    );
+    let url = format!("{BASE}/twilio/messages");
+    let with_auth = |n: u32, auth: Option<&str>, token: &str| {
+        let params = whatsapp_text(&sid(n), "whatsapp:+15551234567", "hi");
+        let mut r = signed_post(&url, "/twilio/messages", &params, token);
+        if let Some(auth) = auth {
+            r.headers_mut()
+                .insert("authorization", auth.parse().unwrap());
+        }
+        r
+    };
+    use base64::Engine;
+    let good = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("twilio:s3cret:pass")
+    );
+    let bad = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("twilio:guess")
+    );
+
+    let first = app.send(with_auth(1, None, TOKEN)).await;
+    assert_eq!(first.status, 401);
+    assert_eq!(
+        first.headers["www-authenticate"],
+        r#"Basic realm="twilio-receiver""#
+    );
+    assert_eq!(app.send(with_auth(1, Some(&bad), TOKEN)).await.status, 401);
+    assert_eq!(
+        app.send(with_auth(1, Some(&good), "wrong-token"))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(app.send(with_auth(1, Some(&good), TOKEN)).await.status, 200);
+    assert_eq!(app.count("select count(*) from messages").await, 1);
+}

@@ -445,3 +445,26 @@ async fn json_bodies_are_verified_with_their_hash_and_stored(pool: PgPool) {
         .await;
     assert_eq!(response.status, 400);
 }
+
+#[sqlx::test]
+async fn text_full_of_quotes_backslashes_and_sql_is_stored_unchanged(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let nasty = r#"Robert'); DROP TABLE messages;-- \' \\ " $1 %s {{ x }} ' OR '1'='1"#;
+    let mut params = whatsapp_text(&sid(1), "whatsapp:+15551234567", nasty);
+    params.push(("ProfileName".into(), "O'Brien \\ \"quoted\"".into()));
+    assert_eq!(
+        app.post_signed("/twilio/messages", &params).await.status,
+        200
+    );
+    let row = sqlx::query!(
+        "select body, params from messages where message_sid = $1",
+        sid(1)
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(row.body.as_deref(), Some(nasty));
+    assert_eq!(row.params["Body"], nasty);
+    assert_eq!(row.params["ProfileName"][1], "O'Brien \\ \"quoted\"");
+    assert_eq!(app.count("select count(*) from messages").await, 1);
+}

@@ -149,3 +149,83 @@ async fn unverified_requests_are_logged_as_such(pool: PgPool) {
     assert!(text.contains("requests are NOT verified"), "{text}");
     assert!(text.contains("accepted an unverified request"), "{text}");
 }
+
+/// A full scenario at trace level: no auth token, database password or Basic password appears
+/// in any log line at any level.
+#[sqlx::test]
+async fn no_secret_reaches_the_logs_even_at_trace_level(pool: PgPool) {
+    let (logs, _guard) = capture("trace");
+    // Trust authentication ignores the password, so the server connects while carrying one.
+    let url = database_url(&pool).replacen(
+        "postgres://postgres@",
+        "postgres://postgres:db-pa55word@",
+        1,
+    );
+    assert!(url.contains("db-pa55word"), "{url}");
+    let env = [
+        ("TWILIO_RECEIVER__DATABASE__URL", url.as_str()),
+        ("TWILIO_RECEIVER__SERVER__BASIC_AUTH__USER", "twilio"),
+        (
+            "TWILIO_RECEIVER__SERVER__BASIC_AUTH__PASSWORD",
+            "basic-pa55word",
+        ),
+        ("TWILIO_RECEIVER__REPLY__BODY", "hello"),
+    ];
+    let settings = settings(&env);
+    let own = twilio_receiver::store::pool(&settings.database).unwrap();
+    let app = TestApp::with_settings(own, settings);
+    use base64::Engine;
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("twilio:basic-pa55word")
+    );
+    let url_messages = format!("{BASE}/twilio/messages");
+    for (n, token, with_auth) in [
+        (1, TOKEN, true),
+        (2, "forged-token", true),
+        (3, TOKEN, false),
+    ] {
+        let mut r = signed_post(
+            &url_messages,
+            "/twilio/messages",
+            &whatsapp_text(&sid(n), "whatsapp:+15551234567", "hi"),
+            token,
+        );
+        if with_auth {
+            r.headers_mut()
+                .insert("authorization", auth.parse().unwrap());
+        }
+        app.send(r).await;
+    }
+    let status = pairs(&[
+        ("MessageSid", "SM55555555555555555555555555555555"),
+        ("AccountSid", "AC00000000000000000000000000000000"),
+        ("From", BUSINESS),
+        ("To", "whatsapp:+15551234567"),
+        ("MessageStatus", "sent"),
+    ]);
+    let mut r = signed_post(
+        &format!("{BASE}/twilio/status"),
+        "/twilio/status",
+        &status,
+        TOKEN,
+    );
+    r.headers_mut()
+        .insert("authorization", auth.parse().unwrap());
+    assert_eq!(app.send(r).await.status, 204);
+    assert_eq!(
+        app.count("select count(*) from messages").await,
+        2,
+        "the scenario really ran"
+    );
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("stored status callback") && text.contains("\"level\":\"DEBUG\""),
+        "trace logging captured: {text}"
+    );
+    let basic_b64 = base64::engine::general_purpose::STANDARD.encode("twilio:basic-pa55word");
+    for secret in [TOKEN, "db-pa55word", "basic-pa55word", basic_b64.as_str()] {
+        assert!(!text.contains(secret), "{secret:?} leaked into the logs");
+    }
+}

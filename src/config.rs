@@ -493,7 +493,8 @@ enum StringOrList {
 }
 
 impl StringOrList {
-    fn into_secrets(self) -> Vec<SecretString> {
+    /// The items, trimmed, blanks dropped.
+    fn into_strings(self) -> Vec<String> {
         let items = match self {
             StringOrList::List(items) => items,
             StringOrList::String(s) => s.split(',').map(str::to_owned).collect(),
@@ -502,17 +503,19 @@ impl StringOrList {
             .into_iter()
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    fn into_secrets(self) -> Vec<SecretString> {
+        self.into_strings()
+            .into_iter()
             .map(SecretString::from)
             .collect()
     }
 }
 
 fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    Ok(StringOrList::deserialize(d)?
-        .into_secrets()
-        .into_iter()
-        .map(|s| s.expose_secret().to_owned())
-        .collect())
+    Ok(StringOrList::deserialize(d)?.into_strings())
 }
 
 fn secret_string<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {

@@ -355,7 +355,7 @@ impl Archiver {
         Ok(Outcome::Stored {
             key: key.to_string(),
             bytes: bytes as i64,
-            sha256: hex(&hasher.finalize()),
+            sha256: crate::twilio::verify::hex(&hasher.finalize()),
             content_type,
         })
     }
@@ -432,16 +432,6 @@ fn describe(e: reqwest::Error) -> String {
         "request failed"
     };
     format!("{kind}: {}", e.without_url())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 #[cfg(test)]

@@ -269,10 +269,15 @@ fn check_body_hash(url: &str, body: &[u8]) -> Result<(), SignatureError> {
 }
 
 fn sha256_hex(body: &[u8]) -> String {
+    hex(&Sha256::digest(body))
+}
+
+/// Lowercase hex, as Twilio writes `bodySHA256` (and as the media archive records digests).
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    Sha256::digest(body)
+    bytes
         .iter()
-        .fold(String::with_capacity(64), |mut s, b| {
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
             let _ = write!(s, "{b:02x}");
             s
         })

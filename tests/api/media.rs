@@ -21,6 +21,7 @@ use std::{
 use twilio_receiver::media::Archiver;
 
 const ACCOUNT: &str = "AC00000000000000000000000000000000";
+const SUB_ACCOUNT: &str = "ACSUB000000000000000000000000000";
 
 /// Every request the fake host saw: path and Authorization header.
 #[derive(Default)]
@@ -49,6 +50,14 @@ fn expected_auth() -> String {
     )
 }
 
+fn sub_auth() -> String {
+    let raw = format!("{SUB_ACCOUNT}:sub-token");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
+}
+
 async fn media_host(State(fake): State<Arc<Fake>>, uri: Uri, headers: HeaderMap) -> Response {
     let path = uri.path().to_owned();
     let auth = headers
@@ -67,6 +76,10 @@ async fn media_host(State(fake): State<Arc<Fake>>, uri: Uri, headers: HeaderMap)
         "/ok" => StatusCode::UNAUTHORIZED.into_response(),
         "/late" if seen == 1 => StatusCode::NOT_FOUND.into_response(),
         "/late" => image("arrived late"),
+        "/busy" if seen == 1 => StatusCode::TOO_MANY_REQUESTS.into_response(),
+        "/busy" => image("not busy now"),
+        "/sub" if auth.as_deref() == Some(sub_auth().as_str()) => image("sub-account media"),
+        "/sub" => StatusCode::UNAUTHORIZED.into_response(),
         "/broken" => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
         "/locked" => StatusCode::UNAUTHORIZED.into_response(),
         "/big" => image("far more than ten bytes"),
@@ -278,6 +291,70 @@ async fn a_404_right_after_receipt_is_retried_until_it_succeeds(pool: PgPool) {
         (Some("stored"), 2)
     );
     assert_eq!(second.error, "");
+}
+
+#[sqlx::test]
+async fn a_429_and_a_refused_connection_are_retried(pool: PgPool) {
+    let s = setup(pool, &[]).await;
+    s.receive(1, &s.url("/busy")).await;
+    // Nothing listens on port 1 of loopback.
+    s.receive(2, "http://127.0.0.1:1/gone").await;
+    s.attempt().await;
+    s.attempt().await;
+    let busy = s.item(1).await;
+    assert_eq!(
+        (busy.state.as_deref(), busy.attempts),
+        (Some("pending"), 1),
+        "{busy:?}"
+    );
+    assert!(busy.error.contains("429"), "{busy:?}");
+    let refused = s.item(2).await;
+    assert_eq!(
+        (refused.state.as_deref(), refused.attempts),
+        (Some("pending"), 1),
+        "{refused:?}"
+    );
+    assert!(refused.error.contains("connection failed"), "{refused:?}");
+    s.attempt().await;
+    assert_eq!(s.item(1).await.state.as_deref(), Some("stored"));
+}
+
+#[sqlx::test]
+async fn a_sub_account_media_item_is_fetched_with_that_accounts_token(pool: PgPool) {
+    let fake = setup(pool.clone(), &[]).await;
+    let storage = format!("file://{}", fake.dir.display());
+    let mut settings = settings(&[
+        ("TWILIO_RECEIVER__MEDIA__ARCHIVE", "true"),
+        ("TWILIO_RECEIVER__MEDIA__STORAGE", &storage),
+        ("TWILIO_RECEIVER__MEDIA__ALLOW_INSECURE_LOOPBACK", "true"),
+        ("TWILIO_RECEIVER__MEDIA__CREDENTIAL_HOSTS", "127.0.0.1"),
+    ]);
+    settings.twilio.accounts.insert(
+        SUB_ACCOUNT.to_lowercase(),
+        vec![secrecy::SecretString::from("sub-token")],
+    );
+    let archiver =
+        Archiver::new(pool.clone(), settings.media.clone(), settings.verifier()).unwrap();
+    let app = TestApp::with_settings(pool, settings);
+    let mut params = whatsapp_text(&sid(1), "whatsapp:+15551234567", "");
+    params.retain(|(k, _)| k != "NumMedia" && k != "AccountSid");
+    let url = fake.url("/sub");
+    params.extend(pairs(&[
+        ("AccountSid", SUB_ACCOUNT),
+        ("NumMedia", "1"),
+        ("MediaUrl0", &url),
+    ]));
+    let signed = signed_post(
+        &format!("{BASE}/twilio/messages"),
+        "/twilio/messages",
+        &params,
+        "sub-token",
+    );
+    assert_eq!(app.send(signed).await.status, 200);
+
+    assert!(archiver.run_once().await);
+    assert_eq!(fake.item(1).await.state.as_deref(), Some("stored"));
+    assert_eq!(fake.fake.hits("/sub"), [Some(sub_auth())]);
 }
 
 #[sqlx::test]

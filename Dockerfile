@@ -32,9 +32,10 @@ RUN (command -v update-ca-certificates >/dev/null \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin app
 WORKDIR /app
 COPY --from=builder /app/target/release/twilio-receiver /usr/local/bin/twilio-receiver
-# The default media archive directory, owned by the app user so a volume mounted there is
-# writable.
-RUN mkdir -p /var/lib/twilio-receiver/media && chown -R 10001 /var/lib/twilio-receiver
+# The default media archive and spool directories, owned by the app user so volumes mounted
+# there are writable.
+RUN mkdir -p /var/lib/twilio-receiver/media /var/lib/twilio-receiver/spool \
+ && chown -R 10001 /var/lib/twilio-receiver
 # default.toml is compiled in; the directory is where config/{APP_ENV}.toml overrides go.
 COPY config config
 USER 10001

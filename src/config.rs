@@ -28,10 +28,25 @@ pub struct Settings {
     pub reply: ReplySettings,
     pub rules: RulesSettings,
     pub media: MediaSettings,
+    pub spool: SpoolSettings,
     pub log: LogSettings,
     /// Where `default.toml`, `{APP_ENV}.toml` and the default rules file are looked for.
     #[serde(skip)]
     pub config_dir: PathBuf,
+}
+
+/// The local spool that keeps verified webhooks while Postgres is unavailable.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct SpoolSettings {
+    /// A directory on durable storage; empty turns the spool off.
+    pub dir: String,
+}
+
+impl SpoolSettings {
+    pub fn dir(&self) -> Option<PathBuf> {
+        let dir = self.dir.trim();
+        (!dir.is_empty()).then(|| PathBuf::from(dir))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -66,6 +81,17 @@ pub struct ServerSettings {
     pub trust_forwarded_headers: bool,
     pub body_limit_bytes: usize,
     pub request_timeout_ms: u64,
+    /// A client must send a request's headers within this (slowloris); also how long an idle
+    /// keep-alive connection stays open.
+    pub header_read_timeout_ms: u64,
+    /// Longest silence allowed while a request body arrives (408 after it).
+    pub body_read_timeout_ms: u64,
+    /// Largest request head (request line with its query string, and headers); 431 above it.
+    pub max_header_bytes: usize,
+    /// Webhook requests handled at once; more are shed with 503.
+    pub max_concurrent_requests: usize,
+    /// On SIGTERM: how long in-flight requests may take to finish before the process exits.
+    pub shutdown_grace_ms: u64,
     pub admin_listen: String,
     /// HTTP Basic credentials the webhook routes require (when the URL in Twilio carries
     /// `user:password@`); both empty: off.
@@ -284,8 +310,28 @@ impl Settings {
         if self.server.body_limit_bytes == 0 {
             out.push("server.body_limit_bytes: must be greater than 0".into());
         }
-        if self.server.request_timeout_ms == 0 {
-            out.push("server.request_timeout_ms: must be greater than 0".into());
+        for (key, value) in [
+            ("server.request_timeout_ms", self.server.request_timeout_ms),
+            (
+                "server.header_read_timeout_ms",
+                self.server.header_read_timeout_ms,
+            ),
+            (
+                "server.body_read_timeout_ms",
+                self.server.body_read_timeout_ms,
+            ),
+            (
+                "server.max_concurrent_requests",
+                self.server.max_concurrent_requests as u64,
+            ),
+        ] {
+            if value == 0 {
+                out.push(format!("{key}: must be greater than 0"));
+            }
+        }
+        // hyper needs room for at least its own read buffer's minimum.
+        if self.server.max_header_bytes < 8192 {
+            out.push("server.max_header_bytes: must be at least 8192".into());
         }
         if self.twilio.verify_signatures
             && self.twilio.auth_tokens.is_empty()
@@ -417,6 +463,18 @@ impl ServerSettings {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
     }
 
     pub fn public_base(&self) -> Result<PublicBase, String> {

@@ -31,6 +31,15 @@ pub enum AppError {
     BodyTooLarge,
     #[error("request body could not be read")]
     BadBody(#[source] axum::Error),
+    /// The database did not finish within the fallback route's deadline.
+    #[error("the database did not answer in time")]
+    DatabaseTooSlow,
+    /// The client stopped sending its body for longer than `server.body_read_timeout_ms`.
+    #[error("request body arrived too slowly")]
+    BodyTimeout,
+    /// More webhook requests in flight than `server.max_concurrent_requests`.
+    #[error("too many requests in flight")]
+    Overloaded,
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Basic auth is on and the request has no (or wrong) credentials.
@@ -54,10 +63,12 @@ impl AppError {
             | AppError::MissingParam(_)
             | AppError::BadBody(_) => StatusCode::BAD_REQUEST,
             AppError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            AppError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Unauthorized => StatusCode::UNAUTHORIZED,
-            AppError::Store(StoreError::Unavailable(_)) | AppError::NotReady => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            AppError::Store(StoreError::Unavailable(_))
+            | AppError::NotReady
+            | AppError::DatabaseTooSlow => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Store(StoreError::Other(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -91,6 +102,12 @@ impl IntoResponse for AppError {
             AppError::NotReady => {
                 tracing::warn!("database schema not migrated yet; answering 503");
             }
+            AppError::DatabaseTooSlow => {
+                tracing::warn!("database too slow for the deadline; answering 503");
+            }
+            // Counted in requests_shed; one line per shed request would flood the log exactly
+            // when the server is busiest.
+            AppError::Overloaded => tracing::debug!("shed a request: too many in flight"),
             other => tracing::info!(reason = %other, status = status.as_u16(), "bad request"),
         }
         if let AppError::Unauthorized = self {
@@ -113,9 +130,11 @@ impl IntoResponse for AppError {
             }
             AppError::Rejected(Rejection::BadJson) => "the JSON body is not an object\n",
             AppError::Rejected(Rejection::BadForm) => "the form body could not be parsed\n",
-            AppError::NotReady => "service unavailable\n",
+            AppError::NotReady | AppError::DatabaseTooSlow => "service unavailable\n",
             AppError::Unauthorized => "",
             AppError::BadBody(_) => "request body could not be read\n",
+            AppError::BodyTimeout => "request body arrived too slowly\n",
+            AppError::Overloaded => "service overloaded\n",
             AppError::MissingParam(MissingParam(name)) => {
                 return (status, format!("missing required parameter {name}\n")).into_response();
             }

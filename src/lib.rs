@@ -22,6 +22,8 @@ pub mod reply;
 pub mod routes;
 /// Reply rules: the rules file, compiled and evaluated.
 pub mod rules;
+/// The local spool: webhooks kept on disk while Postgres is away, replayed when it returns.
+pub mod spool;
 /// Building, running and stopping the server.
 pub mod startup;
 /// Postgres: pool, migrations, queries.

@@ -46,6 +46,11 @@ pub struct Metrics {
     pub pool_in_use: Gauge,
     pub pool_idle: Gauge,
     pub requests_shed: Counter,
+    pub unverified_requests: Counter,
+    pub spool_appended: Counter,
+    pub spool_replayed: Counter,
+    pub spool_set_aside: Counter,
+    pub spool_pending: Gauge,
 }
 
 impl Default for Metrics {
@@ -70,6 +75,11 @@ impl Metrics {
         let pool_in_use = Gauge::default();
         let pool_idle = Gauge::default();
         let requests_shed = Counter::default();
+        let unverified_requests = Counter::default();
+        let spool_appended = Counter::default();
+        let spool_replayed = Counter::default();
+        let spool_set_aside = Counter::default();
+        let spool_pending = Gauge::default();
         registry.register(
             "requests",
             "HTTP requests by route and status",
@@ -120,6 +130,31 @@ impl Metrics {
             "Requests refused with 503 because too many were in flight",
             requests_shed.clone(),
         );
+        registry.register(
+            "unverified_requests",
+            "Webhooks accepted without a signature check (twilio.verify_signatures = false)",
+            unverified_requests.clone(),
+        );
+        registry.register(
+            "spool_appended",
+            "Verified webhooks written to the local spool because Postgres was unavailable",
+            spool_appended.clone(),
+        );
+        registry.register(
+            "spool_replayed",
+            "Spooled webhooks stored in Postgres and removed from the spool",
+            spool_replayed.clone(),
+        );
+        registry.register(
+            "spool_set_aside",
+            "Spooled webhooks that could not be read or stored, moved to the spool's failed/ folder",
+            spool_set_aside.clone(),
+        );
+        registry.register(
+            "spool_pending",
+            "Webhooks waiting in the local spool",
+            spool_pending.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -132,6 +167,11 @@ impl Metrics {
             pool_in_use,
             pool_idle,
             requests_shed,
+            unverified_requests,
+            spool_appended,
+            spool_replayed,
+            spool_set_aside,
+            spool_pending,
         }
     }
 

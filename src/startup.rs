@@ -8,6 +8,7 @@ use crate::{
     reply::Replier,
     routes::{self, AppState, Clock, Signing},
     rules::Rules,
+    spool::Spool,
     store,
 };
 use axum::Router;
@@ -40,12 +41,14 @@ pub fn app_state(settings: &Settings, db: PgPool) -> Result<AppState, StartupErr
         .server
         .public_base()
         .map_err(|e| StartupError::Config(vec![e]))?;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
     Ok(AppState {
         db,
         signing: Arc::new(Signing {
             verifier: settings.verifier(),
             base,
             body_limit: settings.server.body_limit_bytes,
+            body_read_timeout: settings.server.body_read_timeout(),
             basic_auth: settings.server.basic_auth.header(),
         }),
         replier: Arc::new(Replier::new(
@@ -59,9 +62,27 @@ pub fn app_state(settings: &Settings, db: PgPool) -> Result<AppState, StartupErr
         // replaces this when it has to wait for Postgres.
         schema_ready: watch::channel(true).1,
         // Leaves a quarter of the request deadline to answer before the timeout layer's 503.
-        fallback_deadline: settings.server.request_timeout() * 3 / 4,
+        database_deadline: settings.server.request_timeout() * 3 / 4,
         archive_media: settings.media.archive,
-        metrics: Arc::new(crate::metrics::Metrics::new()),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(
+            settings.server.max_concurrent_requests,
+        )),
+        spool: settings
+            .spool
+            .dir()
+            .map(|dir| {
+                Spool::open(&dir, metrics.clone())
+                    .map(Arc::new)
+                    .map_err(|e| {
+                        StartupError::Config(vec![format!(
+                            "spool.dir: {} is not a usable directory ({e}); point it at a writable \
+                         volume, or set it to \"\" to run without a spool",
+                            dir.display()
+                        )])
+                    })
+            })
+            .transpose()?,
+        metrics,
     })
 }
 
@@ -99,6 +120,9 @@ pub struct Application {
     replier: Arc<Replier>,
     rules_file: (PathBuf, bool),
     archiver: Option<Archiver>,
+    /// The state the spool replays with, when there is a spool.
+    spool: Option<(Arc<Spool>, AppState)>,
+    http: HttpLimits,
     /// Registered while building, so a SIGHUP during start-up (migrations) is queued rather
     /// than taking its default action, which would end the process.
     #[cfg(unix)]
@@ -160,6 +184,8 @@ impl Application {
             admin_listener,
             admin_router: routes::admin_router(state.clone()),
             replier: state.replier.clone(),
+            spool: state.spool.clone().map(|spool| (spool, state.clone())),
+            http: HttpLimits::from_settings(settings),
             router: routes::router(state, settings.server.request_timeout()),
             schema_ready: ready_rx,
             rules_file: settings.rules_file(),
@@ -209,10 +235,13 @@ impl Application {
             ))
         });
         let (stop_workers, workers_stop) = watch::channel(false);
-        let workers = self
+        let mut workers = self
             .archiver
-            .map(|a| a.spawn(workers_stop))
+            .map(|a| a.spawn(workers_stop.clone()))
             .unwrap_or_default();
+        if let Some((spool, state)) = self.spool {
+            workers.push(tokio::spawn(spool.run(state, workers_stop)));
+        }
         // One shutdown signal for both listeners.
         let (stopping, stop) = watch::channel(false);
         tokio::spawn(async move {
@@ -229,21 +258,94 @@ impl Application {
                 .into_future(),
         );
         tracing::info!(addr = %self.listener.local_addr()?, "listening");
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(wait(stop))
-            .await;
+        let served = serve(self.listener, self.router, &self.http, wait(stop)).await;
         let _ = admin.await;
         #[cfg(unix)]
         if let Some(reloader) = reloader {
             reloader.abort();
         }
-        // Workers finish the item in hand; one cut short is retried after its lease.
+        // Workers finish the item in hand; one cut short is retried after its lease. The
+        // spool replay stops between records; the rest waits on disk for the next start.
         stop_workers.send_replace(true);
         for worker in workers {
             let _ = worker.await;
         }
         served
     }
+}
+
+/// What the connection loop enforces (`server.*`).
+#[derive(Debug, Clone)]
+struct HttpLimits {
+    header_read_timeout: Duration,
+    max_header_bytes: usize,
+    shutdown_grace: Duration,
+}
+
+impl HttpLimits {
+    fn from_settings(settings: &Settings) -> Self {
+        HttpLimits {
+            header_read_timeout: settings.server.header_read_timeout(),
+            max_header_bytes: settings.server.max_header_bytes,
+            shutdown_grace: settings.server.shutdown_grace(),
+        }
+    }
+}
+
+/// Accepts connections until `stop`, then stops accepting and gives in-flight requests up to
+/// the grace period. Replaces `axum::serve`, which has no header-read timer (a client
+/// trickling headers would hold its socket forever), no limit on header size (431), and
+/// waits for open connections without bound.
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: &HttpLimits,
+    stop: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_header_size(limits.max_header_bytes);
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    tokio::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::error!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection =
+            connections.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    // No new connections from here; idle keep-alive connections close, busy ones finish
+    // their request first.
+    drop(listener);
+    let open = connections.count();
+    tokio::select! {
+        () = connections.shutdown() => {
+            tracing::info!(connections = open, "in-flight requests finished");
+        }
+        () = tokio::time::sleep(limits.shutdown_grace) => {
+            tracing::warn!(grace = ?limits.shutdown_grace, "grace period over: closing the remaining connections; their uncommitted transactions roll back");
+        }
+    }
+    Ok(())
 }
 
 /// `SIGHUP` reloads the rules file atomically; a file with problems keeps the rules in force.

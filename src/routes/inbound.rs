@@ -5,11 +5,12 @@ use super::{AppState, Signed};
 use crate::{
     error::AppError,
     reply::ConsentState,
+    spool::{Answered, Record, Route},
     store::{
         self, StoreError,
         inbound::{Delivery, Failure, Received, Reply},
     },
-    twilio::InboundMessage,
+    twilio::{InboundMessage, Params},
     twiml,
 };
 use axum::{
@@ -17,34 +18,42 @@ use axum::{
     http::header::CONTENT_TYPE,
     response::{IntoResponse, Response},
 };
+use chrono::{DateTime, Utc};
 use tracing::Span;
 
 /// Verify (the extractor), parse, store once with the window, answer the TwiML chosen for the
-/// first delivery (replayed to every retry).
+/// first delivery (replayed to every retry). With the database unavailable the request is
+/// spooled and answered 503, so Twilio calls the fallback URL.
 pub async fn inbound(State(state): State<AppState>, signed: Signed) -> Result<Response, AppError> {
     let msg = InboundMessage::parse(&signed.params)?;
     Span::current().record("message_sid", msg.sid.as_str());
-    let twiml = receive(&state, &signed, &msg, None).await?;
-    Ok(twiml_response(
-        twiml.unwrap_or_else(|| twiml::EMPTY.to_owned()),
-    ))
+    let at = state.clock.now();
+    let stored = within_deadline(
+        &state,
+        store(&state, Arrival::live(&signed, at), &msg, None),
+    )
+    .await;
+    match stored {
+        Ok(twiml) => Ok(twiml_response(
+            twiml.unwrap_or_else(|| twiml::EMPTY.to_owned()),
+        )),
+        Err(e) if database_away(&e) => {
+            spool(&state, &signed, Route::Inbound, at, None).await;
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Twilio could not use the primary URL: record why, store the message it carries exactly as
 /// the primary would (same SID, so never twice), and answer the reply the primary would give,
 /// or `reply.fallback_body` when no rule answered (a rule's deliberate silence, and an
-/// opted-out contact's, stay silent). With the database unreachable this still answers the
-/// fallback reply (200): the message is then NOT stored, and the log says so.
+/// opted-out contact's, stay silent). With the database unavailable or too slow this still
+/// answers the fallback reply (200) once the request is spooled; 503 without a spool.
 pub async fn fallback(State(state): State<AppState>, signed: Signed) -> Result<Response, AppError> {
     let msg = InboundMessage::parse(&signed.params)?;
     Span::current().record("message_sid", msg.sid.as_str());
-    let failure = Failure {
-        error_code: signed
-            .params
-            .get("ErrorCode")
-            .and_then(|v| v.trim().parse().ok()),
-        error_url: signed.params.non_empty("ErrorUrl").map(str::to_owned),
-    };
+    let failure = failure(&signed.params);
     tracing::info!(error_code = ?failure.error_code, "fallback call");
     let code = signed
         .params
@@ -65,50 +74,142 @@ pub async fn fallback(State(state): State<AppState>, signed: Signed) -> Result<R
             },
         })
         .inc();
-    // Bounded below the request deadline: a database that stops answering mid-request must
-    // still get the fallback TwiML out, never the timeout's 503.
-    let stored = tokio::time::timeout(
-        state.fallback_deadline,
-        receive(&state, &signed, &msg, Some(&failure)),
+    let at = state.clock.now();
+    let stored = within_deadline(
+        &state,
+        store(&state, Arrival::live(&signed, at), &msg, Some(&failure)),
     )
     .await;
-    let twiml = match stored {
-        Ok(Ok(Some(twiml))) => twiml,
+    let away = match stored {
+        Ok(Some(twiml)) => return Ok(twiml_response(twiml)),
         // A message stored before without a reply row (never happens when both commit together).
-        Ok(Ok(None)) => fallback_twiml(&state, &signed, &msg),
-        Ok(Err(AppError::Store(StoreError::Unavailable(e)))) => {
-            tracing::error!(error = %e, "database unavailable: answering the fallback reply; this message is NOT stored");
-            fallback_twiml(&state, &signed, &msg)
-        }
-        Ok(Err(AppError::NotReady)) => {
-            tracing::error!(
-                "database not migrated yet: answering the fallback reply; this message is NOT stored"
-            );
-            fallback_twiml(&state, &signed, &msg)
-        }
-        Ok(Err(e)) => return Err(e),
-        Err(_) => {
-            tracing::error!(
-                "database too slow: answering the fallback reply; this message may NOT be stored"
-            );
-            fallback_twiml(&state, &signed, &msg)
-        }
+        Ok(None) => return Ok(twiml_response(fallback_reply(&state, &signed, &msg).twiml)),
+        Err(e) if database_away(&e) => e,
+        Err(e) => return Err(e),
     };
-    Ok(twiml_response(twiml))
+    // A 2xx only for a message kept somewhere: without the spool this is the 503.
+    let reply = fallback_reply(&state, &signed, &msg);
+    if spool(&state, &signed, Route::Fallback, at, Some(reply.clone())).await {
+        Ok(twiml_response(reply.twiml))
+    } else {
+        Err(away)
+    }
 }
 
-fn fallback_twiml(state: &AppState, signed: &Signed, msg: &InboundMessage) -> String {
-    state
+/// Why the primary URL failed, from a fallback call's parameters.
+pub(crate) fn failure(params: &Params) -> Failure {
+    Failure {
+        error_code: params.get("ErrorCode").and_then(|v| v.trim().parse().ok()),
+        error_url: params.non_empty("ErrorUrl").map(str::to_owned),
+    }
+}
+
+/// Unreachable, too slow, or not migrated yet: worth keeping the request for later.
+pub(crate) fn database_away(e: &AppError) -> bool {
+    matches!(
+        e,
+        AppError::Store(StoreError::Unavailable(_))
+            | AppError::NotReady
+            | AppError::DatabaseTooSlow
+    )
+}
+
+/// Bounds a database write below the request deadline, so a database that stops answering
+/// mid-request still leaves time to spool the request and answer, never the timeout's 503.
+/// A write cut off here rolls back (its transaction is dropped) unless its commit already
+/// went out; replaying the spooled copy is idempotent either way.
+pub(crate) async fn within_deadline<T>(
+    state: &AppState,
+    write: impl std::future::Future<Output = Result<T, AppError>>,
+) -> Result<T, AppError> {
+    tokio::time::timeout(state.database_deadline, write)
+        .await
+        .unwrap_or(Err(AppError::DatabaseTooSlow))
+}
+
+/// Keeps a verified webhook the database could not take. Without a usable spool it is lost
+/// to this server (a 2xx is still only sent where the route's contract says so), and the log
+/// says so.
+pub(crate) async fn spool(
+    state: &AppState,
+    signed: &Signed,
+    route: Route,
+    at: DateTime<Utc>,
+    answered: Option<Answered>,
+) -> bool {
+    let Some(spool) = &state.spool else {
+        tracing::error!(
+            "database unavailable and no spool (spool.dir): this webhook is NOT stored"
+        );
+        return false;
+    };
+    let record = Record {
+        id: String::new(),
+        route,
+        received_at: at,
+        params: signed.params.pairs().to_vec(),
+        query: signed.query.pairs().to_vec(),
+        base: signed.base.clone(),
+        answered,
+    };
+    match spool.append(record).await {
+        Ok(()) => {
+            tracing::warn!("database unavailable: webhook spooled, stored once Postgres answers");
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "database unavailable and the spool failed: this webhook is NOT stored");
+            false
+        }
+    }
+}
+
+fn fallback_reply(state: &AppState, signed: &Signed, msg: &InboundMessage) -> Answered {
+    let rendered = state
         .replier
-        .render(&state.replier.fallback_decision(), &signed.base, &msg.sid)
-        .twiml
+        .render(&state.replier.fallback_decision(), &signed.base, &msg.sid);
+    Answered {
+        twiml: rendered.twiml,
+        bodies: rendered.bodies,
+    }
+}
+
+/// One delivery of an inbound message: live from a route, or replayed from the spool.
+pub(crate) struct Arrival<'a> {
+    pub params: &'a Params,
+    pub base: &'a str,
+    pub at: DateTime<Utc>,
+    pub answer: Answer<'a>,
+    pub spool_record: Option<&'a str>,
+}
+
+impl<'a> Arrival<'a> {
+    fn live(signed: &'a Signed, at: DateTime<Utc>) -> Self {
+        Arrival {
+            params: &signed.params,
+            base: &signed.base,
+            at,
+            answer: Answer::Rules,
+            spool_record: None,
+        }
+    }
+}
+
+/// Who decides the stored reply.
+pub(crate) enum Answer<'a> {
+    /// The rules: the reply is answered now (live requests).
+    Rules,
+    /// The request was answered already, while the database was away: with this TwiML, or
+    /// (`None`) with a 503. The rules still run for their effects (an opt-out sent during an
+    /// outage still opts out), but the reply row records what was really answered.
+    Given(Option<&'a Answered>),
 }
 
 /// Stores the message (and the failure, for fallback calls) and returns the TwiML to answer;
 /// `None` for a duplicate whose first delivery left no reply.
-async fn receive(
+pub(crate) async fn store(
     state: &AppState,
-    signed: &Signed,
+    arrival: Arrival<'_>,
     msg: &InboundMessage,
     failure: Option<&Failure>,
 ) -> Result<Option<String>, AppError> {
@@ -117,12 +218,14 @@ async fn receive(
     let rules = state.replier.rules();
     let delivery = Delivery {
         msg,
-        params: signed.params.to_json(),
-        at: state.clock.now(),
+        params: arrival.params.to_json(),
+        at: arrival.at,
         failure,
         lookback: rules.lookback(),
         archive_media: state.archive_media,
+        spool_record: arrival.spool_record,
     };
+    let base = arrival.base;
     let started = std::time::Instant::now();
     let received = store::inbound::receive(&state.db, delivery, |facts| {
         let mut decision = state.replier.decide(&rules, msg, facts);
@@ -135,6 +238,14 @@ async fn receive(
                 })
                 .inc();
         }
+        if let Answer::Given(answered) = arrival.answer {
+            return Reply {
+                rule: None,
+                twiml: answered.map_or_else(|| twiml::EMPTY.to_owned(), |a| a.twiml.clone()),
+                bodies: answered.map(|a| a.bodies.clone()).unwrap_or_default(),
+                consent: decision.consent.map(|c| c.state()),
+            };
+        }
         // The fallback body stands in only where no rule answered and the contact may
         // be answered at all.
         if failure.is_some()
@@ -144,7 +255,7 @@ async fn receive(
         {
             decision = state.replier.fallback_decision();
         }
-        let rendered = state.replier.render(&decision, &signed.base, &msg.sid);
+        let rendered = state.replier.render(&decision, base, &msg.sid);
         Reply {
             rule: decision.rule,
             twiml: rendered.twiml,
@@ -161,6 +272,18 @@ async fn receive(
             Some(twiml)
         }
         Received::Duplicate { twiml } => {
+            if let Answer::Given(Some(answered)) = arrival.answer {
+                // The primary call was spooled first and recorded an empty answer; this
+                // fallback call is what actually answered the contact.
+                store::inbound::record_late_answer(
+                    &state.db,
+                    &msg.sid,
+                    &answered.twiml,
+                    &answered.bodies,
+                )
+                .await?;
+                return Ok(Some(answered.twiml.clone()));
+            }
             state.metrics.duplicates.inc();
             tracing::info!("duplicate delivery; replaying the first reply");
             twiml

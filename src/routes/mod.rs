@@ -1,7 +1,7 @@
 //! The HTTP surface: the table of paths, the middleware stack and the shared state.
 
 mod health;
-mod inbound;
+pub(crate) mod inbound;
 mod signed;
 mod status;
 
@@ -36,11 +36,15 @@ pub struct AppState {
     pub clock: Clock,
     /// `false` until migrations are applied; webhooks answer 503 meanwhile.
     pub schema_ready: watch::Receiver<bool>,
-    /// How long the fallback route waits for the database before answering its TwiML anyway.
-    pub fallback_deadline: Duration,
+    /// How long a webhook waits for the database before it is spooled and answered anyway.
+    pub database_deadline: Duration,
     /// Queue inbound media for the archive (`media.archive`).
     pub archive_media: bool,
     pub metrics: Arc<Metrics>,
+    /// One permit per webhook request in flight (`server.max_concurrent_requests`).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Where verified webhooks go while Postgres is away (`spool.dir`), if anywhere.
+    pub spool: Option<Arc<crate::spool::Spool>>,
 }
 
 impl AppState {
@@ -86,6 +90,28 @@ async fn count_requests(
     let response = next.run(request).await;
     metrics.request(&route, response.status().as_u16());
     response
+}
+
+/// Sheds a webhook request with 503 when `server.max_concurrent_requests` are in flight:
+/// Twilio then calls the fallback URL, and the server keeps its memory and its database pool
+/// for the requests it has already accepted.
+async fn shed_load(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match state.in_flight.clone().try_acquire_owned() {
+        Ok(permit) => {
+            let response = next.run(request).await;
+            drop(permit);
+            response
+        }
+        Err(_) => {
+            state.metrics.requests_shed.inc();
+            crate::error::AppError::Overloaded.into_response()
+        }
+    }
 }
 
 /// The admin listener's routes: `GET /metrics`.
@@ -149,7 +175,12 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         )
         .route("/twilio/status", get(status::status).post(status::status))
         .layer(middleware)
-        // Outermost, so timeouts and panics are counted too.
+        // Before the request span and the body are touched: shedding must cost almost nothing.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            shed_load,
+        ))
+        // Outermost, so timeouts, panics and shed requests are counted too.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_requests,

@@ -31,6 +31,8 @@ pub struct Signing {
     pub verifier: Verifier,
     pub base: PublicBase,
     pub body_limit: usize,
+    /// Longest silence allowed between chunks of a body.
+    pub body_read_timeout: std::time::Duration,
     /// The `Authorization` header required before anything else, when Basic auth is on.
     pub basic_auth: Option<secrecy::SecretString>,
 }
@@ -96,11 +98,19 @@ where
             path_and_query,
         );
 
+        // A client trickling its body cannot hold the request (and its concurrency slot) for
+        // longer than the read timeout between chunks.
+        let body = axum::body::Body::new(tower_http::timeout::TimeoutBody::new(
+            signing.body_read_timeout,
+            body,
+        ));
         let body = axum::body::to_bytes(body, signing.body_limit)
             .await
             .map_err(|e| {
-                if is_length_limit(&e) {
+                if caused_by::<http_body_util::LengthLimitError>(&e) {
                     AppError::BodyTooLarge
+                } else if caused_by::<tower_http::timeout::TimeoutError>(&e) {
+                    AppError::BodyTimeout
                 } else {
                     AppError::BadBody(e)
                 }
@@ -120,6 +130,9 @@ where
         match signing.verifier.verify(&request) {
             Ok(params) => {
                 if !signing.verifier.enforces() {
+                    Arc::<crate::metrics::Metrics>::from_ref(state)
+                        .unverified_requests
+                        .inc();
                     tracing::warn!(
                         "accepted an unverified request (twilio.verify_signatures = false)"
                     );
@@ -193,10 +206,10 @@ fn forwarded_origin(headers: &HeaderMap) -> (Option<String>, Option<String>, Opt
     (proto, host, prefix)
 }
 
-fn is_length_limit(e: &axum::Error) -> bool {
+fn caused_by<E: std::error::Error + 'static>(e: &axum::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
-        if err.is::<http_body_util::LengthLimitError>() {
+        if err.is::<E>() {
             return true;
         }
         source = err.source();
@@ -214,6 +227,7 @@ mod tests {
             verifier: Verifier::new(vec![], Default::default(), true),
             base,
             body_limit: 1,
+            body_read_timeout: std::time::Duration::from_secs(1),
             basic_auth: None,
         }
     }

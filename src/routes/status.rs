@@ -1,9 +1,10 @@
 //! `POST|GET /twilio/status`: delivery status callbacks (TWILIO.md §4), including those of
 //! our own TwiML replies, whose `action` URL carries `reply_to`, `rule` and `part`.
 
-use super::{AppState, Signed};
+use super::{AppState, Signed, inbound};
 use crate::{
     error::AppError,
+    spool::Route,
     store,
     twilio::{ReplyLink, StatusCallback},
 };
@@ -14,19 +15,34 @@ use tracing::Span;
 pub async fn status(State(state): State<AppState>, signed: Signed) -> Result<StatusCode, AppError> {
     let callback = StatusCallback::parse(&signed.params)?;
     Span::current().record("message_sid", callback.sid.as_str());
-    state.ensure_schema()?;
     let link = ReplyLink::from_query(&signed.query);
+    let at = state.clock.now();
     let started = std::time::Instant::now();
-    let recorded = store::status::record(
-        &state.db,
-        &callback,
-        link.as_ref(),
-        signed.params.to_json(),
-        state.clock.now(),
-    )
+    let recorded = inbound::within_deadline(&state, async {
+        state.ensure_schema()?;
+        Ok(store::status::record(
+            &state.db,
+            &callback,
+            link.as_ref(),
+            signed.params.to_json(),
+            at,
+        )
+        .await?)
+    })
     .await;
     state.metrics.database_time(started.elapsed());
-    let recorded = recorded?;
+    let recorded = match recorded {
+        Ok(recorded) => recorded,
+        Err(e) if inbound::database_away(&e) => {
+            // Acknowledged only once it is on disk; stored when Postgres answers again.
+            return if inbound::spool(&state, &signed, Route::Status, at, None).await {
+                Ok(StatusCode::NO_CONTENT)
+            } else {
+                Err(e)
+            };
+        }
+        Err(e) => return Err(e),
+    };
     if !recorded.advanced {
         state.metrics.status_not_advanced.inc();
     }

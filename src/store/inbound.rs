@@ -39,6 +39,9 @@ pub struct Delivery<'a> {
     pub lookback: chrono::Duration,
     /// Queue the message's media for the archive.
     pub archive_media: bool,
+    /// The spool record this delivery is replayed from, if it is: its failure row is then
+    /// stored once however often the record is replayed.
+    pub spool_record: Option<&'a str>,
 }
 
 /// A call to the fallback URL: why Twilio could not use the primary URL.
@@ -69,6 +72,7 @@ pub async fn receive(
         failure,
         lookback,
         archive_media,
+        spool_record,
     } = delivery;
     let mut tx = pool.begin().await?;
     if let Some(failure) = failure {
@@ -76,8 +80,10 @@ pub async fn receive(
         sqlx::query!(
             r#"
             with f as (
-                insert into webhook_failures (message_sid, error_code, error_url, received_at, params)
-                values ($1, $2, $3, $4, $5)
+                insert into webhook_failures (
+                    message_sid, error_code, error_url, received_at, params, spool_record)
+                values ($1, $2, $3, $4, $5, $6)
+                on conflict (spool_record) do nothing
                 returning message_sid
             )
             select f.message_sid
@@ -91,8 +97,9 @@ pub async fn receive(
             failure.error_url,
             at,
             &params,
+            spool_record,
         )
-        .fetch_one(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
     }
     let media_index: Vec<i32> = msg.media.iter().map(|m| m.index).collect();
@@ -298,4 +305,27 @@ pub async fn receive(
     .await?;
     tx.commit().await?;
     Ok(Received::New { twiml: reply.twiml })
+}
+
+/// Records the TwiML a spooled fallback call answered on a message whose spooled primary call
+/// was stored first with the empty answer (a 503 answers nothing). Touches no other reply.
+pub async fn record_late_answer(
+    pool: &PgPool,
+    message_sid: &str,
+    twiml: &str,
+    bodies: &[String],
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        r#"
+        update replies set twiml = $2, bodies = $3
+        where message_sid = $1 and rule is null and twiml = $4 and bodies = '{}'
+        "#,
+        message_sid,
+        twiml,
+        bodies,
+        crate::twiml::EMPTY,
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
 }

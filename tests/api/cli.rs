@@ -448,6 +448,7 @@ async fn sighup_reloads_the_rules_and_a_bad_file_keeps_the_old_ones(pool: PgPool
                 ("TWILIO_RECEIVER__DATABASE__MIGRATE_ON_START", "false"),
                 ("TWILIO_RECEIVER__RULES__PATH", path.to_str().unwrap()),
                 ("TWILIO_RECEIVER__LOG__FORMAT", "json"),
+                ("TWILIO_RECEIVER__SPOOL__DIR", ""),
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -4,7 +4,7 @@
 use crate::helpers::*;
 use sqlx::PgPool;
 
-fn fallback_call(n: u32) -> Vec<(String, String)> {
+pub fn fallback_call(n: u32) -> Vec<(String, String)> {
     let mut p = whatsapp_text(&sid(n), "whatsapp:+15551234567", "lost?");
     p.extend(pairs(&[
         ("ErrorCode", "11200"),
@@ -135,13 +135,16 @@ async fn fallback_calls_are_verified_against_the_fallback_url(pool: PgPool) {
 }
 
 /// With the database configured by `env` out of reach, the fallback route answers its TwiML
-/// while the primary route answers 503 (so Twilio moves on to the fallback).
-async fn fallback_answers_without_the_database(env: &[(&str, &str)]) {
+/// once the call is spooled, while the primary route answers 503 (so Twilio moves on to the
+/// fallback).
+async fn fallback_answers_without_the_database(env: &[(&str, &str)], spool: &str) {
     let mut env = env.to_vec();
     env.push((
         "TWILIO_RECEIVER__REPLY__FALLBACK_BODY",
         "Thanks, we will get back to you",
     ));
+    let spool_dir = scratch_dir(spool);
+    env.push(("TWILIO_RECEIVER__SPOOL__DIR", spool_dir.to_str().unwrap()));
     let settings = settings(&env);
     let pool = twilio_receiver::store::pool(&settings.database).unwrap();
     let app = TestApp::with_settings(pool, settings);
@@ -156,19 +159,39 @@ async fn fallback_answers_without_the_database(env: &[(&str, &str)]) {
             .contains("<Body>Thanks, we will get back to you</Body>")
     );
     assert_eq!(app.post_text(2).await.status, 503);
+    let spool = app.state.spool.as_ref().unwrap();
+    assert_eq!(spool.pending().unwrap().len(), 2, "both calls kept on disk");
+    std::fs::remove_dir_all(spool_dir).unwrap();
 }
+
+const DEAD_DATABASE: [(&str, &str); 2] = [
+    // Port 1 on loopback: nothing listens, connections are refused at once.
+    (
+        "TWILIO_RECEIVER__DATABASE__URL",
+        "postgres://postgres@127.0.0.1:1/none",
+    ),
+    ("TWILIO_RECEIVER__DATABASE__ACQUIRE_TIMEOUT_MS", "300"),
+];
 
 #[tokio::test]
 async fn with_the_database_down_the_fallback_still_answers_its_twiml() {
-    // Port 1 on loopback: nothing listens, connections are refused at once.
-    fallback_answers_without_the_database(&[
-        (
-            "TWILIO_RECEIVER__DATABASE__URL",
-            "postgres://postgres@127.0.0.1:1/none",
-        ),
-        ("TWILIO_RECEIVER__DATABASE__ACQUIRE_TIMEOUT_MS", "300"),
-    ])
-    .await;
+    fallback_answers_without_the_database(&DEAD_DATABASE, "fallback-down").await;
+}
+
+/// Without a spool, nothing could keep the message: the fallback answers 503 rather than a
+/// 2xx for a message that is not stored anywhere.
+#[tokio::test]
+async fn with_the_database_down_and_no_spool_the_fallback_does_not_acknowledge() {
+    let app = TestApp::with_settings(
+        twilio_receiver::store::pool(&settings(&DEAD_DATABASE).database).unwrap(),
+        settings(&DEAD_DATABASE),
+    );
+    assert_eq!(
+        app.post_signed("/twilio/fallback", &fallback_call(1))
+            .await
+            .status,
+        503
+    );
 }
 
 /// A database that accepts connections and then never answers (a network partition, a hung
@@ -181,12 +204,15 @@ async fn a_database_that_stops_answering_still_gets_the_fallback_twiml_out() {
         "postgres://postgres@{}/none",
         black_hole.local_addr().unwrap()
     );
-    fallback_answers_without_the_database(&[
-        ("TWILIO_RECEIVER__DATABASE__URL", &url),
-        // Longer than the request deadline, so only the fallback's own deadline can save it.
-        ("TWILIO_RECEIVER__DATABASE__ACQUIRE_TIMEOUT_MS", "5000"),
-        ("TWILIO_RECEIVER__SERVER__REQUEST_TIMEOUT_MS", "1000"),
-    ])
+    fallback_answers_without_the_database(
+        &[
+            ("TWILIO_RECEIVER__DATABASE__URL", &url),
+            // Longer than the request deadline, so only the fallback's own deadline can save it.
+            ("TWILIO_RECEIVER__DATABASE__ACQUIRE_TIMEOUT_MS", "5000"),
+            ("TWILIO_RECEIVER__SERVER__REQUEST_TIMEOUT_MS", "1000"),
+        ],
+        "fallback-hung",
+    )
     .await;
     drop(black_hole);
 }

@@ -35,11 +35,13 @@ pub fn settings(env: &[(&str, &str)]) -> Settings {
             "TWILIO_RECEIVER__DATABASE__MIGRATE_ON_START".into(),
             "false".into(),
         ),
-        // Tests run side by side: never the fixed admin port.
+        // Tests run side by side: never the fixed admin port, never a shared spool (a test
+        // that needs one passes its own directory).
         (
             "TWILIO_RECEIVER__SERVER__ADMIN_LISTEN".into(),
             "127.0.0.1:0".into(),
         ),
+        ("TWILIO_RECEIVER__SPOOL__DIR".into(), String::new()),
     ]);
     vars.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     Settings::load(&Sources {
@@ -58,6 +60,8 @@ pub struct TestApp {
     pub pool: PgPool,
     /// The pool the server itself uses.
     pub app_db: PgPool,
+    /// The state behind the router (its spool, its metrics).
+    pub state: routes::AppState,
     now: Arc<Mutex<DateTime<Utc>>>,
 }
 
@@ -85,7 +89,8 @@ impl TestApp {
         state.clock = Clock::from_fn(move || *clock.lock().unwrap());
         TestApp {
             admin: routes::admin_router(state.clone()),
-            router: routes::router(state, settings.server.request_timeout()),
+            router: routes::router(state.clone(), settings.server.request_timeout()),
+            state,
             app_db: pool.clone(),
             pool,
             now,
@@ -224,4 +229,12 @@ impl TestApp {
         app.pool = pool.clone();
         app
     }
+}
+
+/// An empty directory of the test's own under the system temp dir.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("twr-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }

@@ -13,5 +13,6 @@ mod requests;
 pub mod rules;
 mod sessions;
 mod signature;
+mod spool;
 mod status;
 mod tracking;

@@ -7,7 +7,7 @@ use sqlx::PgPool;
 
 const SENT_SID: &str = "SM99999999999999999999999999999999";
 
-fn callback(sid: &str, status: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+pub fn callback(sid: &str, status: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut p = pairs(&[
         ("MessageSid", sid),
         ("SmsSid", sid),

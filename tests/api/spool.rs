@@ -1,0 +1,271 @@
+//! The local spool: what is answered while Postgres is away is kept on disk, and stored with
+//! its original receive time, exactly once, when Postgres answers again.
+
+use crate::{fallback::fallback_call, helpers::*, status::callback};
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use std::path::Path;
+use twilio_receiver::twiml;
+
+const CONTACT: &str = "whatsapp:+15551234567";
+
+fn env_with_spool<'a>(dir: &'a Path, rules: &'a Path) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("TWILIO_RECEIVER__SPOOL__DIR", dir.to_str().unwrap()),
+        ("TWILIO_RECEIVER__RULES__PATH", rules.to_str().unwrap()),
+        (
+            "TWILIO_RECEIVER__REPLY__FALLBACK_BODY",
+            "Thanks, we will get back to you",
+        ),
+    ]
+}
+
+/// The app as it runs while the database refuses connections.
+fn app_without_database(env: &[(&str, &str)]) -> TestApp {
+    let mut env = env.to_vec();
+    env.extend([
+        (
+            "TWILIO_RECEIVER__DATABASE__URL",
+            "postgres://postgres@127.0.0.1:1/none",
+        ),
+        ("TWILIO_RECEIVER__DATABASE__ACQUIRE_TIMEOUT_MS", "300"),
+    ]);
+    let settings = settings(&env);
+    let pool = twilio_receiver::store::pool(&settings.database).unwrap();
+    TestApp::with_settings(pool, settings)
+}
+
+fn opt_out_rules(name: &str) -> std::path::PathBuf {
+    crate::rules::rules_file(
+        name,
+        "[[rules]]\nname = \"opt-out\"\nwhen = { keywords = \"STOP\" }\nconsent = \"opt_out\"\nreply = { body = \"Bye\" }\n",
+    )
+}
+
+#[sqlx::test]
+async fn webhooks_answered_during_an_outage_are_stored_once_when_postgres_returns(pool: PgPool) {
+    let dir = scratch_dir("spool-outage");
+    let rules = opt_out_rules("spool-outage");
+    let env = env_with_spool(&dir, &rules);
+    let down = app_without_database(&env);
+    let outage_at = down.now();
+
+    // Message 1: the primary call fails, then the fallback call answers (as Twilio does).
+    let mut stop = whatsapp_text(&sid(1), CONTACT, "STOP");
+    assert_eq!(
+        down.post_signed("/twilio/messages", &stop).await.status,
+        503
+    );
+    stop.extend(pairs(&[
+        ("ErrorCode", "11200"),
+        ("ErrorUrl", "https://hooks.example.test/twilio/messages"),
+    ]));
+    let fallback = down.post_signed("/twilio/fallback", &stop).await;
+    assert_eq!(fallback.status, 200);
+    assert!(fallback.body.contains("Thanks, we will get back to you"));
+    // Message 2: only the primary call (no fallback URL configured in Twilio).
+    let second = whatsapp_text(&sid(2), CONTACT, "hello?");
+    assert_eq!(
+        down.post_signed("/twilio/messages", &second).await.status,
+        503
+    );
+    // A status callback is acknowledged once it is on disk.
+    let delivered = callback(&sid(9), "delivered", &[]);
+    assert_eq!(
+        down.post_signed("/twilio/status", &delivered).await.status,
+        204
+    );
+
+    let spool = down.state.spool.clone().unwrap();
+    assert_eq!(spool.pending().unwrap().len(), 4);
+    let kept: Vec<(std::path::PathBuf, Vec<u8>)> = spool
+        .pending()
+        .unwrap()
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+
+    // Postgres is back: the same spool, a live pool, an hour later.
+    let up = TestApp::with_env(pool, &env);
+    up.set_now(outage_at + chrono::Duration::hours(1));
+    let stored = up
+        .state
+        .spool
+        .as_ref()
+        .unwrap()
+        .replay_pending(&up.state)
+        .await
+        .unwrap();
+
+    assert_eq!(stored, 4);
+    assert!(
+        spool.pending().unwrap().is_empty(),
+        "replayed records are removed"
+    );
+    assert_eq!(
+        up.count("select count(*) from messages where direction = 'inbound'")
+            .await,
+        2
+    );
+    let received: Vec<DateTime<Utc>> =
+        sqlx::query_scalar("select received_at from messages where direction = 'inbound'")
+            .fetch_all(&up.pool)
+            .await
+            .unwrap();
+    assert!(
+        received.iter().all(|t| *t == outage_at),
+        "original receive time kept"
+    );
+    assert_eq!(
+        up.count("select count(*) from webhook_failures where error_code = 11200")
+            .await,
+        1
+    );
+    assert_eq!(
+        up.count("select count(*) from message_status_events where status = 'delivered'")
+            .await,
+        1
+    );
+    // The opt-out sent during the outage still opts out.
+    assert_eq!(
+        up.count("select count(*) from consent where state = 'opted_out'")
+            .await,
+        1
+    );
+    // The reply rows say what was really answered: the fallback TwiML for message 1 (not the
+    // rule's "Bye", never sent), nothing for message 2 (its 503).
+    let replies: Vec<(String, Option<String>, String)> =
+        sqlx::query_as("select message_sid, rule, twiml from replies order by message_sid")
+            .fetch_all(&up.pool)
+            .await
+            .unwrap();
+    assert_eq!(replies.len(), 2);
+    assert_eq!(
+        (replies[0].0.as_str(), replies[0].1.as_deref()),
+        (sid(1).as_str(), None)
+    );
+    assert_eq!(replies[0].2, fallback.body);
+    assert_eq!(replies[1].2, twiml::EMPTY);
+
+    // Replaying the same records again (a crash before their removal) changes nothing.
+    for (path, bytes) in &kept {
+        std::fs::write(path, bytes).unwrap();
+    }
+    let before = table_counts(&up).await;
+    let again = up
+        .state
+        .spool
+        .as_ref()
+        .unwrap()
+        .replay_pending(&up.state)
+        .await
+        .unwrap();
+    assert_eq!(again, 4);
+    assert_eq!(table_counts(&up).await, before);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+async fn table_counts(app: &TestApp) -> Vec<i64> {
+    let mut counts = Vec::new();
+    for table in [
+        "messages",
+        "message_media",
+        "message_status_events",
+        "conversations",
+        "sessions",
+        "webhook_failures",
+        "replies",
+        "consent",
+    ] {
+        counts.push(app.count(&format!("select count(*) from {table}")).await);
+    }
+    counts
+}
+
+#[sqlx::test]
+async fn a_record_that_cannot_be_read_is_set_aside_and_the_rest_stored(pool: PgPool) {
+    let dir = scratch_dir("spool-corrupt");
+    let rules = opt_out_rules("spool-corrupt");
+    let env = env_with_spool(&dir, &rules);
+    let down = app_without_database(&env);
+    assert_eq!(
+        down.post_signed("/twilio/fallback", &fallback_call(1))
+            .await
+            .status,
+        200
+    );
+    // Sorted first, so it is met before the good record.
+    std::fs::write(
+        dir.join("00000000000000000000-x-0000000000.json"),
+        b"{not json",
+    )
+    .unwrap();
+
+    let up = TestApp::with_env(pool, &env);
+    let spool = up.state.spool.clone().unwrap();
+    assert_eq!(spool.replay_pending(&up.state).await.unwrap(), 1);
+
+    assert_eq!(up.count("select count(*) from messages").await, 1);
+    assert!(spool.pending().unwrap().is_empty());
+    assert!(
+        dir.join("failed/00000000000000000000-x-0000000000.json")
+            .exists()
+    );
+    let metrics = String::from_utf8(
+        axum::body::to_bytes(
+            tower::ServiceExt::oneshot(
+                up.admin.clone(),
+                axum::http::Request::get("/metrics")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
+            .into_body(),
+            usize::MAX,
+        )
+        .await
+        .unwrap()
+        .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        metrics.contains("twilio_receiver_spool_replayed_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("twilio_receiver_spool_set_aside_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("twilio_receiver_spool_pending 0"),
+        "{metrics}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Without a spool a status callback cannot be kept, so it is not acknowledged.
+#[tokio::test]
+async fn without_a_spool_a_status_callback_during_an_outage_gets_503() {
+    let down = app_without_database(&[]);
+    assert_eq!(
+        down.post_signed("/twilio/status", &callback(&sid(1), "sent", &[]))
+            .await
+            .status,
+        503
+    );
+}
+
+/// A spool directory that cannot be written stops the server at start, not during an outage.
+#[tokio::test]
+async fn an_unusable_spool_directory_is_a_configuration_error() {
+    let settings = settings(&[("TWILIO_RECEIVER__SPOOL__DIR", "/proc/no-spool-here")]);
+    let pool = sqlx::PgPool::connect_lazy("postgres://postgres@127.0.0.1:1/none").unwrap();
+    let Err(error) = twilio_receiver::startup::app_state(&settings, pool) else {
+        panic!("started with an unusable spool");
+    };
+    assert!(error.to_string().contains("spool.dir"), "{error}");
+}

@@ -11,6 +11,7 @@ mod media;
 mod metrics;
 mod requests;
 pub mod rules;
+mod server;
 mod sessions;
 mod signature;
 mod spool;

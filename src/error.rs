@@ -1,10 +1,10 @@
 //! Errors and how they become HTTP answers.
 //!
 //! Where error types live: `twilio::SignatureError` / `twilio::Rejection` (protocol, pure),
-//! `store::StoreError` (database, classified as unavailable or not), and [`AppError`], the
-//! only type that knows status codes. Each failure is logged once, here, at a level that fits
-//! who caused it: client mistakes at info/warn, outages at warn, bugs at error. Bodies carry a
-//! short fixed reason, never internals; a 403 says nothing at all.
+//! `store::StoreError` (database, classified as unavailable, too large or other), and
+//! [`AppError`], the only type that knows status codes. Each failure is logged once, here, at
+//! a level that fits who caused it: client mistakes at info/warn, outages at warn, bugs at
+//! error. Bodies carry a short fixed reason, never internals; a 403 says nothing at all.
 
 use crate::{
     store::StoreError,
@@ -62,7 +62,9 @@ impl AppError {
             AppError::Rejected(Rejection::BadJson | Rejection::BadForm)
             | AppError::MissingParam(_)
             | AppError::BadBody(_) => StatusCode::BAD_REQUEST,
-            AppError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::BodyTooLarge | AppError::Store(StoreError::TooLarge(_)) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             AppError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             AppError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -89,6 +91,9 @@ impl IntoResponse for AppError {
             }
             AppError::Store(StoreError::Unavailable(e)) => {
                 tracing::warn!(error = %e, "database unavailable; answering 503");
+            }
+            AppError::Store(StoreError::TooLarge(e)) => {
+                tracing::warn!(error = %e, "refused a request: a value too large to store");
             }
             AppError::Store(StoreError::Other(e)) => {
                 // Display only: a database error's Debug carries its DETAIL and WHERE, which
@@ -124,6 +129,7 @@ impl IntoResponse for AppError {
             AppError::Rejected(Rejection::Signature(_)) | AppError::BadSignature { .. } => "",
             AppError::Store(StoreError::Unavailable(_)) => "service unavailable\n",
             AppError::Store(StoreError::Other(_)) => "internal error\n",
+            AppError::Store(StoreError::TooLarge(_)) => "a value is too large to store\n",
             AppError::BodyTooLarge => "request body too large\n",
             AppError::Rejected(Rejection::UnsupportedMediaType) => {
                 "expected application/x-www-form-urlencoded or application/json\n"

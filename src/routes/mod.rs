@@ -11,8 +11,9 @@ use crate::{metrics::Metrics, reply::Replier, telemetry};
 use axum::{
     Router,
     extract::FromRef,
+    handler::Handler,
     http::{HeaderName, StatusCode, header::AUTHORIZATION},
-    routing::get,
+    routing::{MethodRouter, get},
 };
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -134,6 +135,21 @@ pub fn admin_router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// A webhook route: GET and POST, the methods Twilio lets users choose. HEAD is refused
+/// explicitly: axum would otherwise run the handler for it, and a HEAD must store nothing.
+fn webhook<H, T>(handler: H) -> MethodRouter<AppState>
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    get(handler.clone()).post(handler).head(|| async {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(axum::http::header::ALLOW, "GET,POST")],
+        )
+    })
+}
+
 /// The router with its middleware. `request_timeout` bounds every webhook, well inside the
 /// 15 s Twilio waits.
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
@@ -165,15 +181,9 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .layer(CatchPanicLayer::new());
 
     Router::new()
-        .route(
-            "/twilio/messages",
-            get(inbound::inbound).post(inbound::inbound),
-        )
-        .route(
-            "/twilio/fallback",
-            get(inbound::fallback).post(inbound::fallback),
-        )
-        .route("/twilio/status", get(status::status).post(status::status))
+        .route("/twilio/messages", webhook(inbound::inbound))
+        .route("/twilio/fallback", webhook(inbound::fallback))
+        .route("/twilio/status", webhook(status::status))
         .layer(middleware)
         // Before the request span and the body are touched: shedding must cost almost nothing.
         .layer(axum::middleware::from_fn_with_state(

@@ -24,6 +24,10 @@ pub enum StoreError {
     /// answered with 503 so Twilio tries the fallback URL.
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// A value Postgres cannot store as given: a key longer than an index entry may be
+    /// (about 2.7 kB). The request's fault, never worth retrying.
+    #[error("a value is too large to store")]
+    TooLarge(#[source] sqlx::Error),
     /// Anything else is a bug (ours or the schema's).
     #[error("database error")]
     Other(#[source] sqlx::Error),
@@ -33,6 +37,9 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         if is_unavailable(&e) {
             StoreError::Unavailable(e)
+        } else if matches!(&e, sqlx::Error::Database(db) if db.code().as_deref() == Some("54000")) {
+            // 54000 program_limit_exceeded: "index row size exceeds maximum".
+            StoreError::TooLarge(e)
         } else {
             StoreError::Other(e)
         }

@@ -95,7 +95,12 @@ impl InboundMessage {
                 .ok_or(MissingParam(name))
         };
         let text = |name: &str| p.non_empty(name).map(str::to_owned);
-        let int = |name: &str| p.get(name).and_then(|v| v.trim().parse::<i32>().ok());
+        // Counts: a negative or out-of-range number is no count (NULL; raw in params).
+        let count = |name: &str| {
+            p.get(name)
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .and_then(|n| i32::try_from(n).ok())
+        };
         let coordinate = |name: &str, limit: f64| {
             p.get(name)
                 .and_then(|v| v.trim().parse::<f64>().ok())
@@ -125,9 +130,9 @@ impl InboundMessage {
             to: Address::parse(&required("To")?),
             messaging_service_sid: text("MessagingServiceSid"),
             body: p.get("Body").unwrap_or_default().to_owned(),
-            num_media: int("NumMedia"),
+            num_media: count("NumMedia"),
             media: media(p),
-            num_segments: int("NumSegments"),
+            num_segments: count("NumSegments"),
             status: text("SmsStatus"),
             api_version: text("ApiVersion"),
             profile_name: text("ProfileName"),
@@ -155,7 +160,7 @@ impl InboundMessage {
                 media_id: text("ReferralMediaId"),
                 media_content_type: text("ReferralMediaContentType"),
                 media_url: text("ReferralMediaUrl"),
-                num_media: int("ReferralNumMedia"),
+                num_media: count("ReferralNumMedia"),
             },
             from_geo: geo("From"),
             to_geo: geo("To"),
@@ -292,6 +297,7 @@ mod tests {
         p.extend([
             ("NumMedia", "99999999999999"),
             ("NumSegments", "one"),
+            ("ReferralNumMedia", "-1"),
             ("Latitude", "NaN"),
             ("Longitude", "500"),
             ("Forwarded", "maybe"),
@@ -301,6 +307,7 @@ mod tests {
         let m = InboundMessage::parse(&params(&p)).unwrap();
         assert_eq!(m.num_media, None);
         assert_eq!(m.num_segments, None);
+        assert_eq!(m.referral.num_media, None);
         assert_eq!((m.latitude, m.longitude), (None, None));
         assert_eq!(m.forwarded, None);
         assert_eq!(m.channel_metadata, None);

@@ -101,7 +101,12 @@ impl ReplyLink {
         Some(ReplyLink {
             reply_to: query.non_empty("reply_to")?.to_owned(),
             rule: query.non_empty("rule").map(str::to_owned),
-            part: query.get("part").and_then(|v| v.parse().ok()).unwrap_or(0),
+            // Only a position we could have written (the store indexes the reply's bodies
+            // with part + 1, which must not overflow); anything else means the first.
+            part: query
+                .get("part")
+                .and_then(|v| v.parse::<u16>().ok())
+                .map_or(0, i32::from),
         })
     }
 
@@ -254,5 +259,9 @@ mod tests {
             })
         );
         assert_eq!(ReplyLink::from_query(&Params::default()), None);
+        for absurd in ["-1", "2147483647", "99999999999999999999", "x", ""] {
+            let query = Params::of(&[("reply_to", "SM1"), ("part", absurd)]);
+            assert_eq!(ReplyLink::from_query(&query).unwrap().part, 0, "{absurd}");
+        }
     }
 }

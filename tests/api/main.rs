@@ -5,6 +5,7 @@ mod cli;
 mod database;
 mod fallback;
 mod helpers;
+mod hostile;
 mod inbound;
 mod logs;
 mod media;

@@ -14,6 +14,7 @@ mod requests;
 pub mod rules;
 mod server;
 mod sessions;
+mod shutdown;
 mod signature;
 mod spool;
 mod status;

@@ -1,0 +1,222 @@
+//! SIGTERM under load, against the real binary: stop accepting, finish what is in flight,
+//! exit 0, and every 2xx has its rows.
+
+use crate::helpers::*;
+use sqlx::PgPool;
+use std::{
+    io::BufRead,
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+/// Starts `serve` for the test's database and returns the child, its address and its log
+/// lines (JSON, one per line) as they come.
+fn spawn_server(
+    pool: &PgPool,
+    env: &[(&str, &str)],
+) -> (
+    std::process::Child,
+    String,
+    mpsc::Receiver<serde_json::Value>,
+) {
+    let url = database_url(pool);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_twilio-receiver"))
+        .arg("serve")
+        .env_clear()
+        .envs([
+            ("TWILIO_AUTH_TOKEN", TOKEN),
+            ("TWILIO_RECEIVER__SERVER__PUBLIC_URL", BASE),
+            ("TWILIO_RECEIVER__SERVER__LISTEN", "127.0.0.1:0"),
+            ("TWILIO_RECEIVER__SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
+            ("TWILIO_RECEIVER__DATABASE__URL", url.as_str()),
+            ("TWILIO_RECEIVER__DATABASE__MIGRATE_ON_START", "false"),
+            ("TWILIO_RECEIVER__LOG__FORMAT", "json"),
+            ("TWILIO_RECEIVER__SPOOL__DIR", ""),
+        ])
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if let Ok(value) = serde_json::from_str(&line) {
+                let _ = tx.send(value);
+            }
+        }
+    });
+    let addr = wait_for_log(&rx, "listening")["fields"]["addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (child, addr, rx)
+}
+
+fn wait_for_log(rx: &mpsc::Receiver<serde_json::Value>, message: &str) -> serde_json::Value {
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no log line {message:?} within 30 s"));
+        if line["fields"]["message"] == message {
+            return line;
+        }
+    }
+}
+
+async fn post(
+    client: &reqwest::Client,
+    addr: &str,
+    params: &[(String, String)],
+) -> Result<(u16, String), reqwest::Error> {
+    let path = "/twilio/messages";
+    let body = serde_urlencoded::to_string(params).unwrap();
+    let signature = twilio_receiver::twilio::signature::compute(
+        TOKEN.as_bytes(),
+        &format!("{BASE}{path}"),
+        params,
+    );
+    let response = client
+        .post(format!("http://{addr}{path}"))
+        .header("content-type", FORM)
+        .header("x-twilio-signature", signature)
+        .body(body)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().await?))
+}
+
+#[sqlx::test]
+async fn sigterm_under_load_finishes_in_flight_requests_and_exits_0(pool: PgPool) {
+    let (mut child, addr, logs) = spawn_server(
+        &pool,
+        &[
+            ("TWILIO_RECEIVER__SERVER__SHUTDOWN_GRACE_MS", "20000"),
+            ("TWILIO_RECEIVER__SERVER__REQUEST_TIMEOUT_MS", "14000"),
+            ("TWILIO_RECEIVER__DATABASE__STATEMENT_TIMEOUT_MS", "20000"),
+        ],
+    );
+    let client = reqwest::Client::new();
+
+    // Background load for the whole test: each request is answered 200 or not at all.
+    let load: Vec<_> = (0..4u32)
+        .map(|worker| {
+            let (client, addr) = (client.clone(), addr.clone());
+            tokio::spawn(async move {
+                let mut answered = Vec::new();
+                for i in 0..u32::MAX {
+                    let n = 1_000 + worker * 100_000 + i;
+                    let contact = format!("whatsapp:+1555{n:07}");
+                    match post(&client, &addr, &whatsapp_text(&sid(n), &contact, "hi")).await {
+                        Ok((status, _)) => answered.push((n, status)),
+                        Err(_) => break,
+                    }
+                }
+                answered
+            })
+        })
+        .collect();
+
+    // Hold the table every inbound message writes, so the next requests wait in flight.
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("lock table conversations in exclusive mode")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let in_flight: Vec<_> = (1..=8u32)
+        .map(|n| {
+            let (client, addr) = (client.clone(), addr.clone());
+            tokio::spawn(async move {
+                post(
+                    &client,
+                    &addr,
+                    &whatsapp_text(&sid(n), "whatsapp:+15551234567", "hi"),
+                )
+                .await
+            })
+        })
+        .collect();
+    // Every request (8 + up to 4 of the load) is waiting for the lock inside its transaction.
+    let db = pool.connect_options().get_database().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity where datname = $1 and wait_event_type = 'Lock'",
+        )
+        .bind(&db)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting >= 8 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "requests never reached the database"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    wait_for_log(&logs, "shutting down");
+    // New connections are refused from now on (after the loop notices the signal)...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(&addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting connections");
+        tokio::task::yield_now().await;
+    }
+    // ...while the requests in flight are still being served.
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "exited with requests in flight"
+    );
+    lock.commit().await.unwrap();
+
+    for request in in_flight {
+        let (status, body) = request.await.unwrap().expect("in-flight request answered");
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("<Response"), "{body}");
+    }
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+
+    let mut acknowledged = 8;
+    for worker in load {
+        for (n, status) in worker.await.unwrap() {
+            assert_eq!(status, 200, "load request {n}");
+            let rows: i64 = sqlx::query_scalar(
+                "select count(*) from messages m join replies r using (message_sid) where m.message_sid = $1",
+            )
+            .bind(sid(n))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            assert_eq!(
+                rows, 1,
+                "message {n} was answered 200 but is not stored whole"
+            );
+            acknowledged += 1;
+        }
+    }
+    let stored: i64 = sqlx::query_scalar("select count(*) from messages")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    // Nothing unacknowledged half-written either: one message row per 200, a reply per row.
+    assert_eq!(stored, acknowledged);
+    let replies: i64 = sqlx::query_scalar("select count(*) from replies")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(replies, stored);
+}

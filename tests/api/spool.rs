@@ -269,3 +269,59 @@ async fn an_unusable_spool_directory_is_a_configuration_error() {
     };
     assert!(error.to_string().contains("spool.dir"), "{error}");
 }
+
+/// A stalled database (a long lock on the tables the hot path writes): webhooks are answered
+/// well inside Twilio's 15 s instead of hanging, kept in the spool, and stored when the
+/// stall ends.
+#[sqlx::test]
+async fn a_stalled_database_answers_in_time_and_catches_up_when_the_stall_ends(pool: PgPool) {
+    let dir = scratch_dir("spool-stall");
+    let rules = opt_out_rules("spool-stall");
+    let mut env = env_with_spool(&dir, &rules);
+    env.push(("TWILIO_RECEIVER__DATABASE__STATEMENT_TIMEOUT_MS", "500"));
+    let app = TestApp::with_own_pool(&pool, &env);
+    let mut stall = pool.begin().await.unwrap();
+    sqlx::query("lock table messages, conversations in access exclusive mode")
+        .execute(&mut *stall)
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let primary = app
+        .post_signed("/twilio/messages", &whatsapp_text(&sid(1), CONTACT, "hi"))
+        .await;
+    let primary_took = started.elapsed();
+    let started = std::time::Instant::now();
+    let status = app
+        .post_signed("/twilio/status", &callback(&sid(9), "read", &[]))
+        .await;
+    let status_took = started.elapsed();
+    println!(
+        "stalled database: primary {} in {primary_took:?}, status {} in {status_took:?}",
+        primary.status, status.status
+    );
+    assert_eq!(primary.status, 503);
+    assert_eq!(status.status, 204);
+    assert!(
+        primary_took < std::time::Duration::from_secs(5),
+        "{primary_took:?}"
+    );
+    assert_eq!(
+        app.state.spool.as_ref().unwrap().pending().unwrap().len(),
+        2
+    );
+
+    stall.commit().await.unwrap();
+    let stored = app
+        .state
+        .spool
+        .as_ref()
+        .unwrap()
+        .replay_pending(&app.state)
+        .await
+        .unwrap();
+    assert_eq!(stored, 2);
+    assert_eq!(app.count("select count(*) from messages").await, 2);
+    assert_eq!(app.post_text(3).await.status, 200);
+    std::fs::remove_dir_all(dir).unwrap();
+}

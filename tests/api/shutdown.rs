@@ -44,9 +44,10 @@ fn spawn_server(
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines() {
             let Ok(line) = line else { return };
-            if let Ok(value) = serde_json::from_str(&line) {
-                let _ = tx.send(value);
-            }
+            // log.format = "json": every line is one JSON object.
+            let value: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+            let _ = tx.send(value);
         }
     });
     let addr = wait_for_log(&rx, "listening")["fields"]["addr"]
@@ -189,6 +190,27 @@ async fn sigterm_under_load_finishes_in_flight_requests_and_exits_0(pool: PgPool
         .await
         .unwrap();
     assert_eq!(exit.code(), Some(0));
+    // The request lines carry the request span's fields.
+    // (The reader ends at the exited child's EOF, so this sees every line.)
+    let stored: Vec<serde_json::Value> = logs
+        .iter()
+        .filter(|l| l["fields"]["message"] == "stored inbound message")
+        .collect();
+    assert!(stored.len() >= 8);
+    for line in &stored {
+        assert_eq!(line["span"]["path"], "/twilio/messages", "{line}");
+        assert!(
+            line["span"]["message_sid"]
+                .as_str()
+                .unwrap()
+                .starts_with("SM"),
+            "{line}"
+        );
+        assert!(
+            !line["span"]["request_id"].as_str().unwrap().is_empty(),
+            "{line}"
+        );
+    }
 
     let mut acknowledged = 8;
     for worker in load {

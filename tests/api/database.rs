@@ -186,3 +186,60 @@ async fn a_server_started_while_postgres_is_down_recovers_by_itself() {
     .await
     .unwrap();
 }
+
+/// The least-privilege role the README documents can run the server (every route, the
+/// spool-free hot path) but not change the schema.
+#[sqlx::test]
+async fn the_documented_least_privilege_role_runs_the_server(pool: PgPool) {
+    let role = format!("twr_app_{}", std::process::id());
+    let db = pool.connect_options().get_database().unwrap().to_owned();
+    // The README's statements, verbatim but for the names.
+    for statement in [
+        format!("create role {role} login password 'app-secret'"),
+        format!("grant connect on database \"{db}\" to {role}"),
+        format!("grant usage on schema public to {role}"),
+        format!("grant select, insert, update, delete on all tables in schema public to {role}"),
+        format!("grant usage on all sequences in schema public to {role}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let url = database_url(&pool).replacen("://postgres@", &format!("://{role}:app-secret@"), 1);
+    let settings = settings(&[("TWILIO_RECEIVER__DATABASE__URL", &url)]);
+    let app_pool = twilio_receiver::store::pool(&settings.database).unwrap();
+    let mut app = TestApp::with_settings(app_pool.clone(), settings);
+    app.pool = pool.clone();
+
+    assert_eq!(app.post_text(1).await.status, 200);
+    let mut call = whatsapp_text(&sid(2), "whatsapp:+15551234567", "again");
+    call.push(("ErrorCode".into(), "11200".into()));
+    assert_eq!(app.post_signed("/twilio/fallback", &call).await.status, 200);
+    assert_eq!(
+        app.post_signed(
+            "/twilio/status",
+            &crate::status::callback(&sid(3), "sent", &[])
+        )
+        .await
+        .status,
+        204
+    );
+    assert_eq!(app.count("select count(*) from messages").await, 3);
+    // It cannot change the schema: migrations need the owner.
+    assert!(
+        sqlx::query("create table intruder (id int)")
+            .execute(&app_pool)
+            .await
+            .is_err()
+    );
+    app_pool.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("drop owned by {role}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("drop role {role}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+}

@@ -124,6 +124,27 @@ impl TestApp {
         }
     }
 
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .admin
+            .clone()
+            .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    /// Stores what the app's spool holds, as the background replay does.
+    pub async fn replay_spool(&self) -> usize {
+        let spool = self.state.spool.clone().expect("the app has a spool");
+        spool.replay_pending(&self.state).await.unwrap()
+    }
+
     /// POSTs `params` to `path`, signed for `BASE` + `path` with the test token.
     pub async fn post_signed(&self, path: &str, params: &[(String, String)]) -> TestResponse {
         self.send(signed_post(&format!("{BASE}{path}"), path, params, TOKEN))

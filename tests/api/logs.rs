@@ -8,7 +8,6 @@ use std::{
     io::Write,
     sync::{Arc, Mutex},
 };
-use tower::ServiceExt;
 use tracing_subscriber::{EnvFilter, fmt::MakeWriter, layer::SubscriberExt};
 use twilio_receiver::twilio::signature;
 
@@ -150,19 +149,7 @@ async fn unverified_requests_are_logged_as_such(pool: PgPool) {
     assert!(text.contains("requests are NOT verified"), "{text}");
     assert!(text.contains("accepted an unverified request"), "{text}");
     // ...and counts it.
-    let metrics = app
-        .admin
-        .clone()
-        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let metrics = String::from_utf8(
-        axum::body::to_bytes(metrics.into_body(), usize::MAX)
-            .await
-            .unwrap()
-            .to_vec(),
-    )
-    .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("twilio_receiver_unverified_requests_total 1\n"),
         "{metrics}"

@@ -5,20 +5,6 @@ use axum::{body::Body, http::Request};
 use sqlx::PgPool;
 use tower::ServiceExt;
 
-async fn scrape(app: &TestApp) -> String {
-    let response = app
-        .admin
-        .clone()
-        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    String::from_utf8(bytes.to_vec()).unwrap()
-}
-
 /// The value of the sample whose line starts with `series` (name and labels).
 fn value(text: &str, series: &str) -> Option<f64> {
     text.lines()
@@ -69,7 +55,7 @@ async fn a_scenario_is_counted(pool: PgPool) {
     fallback.push(("ErrorCode".into(), "11200".into()));
     app.post_signed("/twilio/fallback", &fallback).await;
 
-    let text = scrape(&app).await;
+    let text = app.metrics().await;
     let v =
         |series: &str| value(&text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"));
     assert_eq!(

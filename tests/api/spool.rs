@@ -91,14 +91,7 @@ async fn webhooks_answered_during_an_outage_are_stored_once_when_postgres_return
     // Postgres is back: the same spool, a live pool, an hour later.
     let up = TestApp::with_env(pool, &env);
     up.set_now(outage_at + chrono::Duration::hours(1));
-    let stored = up
-        .state
-        .spool
-        .as_ref()
-        .unwrap()
-        .replay_pending(&up.state)
-        .await
-        .unwrap();
+    let stored = up.replay_spool().await;
 
     assert_eq!(stored, 4);
     assert!(
@@ -155,14 +148,7 @@ async fn webhooks_answered_during_an_outage_are_stored_once_when_postgres_return
         std::fs::write(path, bytes).unwrap();
     }
     let before = table_counts(&up).await;
-    let again = up
-        .state
-        .spool
-        .as_ref()
-        .unwrap()
-        .replay_pending(&up.state)
-        .await
-        .unwrap();
+    let again = up.replay_spool().await;
     assert_eq!(again, 4);
     assert_eq!(table_counts(&up).await, before);
     std::fs::remove_dir_all(dir).unwrap();
@@ -206,7 +192,7 @@ async fn a_record_that_cannot_be_read_is_set_aside_and_the_rest_stored(pool: PgP
 
     let up = TestApp::with_env(pool, &env);
     let spool = up.state.spool.clone().unwrap();
-    assert_eq!(spool.replay_pending(&up.state).await.unwrap(), 1);
+    assert_eq!(up.replay_spool().await, 1);
 
     assert_eq!(up.count("select count(*) from messages").await, 1);
     assert!(spool.pending().unwrap().is_empty());
@@ -214,24 +200,7 @@ async fn a_record_that_cannot_be_read_is_set_aside_and_the_rest_stored(pool: PgP
         dir.join("failed/00000000000000000000-x-0000000000.json")
             .exists()
     );
-    let metrics = String::from_utf8(
-        axum::body::to_bytes(
-            tower::ServiceExt::oneshot(
-                up.admin.clone(),
-                axum::http::Request::get("/metrics")
-                    .body(axum::body::Body::empty())
-                    .unwrap(),
-            )
-            .await
-            .unwrap()
-            .into_body(),
-            usize::MAX,
-        )
-        .await
-        .unwrap()
-        .to_vec(),
-    )
-    .unwrap();
+    let metrics = up.metrics().await;
     assert!(
         metrics.contains("twilio_receiver_spool_replayed_total 1"),
         "{metrics}"
@@ -312,14 +281,7 @@ async fn a_stalled_database_answers_in_time_and_catches_up_when_the_stall_ends(p
     );
 
     stall.commit().await.unwrap();
-    let stored = app
-        .state
-        .spool
-        .as_ref()
-        .unwrap()
-        .replay_pending(&app.state)
-        .await
-        .unwrap();
+    let stored = app.replay_spool().await;
     assert_eq!(stored, 2);
     assert_eq!(app.count("select count(*) from messages").await, 2);
     assert_eq!(app.post_text(3).await.status, 200);

@@ -12,6 +12,7 @@ COPY .cargo .cargo
 RUN mkdir src benches \
  && echo 'fn main() {}' > src/main.rs \
  && echo 'fn main() {}' > benches/rules.rs \
+ && echo 'fn main() {}' > benches/load.rs \
  && touch src/lib.rs \
  && cargo build --release --locked \
  && rm -rf src target/release/deps/twilio_receiver* target/release/deps/libtwilio_receiver* \

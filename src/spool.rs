@@ -252,7 +252,7 @@ async fn store_record(state: &AppState, record: &Record) -> Result<(), AppError>
             let callback = StatusCallback::parse(&params)?;
             let query: Params = record.query.iter().cloned().collect();
             let link = ReplyLink::from_query(&query);
-            store::status::record(
+            let recorded = store::status::record(
                 &state.db,
                 &callback,
                 link.as_ref(),
@@ -260,6 +260,9 @@ async fn store_record(state: &AppState, record: &Record) -> Result<(), AppError>
                 record.received_at,
             )
             .await?;
+            if recorded.new_event {
+                state.notifier.send("status", &callback.sid);
+            }
         }
         Route::Inbound | Route::Fallback => {
             let msg = InboundMessage::parse(&params)?;

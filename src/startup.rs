@@ -43,6 +43,7 @@ pub fn app_state(settings: &Settings, db: PgPool) -> Result<AppState, StartupErr
         .map_err(|e| StartupError::Config(vec![e]))?;
     let metrics = Arc::new(crate::metrics::Metrics::new());
     Ok(AppState {
+        notifier: store::notify::Notifier::spawn(db.clone()),
         db,
         signing: Arc::new(Signing {
             verifier: settings.verifier(),

@@ -265,7 +265,17 @@ pub(crate) async fn store(
     })
     .await;
     state.metrics.database_time(started.elapsed());
-    let received = received?;
+    let store::inbound::Stored {
+        received,
+        failure_recorded,
+    } = received?;
+    // After the commit, in the order the rows were written.
+    if failure_recorded {
+        state.notifier.send("failure", &msg.sid);
+    }
+    if let Received::New { .. } = received {
+        state.notifier.send("message", &msg.sid);
+    }
     Ok(match received {
         Received::New { twiml } => {
             tracing::info!(channel = %msg.to.channel(), media = msg.media.len(), "stored inbound message");

@@ -46,6 +46,8 @@ pub struct AppState {
     pub in_flight: Arc<tokio::sync::Semaphore>,
     /// Where verified webhooks go while Postgres is away (`spool.dir`), if anywhere.
     pub spool: Option<Arc<crate::spool::Spool>>,
+    /// `NOTIFY twilio_receiver` after each commit.
+    pub notifier: crate::store::notify::Notifier,
 }
 
 impl AppState {

@@ -43,6 +43,9 @@ pub async fn status(State(state): State<AppState>, signed: Signed) -> Result<Sta
         }
         Err(e) => return Err(e),
     };
+    if recorded.new_event {
+        state.notifier.send("status", &callback.sid);
+    }
     if !recorded.advanced {
         state.metrics.status_not_advanced.inc();
     }

@@ -18,6 +18,14 @@ pub enum Received {
     Duplicate { twiml: Option<String> },
 }
 
+/// What storing a delivery did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub received: Received,
+    /// A fallback call's failure row was stored (not a replay of one already stored).
+    pub failure_recorded: bool,
+}
+
 /// A reply chosen for a stored message: the rule that answered, the rendered TwiML, the
 /// body of each of its messages, and the consent state it sets, if any.
 pub struct Reply {
@@ -57,14 +65,14 @@ pub struct Failure {
 /// fallback call, also the `failure` row, whether or not the message was new.
 ///
 /// Round trips for a new message: BEGIN, one statement for message + media + conversation +
-/// window (+ NOTIFY), one reading consent and recent replies, one for the reply, COMMIT. A concurrent copy of the same SID blocks on
-/// the unique index until the first commits, then finds its reply. Listeners are notified on
-/// commit (`NOTIFY twilio_receiver`).
+/// window, one reading consent and recent replies, one for the reply, COMMIT. A concurrent
+/// copy of the same SID blocks on the unique index until the first commits, then finds its
+/// reply.
 pub async fn receive(
     pool: &PgPool,
     delivery: Delivery<'_>,
     decide: impl FnOnce(&Facts) -> Reply,
-) -> Result<Received, StoreError> {
+) -> Result<Stored, StoreError> {
     let Delivery {
         msg,
         params,
@@ -75,22 +83,16 @@ pub async fn receive(
         spool_record,
     } = delivery;
     let mut tx = pool.begin().await?;
+    let mut failure_recorded = false;
     if let Some(failure) = failure {
         // Same transaction: a failure row never exists without its message, nor the reverse.
-        sqlx::query!(
+        failure_recorded = sqlx::query_scalar!(
             r#"
-            with f as (
-                insert into webhook_failures (
-                    message_sid, error_code, error_url, received_at, params, spool_record)
-                values ($1, $2, $3, $4, $5, $6)
-                on conflict (spool_record) do nothing
-                returning message_sid
-            )
-            select f.message_sid
-            from f, lateral (
-                select pg_notify('twilio_receiver',
-                                 json_build_object('kind', 'failure', 'message_sid', f.message_sid)::text)
-            ) as n
+            insert into webhook_failures (
+                message_sid, error_code, error_url, received_at, params, spool_record)
+            values ($1, $2, $3, $4, $5, $6)
+            on conflict (spool_record) do nothing
+            returning id
             "#,
             msg.sid,
             failure.error_code,
@@ -100,7 +102,8 @@ pub async fn receive(
             spool_record,
         )
         .fetch_optional(&mut *tx)
-        .await?;
+        .await?
+        .is_some();
     }
     let media_index: Vec<i32> = msg.media.iter().map(|m| m.index).collect();
     let media_url: Vec<String> = msg.media.iter().map(|m| m.url.clone()).collect();
@@ -175,12 +178,6 @@ pub async fn receive(
                conv.window_expires_at as "window_expires_at!"
         from conv
         cross join sess
-        -- Correlated with conv, so a duplicate (no conv row) can never notify.
-        cross join lateral (
-            select pg_notify('twilio_receiver',
-                             json_build_object('kind', 'message', 'message_sid', $1::text)::text)
-            where conv.inbound_count is not null
-        ) as n
         "#,
         msg.sid,
         msg.account_sid,
@@ -234,7 +231,10 @@ pub async fn receive(
             sqlx::query_scalar!("select twiml from replies where message_sid = $1", msg.sid)
                 .fetch_optional(pool)
                 .await?;
-        return Ok(Received::Duplicate { twiml });
+        return Ok(Stored {
+            received: Received::Duplicate { twiml },
+            failure_recorded,
+        });
     };
 
     // Read after the upsert, in a statement of its own: the conversation row is locked by
@@ -304,7 +304,10 @@ pub async fn receive(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Received::New { twiml: reply.twiml })
+    Ok(Stored {
+        received: Received::New { twiml: reply.twiml },
+        failure_recorded,
+    })
 }
 
 /// Records the TwiML a spooled fallback call answered on a message whose spooled primary call

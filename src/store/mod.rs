@@ -4,6 +4,7 @@
 pub mod erase;
 pub mod inbound;
 pub mod media;
+pub mod notify;
 pub mod status;
 
 use crate::config::DatabaseSettings;

@@ -77,13 +77,7 @@ pub async fn record(
         )
         select exists (select 1 from ev) as "new_event!",
                coalesce((select created from msg), false) as "created!",
-               coalesce((select current from msg), false) as "current!",
-               -- Correlated with ev, so a redelivery (no ev row) can never notify.
-               (select count(*) from ev, lateral (
-                   select pg_notify('twilio_receiver',
-                                    json_build_object('kind', 'status', 'message_sid', $1::text)::text)
-                   where ev.id is not null
-               ) as n) as "notified!"
+               coalesce((select current from msg), false) as "current!"
         "#,
         cb.sid,
         cb.status,

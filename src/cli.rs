@@ -294,6 +294,16 @@ fn verify_command(
 }
 
 async fn erase(settings: Settings, contact: &str) -> ExitCode {
+    // The spool first: a running server replaying it must not bring the contact back.
+    if let Some(dir) = settings.spool.dir() {
+        match crate::spool::erase_contact(&dir, contact) {
+            Ok(n) => println!("erased {n} spooled webhooks"),
+            Err(e) => {
+                eprintln!("error: nothing erased: spool.dir {}: {e}", dir.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let erased = match store::pool(&settings.database) {
         Ok(pool) => store::erase::contact(&pool, contact)
             .await

@@ -90,6 +90,8 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     /// Webhook requests handled at once; more are shed with 503.
     pub max_concurrent_requests: usize,
+    /// Open client connections at once; more wait in the listen backlog.
+    pub max_connections: usize,
     /// On SIGTERM: how long in-flight requests may take to finish before the process exits.
     pub shutdown_grace_ms: u64,
     pub admin_listen: String,
@@ -324,9 +326,13 @@ impl Settings {
                 "server.max_concurrent_requests",
                 self.server.max_concurrent_requests as u64,
             ),
+            ("server.max_connections", self.server.max_connections as u64),
         ] {
             if value == 0 {
                 out.push(format!("{key}: must be greater than 0"));
+            } else if key.starts_with("server.max_") && value > 1 << 20 {
+                // Counts of permits: far above any real need, and below tokio's limit.
+                out.push(format!("{key}: must be at most 1048576"));
             }
         }
         // hyper needs room for at least its own read buffer's minimum.

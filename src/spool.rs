@@ -86,8 +86,12 @@ impl Spool {
     /// Creates the directory if needed and proves it is writable, so a misconfigured spool
     /// fails at start rather than during an outage. Leftover temporary files are removed.
     pub fn open(dir: &Path, metrics: Arc<Metrics>) -> io::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
         let failed = dir.join("failed");
         fs::create_dir_all(&failed)?;
+        for d in [dir, &failed] {
+            fs::set_permissions(d, fs::Permissions::from_mode(0o700))?;
+        }
         for entry in fs::read_dir(dir)? {
             let path = entry?.path();
             if is_temporary(&path) {
@@ -143,36 +147,49 @@ impl Spool {
 
     /// The records waiting, oldest first.
     pub fn pending(&self) -> io::Result<Vec<PathBuf>> {
-        let mut paths: Vec<PathBuf> = fs::read_dir(&self.dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "json") && !is_temporary(p))
-            .collect();
-        paths.sort();
-        Ok(paths)
+        list(&self.dir)
     }
 
-    /// Stores every waiting record, oldest first. Stops at the first record the database
-    /// could not take because it is unavailable, and returns that error.
-    pub async fn replay_pending(&self, state: &AppState) -> Result<usize, BoxError> {
-        let paths = self.pending()?;
+    /// Stores every waiting record, oldest first, until `stop` turns true. Stops at the
+    /// first record the database did not take for a reason that may pass (unavailable, too
+    /// slow, an unexpected database error) and returns that error; a record that can never
+    /// be stored (unreadable, unparsable, too large) is set aside and the rest go on.
+    pub async fn replay_pending(
+        &self,
+        state: &AppState,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<usize, BoxError> {
+        let spool = self.dir.clone();
+        let paths = tokio::task::spawn_blocking(move || list(&spool)).await??;
         self.metrics.spool_pending.set(paths.len() as i64);
         let mut stored = 0;
         for path in paths {
-            let record = match fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<Record>(&b).map_err(|e| e.to_string()))
-            {
-                Ok(record) => record,
+            if *stop.borrow() {
+                break;
+            }
+            let record = match tokio::fs::read(&path).await {
+                Ok(bytes) => serde_json::from_slice::<Record>(&bytes),
                 // Gone: another process sharing the directory stored it first.
-                Err(_) if !path.exists() => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let record = match record {
+                Ok(record) => record,
                 Err(e) => {
-                    self.set_aside(&path, &e);
+                    self.set_aside(&path, &format!("not a spool record: {e}"))
+                        .await;
                     continue;
                 }
             };
-            match store_record(state, &record).await {
+            // The same bound as a live request: a database that stops answering mid-replay
+            // must not hold the replay (or a shutdown) forever.
+            let outcome =
+                tokio::time::timeout(state.database_deadline, store_record(state, &record))
+                    .await
+                    .unwrap_or(Err(AppError::DatabaseTooSlow));
+            match outcome {
                 Ok(()) => {
-                    match fs::remove_file(&path) {
+                    match tokio::fs::remove_file(&path).await {
                         Ok(()) => {}
                         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                         Err(e) => return Err(e.into()),
@@ -181,18 +198,25 @@ impl Spool {
                     self.metrics.spool_replayed.inc();
                     self.metrics.spool_pending.dec();
                 }
-                Err(e @ (AppError::Store(StoreError::Unavailable(_)) | AppError::NotReady)) => {
+                Err(
+                    e @ (AppError::MissingParam(_)
+                    | AppError::Store(StoreError::TooLarge(_))
+                    | AppError::Rejected(_)),
+                ) => self.set_aside(&path, &e.to_string()).await,
+                Err(e) => {
+                    if let AppError::Store(StoreError::Other(sqlx::Error::Database(db))) = &e {
+                        tracing::error!(sqlstate = ?db.code(), file = %path.display(), "a spooled webhook could not be stored; retrying later");
+                    }
                     return Err(e.into());
                 }
-                Err(e) => self.set_aside(&path, &e.to_string()),
             }
         }
         Ok(stored)
     }
 
-    fn set_aside(&self, path: &Path, reason: &str) {
+    async fn set_aside(&self, path: &Path, reason: &str) {
         let target = self.failed.join(path.file_name().unwrap_or_default());
-        match fs::rename(path, &target) {
+        match tokio::fs::rename(path, &target).await {
             Ok(()) => {
                 self.metrics.spool_set_aside.inc();
                 self.metrics.spool_pending.dec();
@@ -217,7 +241,7 @@ impl Spool {
                     _ = stop.wait_for(|s| *s) => return,
                 }
             }
-            match self.replay_pending(&state).await {
+            match self.replay_pending(&state, &stop).await {
                 Ok(0) => pause = Duration::ZERO,
                 Ok(stored) => {
                     pause = Duration::ZERO;
@@ -285,6 +309,56 @@ async fn store_record(state: &AppState, record: &Record) -> Result<(), AppError>
     Ok(())
 }
 
+/// Deletes the records (waiting or set aside) of webhooks from or to `contact`, for
+/// `erase --contact`; returns how many. A missing directory holds none.
+pub fn erase_contact(dir: &Path, contact: &str) -> io::Result<usize> {
+    let mut erased = 0;
+    for folder in [dir.to_owned(), dir.join("failed")] {
+        let paths = match list(&folder) {
+            Ok(paths) => paths,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for path in paths {
+            let bytes = match fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let about_contact = match serde_json::from_slice::<Record>(&bytes) {
+                Ok(record) => record
+                    .params
+                    .iter()
+                    .any(|(k, v)| (k == "From" || k == "To") && v == contact),
+                // Unreadable: erase it if the address appears anywhere in it.
+                Err(_) => {
+                    let needle = serde_json::to_string(contact).unwrap_or_default();
+                    let needle = needle.trim_matches('"').as_bytes();
+                    bytes.windows(needle.len().max(1)).any(|w| w == needle)
+                }
+            };
+            if about_contact {
+                match fs::remove_file(&path) {
+                    Ok(()) => erased += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(erased)
+}
+
+/// The records in `dir`, oldest first.
+pub fn list(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json") && !is_temporary(p))
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
 fn is_temporary(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
@@ -294,8 +368,14 @@ fn is_temporary(path: &Path) -> bool {
 /// Temporary file, fsync, rename, fsync the directory: after this returns the record
 /// survives a crash or power loss, and no reader ever sees half of it.
 fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let temporary = dir.join(format!(".tmp-{name}"));
-    let mut file = fs::File::create(&temporary)?;
+    // Owner only: records hold phone numbers and message text.
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temporary)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     drop(file);

@@ -253,11 +253,19 @@ impl Application {
             let _ = stop.wait_for(|s| *s).await;
         };
         tracing::info!(addr = %self.admin_listener.local_addr()?, "admin listening (/metrics)");
-        let admin = tokio::spawn(
-            axum::serve(self.admin_listener, self.admin_router)
-                .with_graceful_shutdown(wait(stop.clone()))
-                .into_future(),
-        );
+        // The same loop and limits as the public listener, so a stuck scraper cannot hold
+        // the shutdown either.
+        let admin_limits = self.http.clone();
+        let admin_stop = wait(stop.clone());
+        let admin = tokio::spawn(async move {
+            serve(
+                self.admin_listener,
+                self.admin_router,
+                &admin_limits,
+                admin_stop,
+            )
+            .await
+        });
         tracing::info!(addr = %self.listener.local_addr()?, "listening");
         let served = serve(self.listener, self.router, &self.http, wait(stop)).await;
         let _ = admin.await;
@@ -266,7 +274,8 @@ impl Application {
             reloader.abort();
         }
         // Workers finish the item in hand; one cut short is retried after its lease. The
-        // spool replay stops between records; the rest waits on disk for the next start.
+        // spool replay stops between records (each bounded by the database deadline); the
+        // rest waits on disk for the next start.
         stop_workers.send_replace(true);
         for worker in workers {
             let _ = worker.await;
@@ -278,6 +287,7 @@ impl Application {
 /// What the connection loop enforces (`server.*`).
 #[derive(Debug, Clone)]
 struct HttpLimits {
+    max_connections: usize,
     header_read_timeout: Duration,
     max_header_bytes: usize,
     shutdown_grace: Duration,
@@ -286,6 +296,7 @@ struct HttpLimits {
 impl HttpLimits {
     fn from_settings(settings: &Settings) -> Self {
         HttpLimits {
+            max_connections: settings.server.max_connections,
             header_read_timeout: settings.server.header_read_timeout(),
             max_header_bytes: settings.server.max_header_bytes,
             shutdown_grace: settings.server.shutdown_grace(),
@@ -311,27 +322,37 @@ async fn serve(
         .max_header_size(limits.max_header_bytes);
     let connections = hyper_util::server::graceful::GracefulShutdown::new();
     let service = hyper_util::service::TowerToHyperService::new(router);
+    // At the cap, new connections wait in the kernel's backlog instead of using up file
+    // descriptors (each open one is bounded in time by the header read timeout).
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut tasks = tokio::task::JoinSet::new();
     tokio::pin!(stop);
     loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
+        let (slot, stream) = tokio::select! {
+            accepted = async {
+                let slot = slots.clone().acquire_owned().await;
+                (slot, listener.accept().await)
+            } => match accepted {
+                (Ok(slot), Ok((stream, _))) => (slot, stream),
+                (_, Err(e)) => {
                     // Out of file descriptors and the like: pause rather than spin.
                     tracing::error!(error = %e, "accepting a connection failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
+                (Err(_), _) => break,
             },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
             () = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
         let connection =
             connections.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     // No new connections from here; idle keep-alive connections close, busy ones finish
@@ -343,7 +364,8 @@ async fn serve(
             tracing::info!(connections = open, "in-flight requests finished");
         }
         () = tokio::time::sleep(limits.shutdown_grace) => {
-            tracing::warn!(grace = ?limits.shutdown_grace, "grace period over: closing the remaining connections; their uncommitted transactions roll back");
+            tracing::warn!(grace = ?limits.shutdown_grace, "grace period over: closing the remaining connections; their requests were not answered");
+            tasks.abort_all();
         }
     }
     Ok(())

@@ -1,10 +1,10 @@
 //! Liveness and readiness, split so an orchestrator restarts the process only when the
 //! process itself is stuck, not when Postgres is.
 
+use super::AppState;
+use crate::store;
 use axum::{extract::State, http::StatusCode};
-use sqlx::PgPool;
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// How long readiness waits for Postgres before saying no.
 const READY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -14,20 +14,18 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// `GET /readyz`: migrations are applied and Postgres answers within a second; 503 otherwise.
-pub async fn readyz(
-    State(db): State<PgPool>,
-    State(schema_ready): State<watch::Receiver<bool>>,
-) -> (StatusCode, &'static str) {
-    if !*schema_ready.borrow() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database not migrated yet\n",
-        );
-    }
-    if crate::store::ping(&db, READY_TIMEOUT).await {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n")
+/// `GET /readyz`: migrations are applied and Postgres answers within a second; 503
+/// otherwise. With a spool the server takes webhooks without Postgres, so it stays ready
+/// (and says why): taking every replica out of a load balancer during an outage would turn
+/// the spool's 503 + fallback into refused connections, and Twilio does not retry those.
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    let database = *state.schema_ready.borrow() && store::ping(&state.db, READY_TIMEOUT).await;
+    match (database, state.spool.is_some()) {
+        (true, _) => (StatusCode::OK, "ready\n"),
+        (false, true) => (
+            StatusCode::OK,
+            "ready: database unavailable, webhooks are spooled\n",
+        ),
+        (false, false) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),
     }
 }

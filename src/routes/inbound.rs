@@ -30,6 +30,7 @@ pub async fn inbound(State(state): State<AppState>, signed: Signed) -> Result<Re
     let at = state.clock.now();
     let stored = within_deadline(
         &state,
+        signed.arrived,
         store(&state, Arrival::live(&signed, at), &msg, None),
     )
     .await;
@@ -77,18 +78,23 @@ pub async fn fallback(State(state): State<AppState>, signed: Signed) -> Result<R
     let at = state.clock.now();
     let stored = within_deadline(
         &state,
+        signed.arrived,
         store(&state, Arrival::live(&signed, at), &msg, Some(&failure)),
     )
     .await;
     let away = match stored {
         Ok(Some(twiml)) => return Ok(twiml_response(twiml)),
-        // A message stored before without a reply row (never happens when both commit together).
-        Ok(None) => return Ok(twiml_response(fallback_reply(&state, &signed, &msg).twiml)),
+        // Not reached (a fallback call always gets an answer on record); answer anyway.
+        Ok(None) => {
+            return Ok(twiml_response(
+                fallback_reply(&state, &signed.base, &msg.sid).twiml,
+            ));
+        }
         Err(e) if database_away(&e) => e,
         Err(e) => return Err(e),
     };
     // A 2xx only for a message kept somewhere: without the spool this is the 503.
-    let reply = fallback_reply(&state, &signed, &msg);
+    let reply = fallback_reply(&state, &signed.base, &msg.sid);
     if spool(&state, &signed, Route::Fallback, at, Some(reply.clone())).await {
         Ok(twiml_response(reply.twiml))
     } else {
@@ -120,9 +126,12 @@ pub(crate) fn database_away(e: &AppError) -> bool {
 /// went out; replaying the spooled copy is idempotent either way.
 pub(crate) async fn within_deadline<T>(
     state: &AppState,
+    arrived: std::time::Instant,
     write: impl std::future::Future<Output = Result<T, AppError>>,
 ) -> Result<T, AppError> {
-    tokio::time::timeout(state.database_deadline, write)
+    // Counted from the request's arrival: a slow body must not eat the time left to spool.
+    let deadline = tokio::time::Instant::from_std(arrived + state.database_deadline);
+    tokio::time::timeout_at(deadline, write)
         .await
         .unwrap_or(Err(AppError::DatabaseTooSlow))
 }
@@ -164,10 +173,10 @@ pub(crate) async fn spool(
     }
 }
 
-fn fallback_reply(state: &AppState, signed: &Signed, msg: &InboundMessage) -> Answered {
+fn fallback_reply(state: &AppState, base: &str, message_sid: &str) -> Answered {
     let rendered = state
         .replier
-        .render(&state.replier.fallback_decision(), &signed.base, &msg.sid);
+        .render(&state.replier.fallback_decision(), base, message_sid);
     Answered {
         twiml: rendered.twiml,
         bodies: rendered.bodies,
@@ -240,6 +249,7 @@ pub(crate) async fn store(
         }
         if let Answer::Given(answered) = arrival.answer {
             return Reply {
+                store: answered.is_some(),
                 rule: None,
                 twiml: answered.map_or_else(|| twiml::EMPTY.to_owned(), |a| a.twiml.clone()),
                 bodies: answered.map(|a| a.bodies.clone()).unwrap_or_default(),
@@ -257,6 +267,7 @@ pub(crate) async fn store(
         }
         let rendered = state.replier.render(&decision, base, &msg.sid);
         Reply {
+            store: true,
             rule: decision.rule,
             twiml: rendered.twiml,
             bodies: rendered.bodies,
@@ -281,19 +292,26 @@ pub(crate) async fn store(
             tracing::info!(channel = %msg.to.channel(), media = msg.media.len(), "stored inbound message");
             Some(twiml)
         }
-        Received::Duplicate { twiml } => {
-            if let Answer::Given(Some(answered)) = arrival.answer {
-                // The primary call was spooled first and recorded an empty answer; this
-                // fallback call is what actually answered the contact.
-                store::inbound::record_late_answer(
+        Received::Duplicate { twiml: None } if failure.is_some() => {
+            // Stored without an answer (its primary call was answered 503 while the database
+            // was away, then replayed from the spool): this fallback call answers it, once.
+            let answered = match arrival.answer {
+                Answer::Given(Some(answered)) => answered.clone(),
+                Answer::Given(None) => return Ok(None),
+                Answer::Rules => fallback_reply(state, base, &msg.sid),
+            };
+            Some(
+                store::inbound::answer_once(
                     &state.db,
                     &msg.sid,
                     &answered.twiml,
                     &answered.bodies,
+                    arrival.at,
                 )
-                .await?;
-                return Ok(Some(answered.twiml.clone()));
-            }
+                .await?,
+            )
+        }
+        Received::Duplicate { twiml } => {
             state.metrics.duplicates.inc();
             tracing::info!("duplicate delivery; replaying the first reply");
             twiml

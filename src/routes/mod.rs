@@ -100,10 +100,13 @@ async fn count_requests(
 /// for the requests it has already accepted.
 async fn shed_load(
     axum::extract::State(state): axum::extract::State<AppState>,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    request
+        .extensions_mut()
+        .insert(signed::Arrived(std::time::Instant::now()));
     match state.in_flight.clone().try_acquire_owned() {
         Ok(permit) => {
             let response = next.run(request).await;

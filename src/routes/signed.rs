@@ -23,7 +23,13 @@ pub struct Signed {
     /// The base URL the request was verified against (`https://hooks.example.com`), for URLs
     /// we hand back to Twilio.
     pub base: String,
+    /// When the request arrived (before its body was read): deadlines count from here.
+    pub arrived: std::time::Instant,
 }
+
+/// The moment a request arrived, set by the outermost webhook middleware.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrived(pub std::time::Instant);
 
 /// How requests are verified: tokens, the public base URL, the body limit.
 #[derive(Debug)]
@@ -71,6 +77,10 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
         let signing = Arc::<Signing>::from_ref(state);
         let (parts, body) = req.into_parts();
+        let arrived = parts
+            .extensions
+            .get::<Arrived>()
+            .map_or_else(std::time::Instant::now, |a| a.0);
         if let Some(expected) = &signing.basic_auth {
             use secrecy::ExposeSecret;
             use subtle::ConstantTimeEq;
@@ -147,6 +157,7 @@ where
                     params,
                     query,
                     base,
+                    arrived,
                 })
             }
             Err(Rejection::Signature(reason)) => {

@@ -18,7 +18,7 @@ pub async fn status(State(state): State<AppState>, signed: Signed) -> Result<Sta
     let link = ReplyLink::from_query(&signed.query);
     let at = state.clock.now();
     let started = std::time::Instant::now();
-    let recorded = inbound::within_deadline(&state, async {
+    let recorded = inbound::within_deadline(&state, signed.arrived, async {
         state.ensure_schema()?;
         Ok(store::status::record(
             &state.db,

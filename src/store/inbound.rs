@@ -29,6 +29,8 @@ pub struct Stored {
 /// A reply chosen for a stored message: the rule that answered, the rendered TwiML, the
 /// body of each of its messages, and the consent state it sets, if any.
 pub struct Reply {
+    /// `false`: store no reply row (nothing was answered; a later call may still answer).
+    pub store: bool,
     pub rule: Option<String>,
     pub twiml: String,
     pub bodies: Vec<String>,
@@ -158,7 +160,7 @@ pub async fn receive(
                 window_expires_at =
                     greatest(c.last_inbound_at, excluded.last_inbound_at) + interval '24 hours',
                 inbound_count = c.inbound_count + 1,
-                updated_at = excluded.updated_at
+                updated_at = greatest(c.updated_at, excluded.updated_at)
             returning c.inbound_count, c.session_started_at, c.last_inbound_at,
                       c.window_expires_at
         ), sess as (
@@ -283,6 +285,8 @@ pub async fn receive(
                 state = excluded.state,
                 message_sid = excluded.message_sid,
                 changed_at = excluded.changed_at
+            -- The latest message decides, also when an older one is stored late (the spool).
+            where consent.changed_at <= excluded.changed_at
             "#,
             msg.to.expose(),
             msg.from.expose(),
@@ -293,16 +297,18 @@ pub async fn receive(
         .execute(&mut *tx)
         .await?;
     }
-    sqlx::query!(
-        "insert into replies (message_sid, rule, twiml, bodies, created_at) values ($1, $2, $3, $4, $5)",
-        msg.sid,
-        reply.rule,
-        reply.twiml,
-        &reply.bodies,
-        at,
-    )
-    .execute(&mut *tx)
-    .await?;
+    if reply.store {
+        sqlx::query!(
+            "insert into replies (message_sid, rule, twiml, bodies, created_at) values ($1, $2, $3, $4, $5)",
+            msg.sid,
+            reply.rule,
+            reply.twiml,
+            &reply.bodies,
+            at,
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
     Ok(Stored {
         received: Received::New { twiml: reply.twiml },
@@ -310,25 +316,33 @@ pub async fn receive(
     })
 }
 
-/// Records the TwiML a spooled fallback call answered on a message whose spooled primary call
-/// was stored first with the empty answer (a 503 answers nothing). Touches no other reply.
-pub async fn record_late_answer(
+/// Records `twiml` as the answer to a stored message that has none yet (its first delivery
+/// was answered 503 while the database was away), and returns the answer on record: this one,
+/// or the one a concurrent call recorded first.
+pub async fn answer_once(
     pool: &PgPool,
     message_sid: &str,
     twiml: &str,
     bodies: &[String],
-) -> Result<(), StoreError> {
-    sqlx::query!(
+    at: DateTime<Utc>,
+) -> Result<String, StoreError> {
+    let recorded = sqlx::query_scalar!(
         r#"
-        update replies set twiml = $2, bodies = $3
-        where message_sid = $1 and rule is null and twiml = $4 and bodies = '{}'
+        with answer as (
+            insert into replies (message_sid, rule, twiml, bodies, created_at)
+            values ($1, null, $2, $3, $4)
+            on conflict (message_sid) do nothing
+            returning twiml
+        )
+        select coalesce((select twiml from answer),
+                        (select twiml from replies where message_sid = $1)) as twiml
         "#,
         message_sid,
         twiml,
         bodies,
-        crate::twiml::EMPTY,
+        at,
     )
-    .execute(pool)
+    .fetch_one(pool)
     .await?;
-    Ok(())
+    Ok(recorded.unwrap_or_else(|| twiml.to_owned()))
 }

@@ -61,7 +61,7 @@ pub async fn record(
                 rule = coalesce(m.rule, excluded.rule),
                 reply_part = coalesce(m.reply_part, excluded.reply_part),
                 body = coalesce(m.body, excluded.body),
-                updated_at = excluded.updated_at
+                updated_at = greatest(m.updated_at, excluded.updated_at)
             -- xmax is 0 on a row this statement inserted rather than updated.
             returning (m.xmax = 0) as created, m.status = $2 as current
         ), conv as (
@@ -73,7 +73,7 @@ pub async fn record(
             on conflict (business, contact) do update set
                 last_outbound_at = greatest(c.last_outbound_at, excluded.last_outbound_at),
                 outbound_count = c.outbound_count + 1,
-                updated_at = excluded.updated_at
+                updated_at = greatest(c.updated_at, excluded.updated_at)
         )
         select exists (select 1 from ev) as "new_event!",
                coalesce((select created from msg), false) as "created!",

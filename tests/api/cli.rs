@@ -533,14 +533,38 @@ async fn erase_removes_one_contact_everywhere_and_nothing_else(pool: PgPool) {
         .await
         .unwrap();
 
+    // And the spool holds a webhook from each of them, waiting for a replay.
+    let spool_dir = scratch_dir("erase-spool");
+    let spool = twilio_receiver::spool::Spool::open(
+        &spool_dir,
+        std::sync::Arc::new(twilio_receiver::metrics::Metrics::new()),
+    )
+    .unwrap();
+    for (n, who) in [(7, ana), (8, bob)] {
+        spool
+            .append(twilio_receiver::spool::Record {
+                id: String::new(),
+                route: twilio_receiver::spool::Route::Inbound,
+                received_at: app.now(),
+                params: whatsapp_text(&sid(n), who, "spooled"),
+                query: vec![],
+                base: BASE.into(),
+                answered: None,
+            })
+            .await
+            .unwrap();
+    }
+
     let url = database_url(&pool);
     let storage = format!("file://{}", dir.display());
+    let spool_setting = spool_dir.to_str().unwrap().to_owned();
     let out = tokio::task::spawn_blocking(move || {
         run(
             &["erase", "--contact", ana],
             &[
                 ("TWILIO_RECEIVER__DATABASE__URL", &url),
                 ("TWILIO_RECEIVER__MEDIA__STORAGE", &storage),
+                ("TWILIO_RECEIVER__SPOOL__DIR", &spool_setting),
             ],
             "",
         )
@@ -560,6 +584,12 @@ async fn erase_removes_one_contact_everywhere_and_nothing_else(pool: PgPool) {
         "{printed}"
     );
     assert!(printed.contains("deleted 1 archived files"), "{printed}");
+    assert!(printed.contains("erased 1 spooled webhooks"), "{printed}");
+    assert_eq!(
+        spool.pending().unwrap().len(),
+        1,
+        "Bob's spooled webhook stays"
+    );
     assert!(!dir.join(sid(1)).join("0").exists());
     for table in ["messages", "sessions", "conversations", "consent"] {
         let left = app
@@ -588,4 +618,5 @@ async fn erase_removes_one_contact_everywhere_and_nothing_else(pool: PgPool) {
         "Bob's reply stays"
     );
     std::fs::remove_dir_all(dir).unwrap();
+    std::fs::remove_dir_all(spool_dir).unwrap();
 }

@@ -142,7 +142,8 @@ impl TestApp {
     /// Stores what the app's spool holds, as the background replay does.
     pub async fn replay_spool(&self) -> usize {
         let spool = self.state.spool.clone().expect("the app has a spool");
-        spool.replay_pending(&self.state).await.unwrap()
+        let running = tokio::sync::watch::channel(false).1;
+        spool.replay_pending(&self.state, &running).await.unwrap()
     }
 
     /// POSTs `params` to `path`, signed for `BASE` + `path` with the test token.

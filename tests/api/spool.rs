@@ -5,7 +5,6 @@ use crate::{fallback::fallback_call, helpers::*, status::callback};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use std::path::Path;
-use twilio_receiver::twiml;
 
 const CONTACT: &str = "whatsapp:+15551234567";
 
@@ -78,6 +77,18 @@ async fn webhooks_answered_during_an_outage_are_stored_once_when_postgres_return
 
     let spool = down.state.spool.clone().unwrap();
     assert_eq!(spool.pending().unwrap().len(), 4);
+    // Still ready: an orchestrator must keep sending traffic to a server that spools.
+    let ready = down
+        .send(
+            axum::http::Request::get("/readyz")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        (ready.status.as_u16(), ready.body.as_str()),
+        (200, "ready: database unavailable, webhooks are spooled\n")
+    );
     let kept: Vec<(std::path::PathBuf, Vec<u8>)> = spool
         .pending()
         .unwrap()
@@ -129,19 +140,13 @@ async fn webhooks_answered_during_an_outage_are_stored_once_when_postgres_return
         1
     );
     // The reply rows say what was really answered: the fallback TwiML for message 1 (not the
-    // rule's "Bye", never sent), nothing for message 2 (its 503).
+    // rule's "Bye", never sent); none for message 2, whose only call was answered 503.
     let replies: Vec<(String, Option<String>, String)> =
         sqlx::query_as("select message_sid, rule, twiml from replies order by message_sid")
             .fetch_all(&up.pool)
             .await
             .unwrap();
-    assert_eq!(replies.len(), 2);
-    assert_eq!(
-        (replies[0].0.as_str(), replies[0].1.as_deref()),
-        (sid(1).as_str(), None)
-    );
-    assert_eq!(replies[0].2, fallback.body);
-    assert_eq!(replies[1].2, twiml::EMPTY);
+    assert_eq!(replies, vec![(sid(1), None, fallback.body.clone())]);
 
     // Replaying the same records again (a crash before their removal) changes nothing.
     for (path, bytes) in &kept {
@@ -285,5 +290,45 @@ async fn a_stalled_database_answers_in_time_and_catches_up_when_the_stall_ends(p
     assert_eq!(stored, 2);
     assert_eq!(app.count("select count(*) from messages").await, 2);
     assert_eq!(app.post_text(3).await.status, 200);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Review finding: the replay of a spooled primary call can store the message before
+/// Twilio's fallback call for it arrives. That call must still answer (the fallback reply),
+/// and its answer is the one on record.
+#[sqlx::test]
+async fn a_fallback_call_after_its_primary_was_replayed_still_answers_once(pool: PgPool) {
+    let dir = scratch_dir("spool-race");
+    let rules = opt_out_rules("spool-race");
+    let env = env_with_spool(&dir, &rules);
+    let down = app_without_database(&env);
+    let message = whatsapp_text(&sid(1), CONTACT, "hello?");
+    assert_eq!(
+        down.post_signed("/twilio/messages", &message).await.status,
+        503
+    );
+
+    let up = TestApp::with_env(pool, &env);
+    assert_eq!(up.replay_spool().await, 1);
+    assert_eq!(up.count("select count(*) from replies").await, 0);
+    let mut call = message.clone();
+    call.extend(pairs(&[("ErrorCode", "11200")]));
+    let answered = up.post_signed("/twilio/fallback", &call).await;
+    let again = up.post_signed("/twilio/fallback", &call).await;
+
+    assert_eq!(answered.status, 200);
+    assert!(
+        answered.body.contains("Thanks, we will get back to you"),
+        "{}",
+        answered.body
+    );
+    assert_eq!(again.body, answered.body, "a retry gets the same answer");
+    let twiml: String = sqlx::query_scalar("select twiml from replies where message_sid = $1")
+        .bind(sid(1))
+        .fetch_one(&up.pool)
+        .await
+        .unwrap();
+    assert_eq!(twiml, answered.body);
+    assert_eq!(up.count("select count(*) from messages").await, 1);
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -89,7 +89,7 @@ pub fn render(messages: &[Message]) -> String {
         out.push_str("<Message");
         if let Some(action) = &m.action {
             out.push_str(r#" action=""#);
-            escape(action, &mut out);
+            escape_attribute(action, &mut out);
             out.push_str(r#"" method="POST""#);
         }
         out.push_str("><Body>");
@@ -106,11 +106,23 @@ pub fn render(messages: &[Message]) -> String {
     out
 }
 
-/// Appends `text` escaped for XML text and attribute values. Characters XML 1.0 forbids become
-/// U+FFFD, and `\r` is written as `&#13;` so parsers do not normalise it away (DESIGN.md §9).
+/// Appends `text` escaped for XML text. Characters XML 1.0 forbids become U+FFFD, and `\r` is
+/// written as `&#13;` so parsers do not normalise it away (DESIGN.md §9).
 pub fn escape(text: &str, out: &mut String) {
+    write_escaped(text, false, out);
+}
+
+/// [`escape`] for an attribute value, where parsers also turn a literal tab or newline into a
+/// space (attribute-value normalisation), so those are written as references too.
+fn escape_attribute(text: &str, out: &mut String) {
+    write_escaped(text, true, out);
+}
+
+fn write_escaped(text: &str, attribute: bool, out: &mut String) {
     for c in text.chars() {
         match c {
+            '\t' if attribute => out.push_str("&#9;"),
+            '\n' if attribute => out.push_str("&#10;"),
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
@@ -165,6 +177,18 @@ mod tests {
         let mut out = String::new();
         escape("a\0b\u{1}c\r\n\td\u{FFFF}", &mut out);
         assert_eq!(out, "a\u{FFFD}b\u{FFFD}c&#13;\n\td\u{FFFD}");
+    }
+
+    #[test]
+    fn tabs_and_newlines_in_attributes_are_references() {
+        let m = Message {
+            action: Some("a\tb\nc\rd".into()),
+            ..Message::text("x\ty\n")
+        };
+        assert!(
+            render(&[m])
+                .contains("action=\"a&#9;b&#10;c&#13;d\" method=\"POST\"><Body>x\ty\n</Body>")
+        );
     }
 
     #[test]

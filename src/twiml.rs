@@ -46,9 +46,10 @@ fn split_at(body: &str, max: usize) -> Vec<String> {
         return vec![body.to_owned()];
     }
     let mut rest = body.trim_start();
-    while rest.chars().count() > max {
-        // Byte offset just past the `max`-th character.
-        let limit = rest.char_indices().nth(max).map_or(rest.len(), |(i, _)| i);
+    // `limit` is the byte offset just past the `max`-th character, while `rest` has more.
+    // Looking no further than that keeps splitting linear; counting all of `rest` for every
+    // part was quadratic in the body's length.
+    while let Some((limit, _)) = rest.char_indices().nth(max) {
         let window = &rest[..limit];
         // Break where the window ends at a space, else after the last whitespace inside the
         // window, else cut the word.
@@ -153,6 +154,17 @@ mod tests {
         assert_eq!(parts.len(), 2);
         assert!(parts.iter().all(|p| p.chars().count() <= MAX_BODY_CHARS));
         assert_eq!(parts.join(" "), long);
+    }
+
+    #[test]
+    fn a_multi_megabyte_body_splits_quickly() {
+        // Regression (fuzz target rule_templates): splitting counted the whole rest of the body
+        // for every part, quadratic in its length.
+        let body = "ab ".repeat(1_000_000);
+        let parts = split_body(&body);
+        assert!(parts.iter().all(|p| p.chars().count() <= MAX_BODY_CHARS));
+        // Compared without assert_eq!, which would print megabytes.
+        assert!(parts.join(" ") == body);
     }
 
     #[test]

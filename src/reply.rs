@@ -161,8 +161,20 @@ impl Replier {
             })
             .collect();
         let mut twiml = twiml::render(&messages);
-        while twiml.len() > twiml::MAX_DOCUMENT_BYTES && !messages.is_empty() {
-            messages.pop();
+        if twiml.len() > twiml::MAX_DOCUMENT_BYTES {
+            // The longest run of messages that fits, found by halving: a document only grows
+            // with each message, and rendering again per dropped message was quadratic (a
+            // template printing megabytes took minutes).
+            let (mut fits, mut too_many) = (0, messages.len());
+            while too_many - fits > 1 {
+                let mid = fits + (too_many - fits) / 2;
+                if twiml::render(&messages[..mid]).len() <= twiml::MAX_DOCUMENT_BYTES {
+                    fits = mid;
+                } else {
+                    too_many = mid;
+                }
+            }
+            messages.truncate(fits);
             twiml = twiml::render(&messages);
         }
         if messages.len() < decision.messages.len() {
@@ -234,6 +246,34 @@ mod tests {
         assert!(rendered.twiml.len() <= twiml::MAX_DOCUMENT_BYTES);
         assert!(rendered.bodies.len() < 60 && rendered.bodies.len() > 30);
         assert!(rendered.twiml.ends_with("</Response>"));
+        assert_keeps_the_most_that_fit(&decision, &rendered);
+    }
+
+    /// `rendered` kept as many messages as fit: given one more, one is still dropped.
+    fn assert_keeps_the_most_that_fit(decision: &Decision, rendered: &Rendered) {
+        let kept = rendered.bodies.len();
+        let one_more = Decision {
+            messages: decision.messages[..=kept].to_vec(),
+            ..decision.clone()
+        };
+        let again = replier(true).render(&one_more, "https://h.example", "SM1");
+        assert_eq!(again.bodies.len(), kept);
+    }
+
+    #[test]
+    fn a_reply_of_megabytes_is_cut_quickly() {
+        // Regression (fuzz target rule_templates): dropping one message at a time rendered the
+        // document again each time, so thousands of messages took minutes.
+        let decision = Decision {
+            rule: Some("huge".into()),
+            messages: (0..5000)
+                .map(|_| (Some("huge".into()), twiml::Message::text("y".repeat(1600))))
+                .collect(),
+            consent: None,
+        };
+        let rendered = replier(true).render(&decision, "https://h.example", "SM1");
+        assert!(rendered.twiml.len() <= twiml::MAX_DOCUMENT_BYTES);
+        assert_keeps_the_most_that_fit(&decision, &rendered);
     }
 
     #[test]

@@ -46,9 +46,10 @@ fn split_at(body: &str, max: usize) -> Vec<String> {
         return vec![body.to_owned()];
     }
     let mut rest = body.trim_start();
-    while rest.chars().count() > max {
-        // Byte offset just past the `max`-th character.
-        let limit = rest.char_indices().nth(max).map_or(rest.len(), |(i, _)| i);
+    // `limit` is the byte offset just past the `max`-th character, while `rest` has more.
+    // Looking no further than that keeps splitting linear; counting all of `rest` for every
+    // part was quadratic in the body's length.
+    while let Some((limit, _)) = rest.char_indices().nth(max) {
         let window = &rest[..limit];
         // Break where the window ends at a space, else after the last whitespace inside the
         // window, else cut the word.
@@ -89,7 +90,7 @@ pub fn render(messages: &[Message]) -> String {
         out.push_str("<Message");
         if let Some(action) = &m.action {
             out.push_str(r#" action=""#);
-            escape(action, &mut out);
+            escape_attribute(action, &mut out);
             out.push_str(r#"" method="POST""#);
         }
         out.push_str("><Body>");
@@ -106,11 +107,23 @@ pub fn render(messages: &[Message]) -> String {
     out
 }
 
-/// Appends `text` escaped for XML text and attribute values. Characters XML 1.0 forbids become
-/// U+FFFD, and `\r` is written as `&#13;` so parsers do not normalise it away (DESIGN.md §9).
+/// Appends `text` escaped for XML text. Characters XML 1.0 forbids become U+FFFD, and `\r` is
+/// written as `&#13;` so parsers do not normalise it away (DESIGN.md §9).
 pub fn escape(text: &str, out: &mut String) {
+    write_escaped(text, false, out);
+}
+
+/// [`escape`] for an attribute value, where parsers also turn a literal tab or newline into a
+/// space (attribute-value normalisation), so those are written as references too.
+fn escape_attribute(text: &str, out: &mut String) {
+    write_escaped(text, true, out);
+}
+
+fn write_escaped(text: &str, attribute: bool, out: &mut String) {
     for c in text.chars() {
         match c {
+            '\t' if attribute => out.push_str("&#9;"),
+            '\n' if attribute => out.push_str("&#10;"),
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
@@ -144,6 +157,17 @@ mod tests {
     }
 
     #[test]
+    fn a_multi_megabyte_body_splits_quickly() {
+        // Regression (fuzz target rule_templates): splitting counted the whole rest of the body
+        // for every part, quadratic in its length.
+        let body = "ab ".repeat(1_000_000);
+        let parts = split_body(&body);
+        assert!(parts.iter().all(|p| p.chars().count() <= MAX_BODY_CHARS));
+        // Compared without assert_eq!, which would print megabytes.
+        assert!(parts.join(" ") == body);
+    }
+
+    #[test]
     fn no_messages_is_an_empty_response() {
         assert_eq!(
             render(&[]),
@@ -168,6 +192,18 @@ mod tests {
     }
 
     #[test]
+    fn tabs_and_newlines_in_attributes_are_references() {
+        let m = Message {
+            action: Some("a\tb\nc\rd".into()),
+            ..Message::text("x\ty\n")
+        };
+        assert!(
+            render(&[m])
+                .contains("action=\"a&#9;b&#10;c&#13;d\" method=\"POST\"><Body>x\ty\n</Body>")
+        );
+    }
+
+    #[test]
     fn media_and_action_are_rendered_escaped() {
         let m = Message {
             body: "Hi".into(),
@@ -183,5 +219,179 @@ mod tests {
                 r#"<Message><Body>Second</Body></Message></Response>"#
             )
         );
+    }
+}
+
+/// Property tests: whatever text goes in, a conforming XML parser reads back that text with
+/// only DESIGN.md §9's replacement applied.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Any character, with the ones the writer treats specially (markup, controls, NUL, CR, the
+    /// non-characters U+FFFE and U+FFFF, Unicode whitespace) common enough to meet every run.
+    fn tricky_char() -> impl Strategy<Value = char> {
+        prop_oneof![
+            any::<char>(),
+            prop::sample::select(vec![
+                '\0',
+                '\u{1}',
+                '\u{8}',
+                '\u{b}',
+                '\u{c}',
+                '\u{1f}',
+                '\t',
+                '\n',
+                '\r',
+                ' ',
+                '&',
+                '<',
+                '>',
+                '"',
+                '\'',
+                ';',
+                '#',
+                ']',
+                '\u{7f}',
+                '\u{85}',
+                '\u{a0}',
+                '\u{2028}',
+                '\u{3000}',
+                '\u{d7ff}',
+                '\u{e000}',
+                '\u{fffd}',
+                '\u{fffe}',
+                '\u{ffff}',
+                '\u{10000}',
+                '\u{10ffff}',
+                'a',
+                'ñ',
+                '🎉',
+            ]),
+        ]
+    }
+
+    fn text(max: usize) -> impl Strategy<Value = String> {
+        prop::collection::vec(tricky_char(), 0..max).prop_map(String::from_iter)
+    }
+
+    /// XML 1.0's `Char` production (surrogates cannot occur in a Rust string).
+    fn xml_char(c: char) -> bool {
+        matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}')
+            || c >= '\u{10000}'
+    }
+
+    /// What a reader must get back for `text`: every character XML forbids as U+FFFD.
+    fn replaced(text: &str) -> String {
+        text.chars()
+            .map(|c| if xml_char(c) { c } else { '\u{FFFD}' })
+            .collect()
+    }
+
+    fn message() -> impl Strategy<Value = Message> {
+        (
+            text(48),
+            prop::collection::vec(text(16), 0..3),
+            prop::option::of(text(16)),
+        )
+            .prop_map(|(body, media, action)| Message {
+                body,
+                media,
+                action,
+            })
+    }
+
+    /// The text content of an element, whatever text nodes the parser split it into.
+    fn content(node: roxmltree::Node<'_, '_>) -> String {
+        node.descendants()
+            .filter(|n| n.is_text())
+            .filter_map(|n| n.text())
+            .collect()
+    }
+
+    /// The child elements of `node` named `name`.
+    fn elements<'a, 'i>(node: roxmltree::Node<'a, 'i>, name: &str) -> Vec<roxmltree::Node<'a, 'i>> {
+        node.children()
+            .filter(|c| c.is_element() && c.has_tag_name(name))
+            .collect()
+    }
+
+    /// The messages a parser reads back from a rendered document.
+    fn read_back(xml: &str) -> Result<Vec<Message>, TestCaseError> {
+        let doc = roxmltree::Document::parse(xml)
+            .map_err(|e| TestCaseError::fail(format!("{e}: {xml:?}")))?;
+        let root = doc.root_element();
+        prop_assert!(
+            root.has_tag_name("Response"),
+            "root is {:?}",
+            root.tag_name()
+        );
+        Ok(elements(root, "Message")
+            .into_iter()
+            .map(|m| Message {
+                body: elements(m, "Body")
+                    .first()
+                    .map(|b| content(*b))
+                    .unwrap_or_default(),
+                media: elements(m, "Media").into_iter().map(content).collect(),
+                action: m.attribute("action").map(str::to_owned),
+            })
+            .collect())
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_reads_back_with_only_forbidden_characters_replaced(
+            messages in prop::collection::vec(message(), 0..4),
+        ) {
+            let expected: Vec<Message> = messages
+                .iter()
+                .map(|m| Message {
+                    body: replaced(&m.body),
+                    media: m.media.iter().map(|u| replaced(u)).collect(),
+                    action: m.action.as_deref().map(replaced),
+                })
+                .collect();
+            prop_assert_eq!(read_back(&render(&messages))?, expected);
+        }
+
+        /// Splitting drops only whitespace at the cuts: the parts, in order, are the body.
+        #[test]
+        fn split_parts_fit_and_keep_every_other_character(body in text(96), max in 1usize..24) {
+            let parts = split_at(&body, max);
+            prop_assert!(!parts.is_empty());
+            if body.chars().count() <= max {
+                prop_assert_eq!(&parts, &vec![body.clone()]);
+            }
+            // A body over the limit loses its leading whitespace too.
+            let split = body.chars().count() > max;
+            let mut rest = body.as_str();
+            for part in &parts {
+                prop_assert!(part.chars().count() <= max, "{:?} is over {}", part, max);
+                rest = if split { rest.trim_start() } else { rest };
+                prop_assert!(rest.starts_with(part.as_str()), "{:?} does not start {:?}", part, rest);
+                rest = &rest[part.len()..];
+            }
+            prop_assert!(rest.trim().is_empty(), "{:?} was lost", rest);
+        }
+
+        /// A long body, split and rendered, reads back as its parts.
+        #[test]
+        fn split_long_bodies_render_and_read_back(
+            word in text(24),
+            repeats in 1usize..300,
+        ) {
+            let body = vec![word; repeats].join(" ");
+            let parts = split_body(&body);
+            let messages: Vec<Message> = parts.iter().cloned().map(Message::text).collect();
+            let bodies: Vec<String> = read_back(&render(&messages))?
+                .into_iter()
+                .map(|m| m.body)
+                .collect();
+            let expected: Vec<String> = parts.iter().map(|p| replaced(p)).collect();
+            prop_assert_eq!(bodies, expected);
+            prop_assert!(parts.iter().all(|p| p.chars().count() <= MAX_BODY_CHARS));
+        }
     }
 }

@@ -298,17 +298,26 @@ impl Rules {
     }
 
     fn render(&self, rule: &str, name: &str, context: &Value) -> String {
-        match self
+        let mut out = Capped::default();
+        let result = self
             .templates
             .get_template(name)
-            .and_then(|t| t.render(context))
-        {
-            Ok(text) => text,
+            .and_then(|t| t.render_captured_to(context, &mut out).map(drop));
+        match result {
+            Ok(_) => {}
+            Err(_) if out.full => tracing::warn!(
+                rule,
+                limit = MAX_TEMPLATE_OUTPUT,
+                "a reply template printed more than one TwiML answer can hold; the rest is cut"
+            ),
             Err(e) => {
                 tracing::warn!(rule, error = %e, "a reply template failed; its text is left empty");
-                String::new()
+                return String::new();
             }
         }
+        // `Capped` cuts only at character boundaries, so this is never lossy.
+        String::from_utf8(out.bytes)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 
     /// Template variables: only values that are present, so an absent one renders empty.
@@ -475,6 +484,41 @@ fn media_type_matches(pattern: &str, content_type: &str) -> bool {
                     .is_some_and(|m| m.eq_ignore_ascii_case(major))
         }
         None => pattern == "*" || pattern.eq_ignore_ascii_case(content_type),
+    }
+}
+
+/// The most a template may print. Fuel bounds the steps, not what each step prints
+/// (`{{ "x" * 100000000 }}` in a loop is a few steps and gigabytes), and more than one TwiML
+/// answer holds could never be sent anyway.
+const MAX_TEMPLATE_OUTPUT: usize = twiml::MAX_DOCUMENT_BYTES;
+
+/// A template's output, stopping the render once it reaches [`MAX_TEMPLATE_OUTPUT`]: what fits
+/// is kept, cut at a character boundary (every piece a template prints is a whole string).
+#[derive(Default)]
+struct Capped {
+    bytes: Vec<u8>,
+    full: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, piece: &[u8]) -> std::io::Result<usize> {
+        let room = MAX_TEMPLATE_OUTPUT - self.bytes.len();
+        if piece.len() <= room {
+            self.bytes.extend_from_slice(piece);
+            return Ok(piece.len());
+        }
+        // Back off to the start of the character that would not fit whole.
+        let mut end = room;
+        while end > 0 && piece[end] & 0b1100_0000 == 0b1000_0000 {
+            end -= 1;
+        }
+        self.bytes.extend_from_slice(&piece[..end]);
+        self.full = true;
+        Err(std::io::Error::other("template output limit reached"))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

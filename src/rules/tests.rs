@@ -420,6 +420,25 @@ fn a_template_that_loops_too_long_runs_out_of_fuel_instead_of_hanging() {
 }
 
 #[test]
+fn a_template_that_prints_gigabytes_is_cut_at_one_answer() {
+    // Regression: fuel bounds steps, not what they print, so a few steps printing 20 MB each
+    // exhausted memory; now the output stops at what one answer can hold.
+    let r = rules(
+        "[[rules]]\nname = \"flood\"\nreply = { body = \"{% for i in range(1000) %}{{ 'é' * 10000000 }}{% endfor %}\" }\n",
+    );
+    let e = r.evaluate(&text("hi"), &facts());
+    assert_eq!(e.matched, ["flood"]);
+    let printed: String = e.messages.iter().map(|(_, m)| m.body.as_str()).collect();
+    assert_eq!(printed.len(), MAX_TEMPLATE_OUTPUT);
+    assert!(printed.chars().all(|c| c == 'é'));
+    // A cut inside a character keeps the characters before it.
+    let mut out = Capped::default();
+    let piece = "x".repeat(MAX_TEMPLATE_OUTPUT - 1) + "é";
+    assert!(std::io::Write::write(&mut out, piece.as_bytes()).is_err());
+    assert_eq!(out.bytes.len(), MAX_TEMPLATE_OUTPUT - 1);
+}
+
+#[test]
 fn every_kind_of_error_is_reported_with_file_rule_and_reason() {
     let bad = r#"
         timezone = "Nowhere/City"

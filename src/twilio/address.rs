@@ -131,3 +131,38 @@ mod tests {
         );
     }
 }
+
+/// Property tests: any text is an address, kept exactly, and masking never panics.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_text_is_kept_and_splits_into_prefix_and_id(
+            raw in prop_oneof![
+                "[a-zA-Z]{0,9}:[+]?[0-9]{0,16}",
+                "(whatsapp|WhatsApp|messenger):ID\\.[0-9]{1,20}",
+                any::<String>(),
+            ],
+        ) {
+            let a = Address::parse(&raw);
+            prop_assert_eq!(a.expose(), raw.as_str());
+            prop_assert!(raw.ends_with(a.id()));
+            let prefix = &raw[..raw.len() - a.id().len()];
+            if prefix.is_empty() {
+                prop_assert_eq!(a.channel(), "sms");
+            } else {
+                prop_assert_eq!(format!("{}:", a.channel()), prefix.to_ascii_lowercase());
+            }
+            if let Some(number) = a.e164() {
+                prop_assert!(number.starts_with('+') && number.len() >= 8);
+            }
+            // The masked form keeps the prefix and the length in characters.
+            let masked = a.to_string();
+            prop_assert_eq!(masked.chars().count(), raw.chars().count());
+            prop_assert!(masked.starts_with(prefix));
+        }
+    }
+}

@@ -113,3 +113,46 @@ mod tests {
         assert_eq!(p.get("Missing"), None);
     }
 }
+
+/// Property tests: nothing Twilio sent is lost on the way to storage.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pairs() -> impl Strategy<Value = Vec<(String, String)>> {
+        let name = prop_oneof![
+            prop::sample::select(vec!["Body", "To", ""]).prop_map(str::to_owned),
+            any::<String>(),
+        ];
+        let value = prop_oneof![Just(String::new()), Just("\0".to_owned()), any::<String>()];
+        prop::collection::vec((name, value), 0..8)
+    }
+
+    proptest! {
+        /// Each name maps to its values in the order received: a string for one, an array
+        /// for several; NUL is the only character changed (DESIGN.md §9).
+        #[test]
+        fn json_keeps_every_value_in_order(pairs in pairs()) {
+            let scrub = |s: &str| s.replace('\0', "\u{FFFD}");
+            let json = Params::new(pairs.clone()).to_json();
+            let object = json.as_object().unwrap();
+            let mut names: Vec<String> = pairs.iter().map(|(k, _)| scrub(k)).collect();
+            names.sort();
+            names.dedup();
+            prop_assert_eq!(object.len(), names.len());
+            for name in names {
+                let values: Vec<Value> = pairs
+                    .iter()
+                    .filter(|(k, _)| scrub(k) == name)
+                    .map(|(_, v)| Value::String(scrub(v)))
+                    .collect();
+                let expected = match values.as_slice() {
+                    [one] => one.clone(),
+                    _ => Value::Array(values),
+                };
+                prop_assert_eq!(&object[&name], &expected);
+            }
+        }
+    }
+}

@@ -190,6 +190,32 @@ fn sid(n: u32) -> String {
     format!("SM{n:032x}")
 }
 
+/// A WhatsApp text; with `media`, a photo at that base URL (one message in ten).
+fn inbound_with_media(n: u32, media: Option<&str>) -> Vec<(String, String)> {
+    let mut params = inbound(n);
+    if let Some(base) = media.filter(|_| n % 10 == 0) {
+        params.retain(|(k, _)| k != "NumMedia");
+        params.push(("NumMedia".into(), "1".into()));
+        params.push(("MediaUrl0".into(), format!("{base}/media/{n}")));
+        params.push(("MediaContentType0".into(), "image/jpeg".into()));
+    }
+    params
+}
+
+/// Serves a small JPEG-ish body for any path, as Twilio's media URLs do.
+async fn media_host() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(|| async {
+        (
+            [(axum::http::header::CONTENT_TYPE, "image/jpeg")],
+            vec![0xffu8; 2048],
+        )
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
 fn inbound(n: u32) -> Vec<(String, String)> {
     let s = sid(n);
     let contact = format!("whatsapp:+1555{:07}", n % 1000);
@@ -280,10 +306,20 @@ async fn postgres_stopped_and_restarted_under_load_loses_nothing() {
     cluster.start();
     let spool = std::env::temp_dir().join(format!("twr-fault-spool-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&spool);
+    let archive = std::env::temp_dir().join(format!("twr-fault-media-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&archive);
+    let media = media_host().await;
     let url = cluster.url();
+    let storage = format!("file://{}", archive.display());
+    // The media archive runs too: its workers must ride out the outage as well.
     let settings = settings(&[
         ("TWILIO_RECEIVER__DATABASE__URL", &url),
         ("TWILIO_RECEIVER__SPOOL__DIR", spool.to_str().unwrap()),
+        ("TWILIO_RECEIVER__MEDIA__ARCHIVE", "true"),
+        ("TWILIO_RECEIVER__MEDIA__STORAGE", &storage),
+        ("TWILIO_RECEIVER__MEDIA__CREDENTIAL_HOSTS", "127.0.0.1"),
+        ("TWILIO_RECEIVER__MEDIA__ALLOW_INSECURE_LOOPBACK", "true"),
+        ("TWILIO_RECEIVER__MEDIA__RETRY_BASE_MS", "200"),
     ]);
     let app = Application::build(&settings).await.unwrap();
     let port = app.port();
@@ -298,11 +334,12 @@ async fn postgres_stopped_and_restarted_under_load_loses_nothing() {
     let client = reqwest::Client::new();
     let workers: Vec<_> = (0..16u32)
         .map(|w| {
-            let (client, outage, running, outcomes) = (
+            let (client, outage, running, outcomes, media) = (
                 client.clone(),
                 outage.clone(),
                 running.clone(),
                 outcomes.clone(),
+                media.clone(),
             );
             tokio::spawn(async move {
                 let mut i = 0;
@@ -310,7 +347,7 @@ async fn postgres_stopped_and_restarted_under_load_loses_nothing() {
                     let n = w * 1_000_000 + i;
                     i += 1;
                     let during_outage = outage.load(Ordering::Relaxed);
-                    let message = inbound(n);
+                    let message = inbound_with_media(n, Some(&media));
                     let primary = post(&client, port, "/twilio/messages", &message).await;
                     // As Twilio does: a failed primary call is followed by the fallback call.
                     let fallback = if primary.is_some_and(|(code, _)| code == 200) {
@@ -358,11 +395,34 @@ async fn postgres_stopped_and_restarted_under_load_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let drained_in = drain_started.elapsed();
+    // Every photo of a stored message ends up archived, outage or not.
+    let db = sqlx::PgPool::connect(&url).await.unwrap();
+    let archived_in = loop {
+        let pending: i64 = sqlx::query_scalar(
+            "select count(*) from message_media where archive_state = 'pending'",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        if pending == 0 {
+            break drain_started.elapsed();
+        }
+        assert!(
+            drain_started.elapsed() < Duration::from_secs(120),
+            "media still pending"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (media_rows, media_stored): (i64, i64) = sqlx::query_as(
+        "select count(*), count(*) filter (where archive_state = 'stored') from message_media",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 
     // Every 2xx has its rows.
-    let db = sqlx::PgPool::connect(&url).await.unwrap();
     let outcomes = outcomes.lock().unwrap().clone();
     let mut lost = 0;
     let ok = |r: &Option<(u16, Duration)>, code: u16| r.is_some_and(|(c, _)| c == code);
@@ -418,7 +478,8 @@ async fn postgres_stopped_and_restarted_under_load_loses_nothing() {
     println!(
         "postgres restart under load: {} webhooks ({} messages acknowledged, {} during the outage), \
          outage {:.1} s, primary 503 latency during the outage p50 {:?} p99 {:?} max {:?}, \
-         spooled at end of load {}, drained in {:?}, rows lost: {lost}",
+         spooled at end of load {}, drained in {:?}, media archived {media_stored}/{media_rows} \
+         (done {archived_in:?} after the load), rows lost: {lost}",
         outcomes.len() * 2,
         acknowledged,
         outcomes.iter().filter(|o| o.during_outage).count(),
@@ -430,6 +491,8 @@ async fn postgres_stopped_and_restarted_under_load_loses_nothing() {
         drained_in,
     );
     assert_eq!(lost, 0);
+    assert!(media_rows > 0);
+    assert_eq!(media_stored, media_rows, "every photo archived");
     assert!(!outage_503.is_empty(), "the outage was not observed");
     assert!(
         percentile(outage_503, 1.0) < Duration::from_secs(3),
@@ -440,6 +503,7 @@ async fn postgres_stopped_and_restarted_under_load_loses_nothing() {
         "unexpected answers: {other_codes:?}"
     );
     let _ = std::fs::remove_dir_all(&spool);
+    let _ = std::fs::remove_dir_all(&archive);
 }
 
 fn count_files(dir: &std::path::Path) -> usize {

@@ -85,6 +85,17 @@ enum Command {
         #[arg(long)]
         contact: String,
     },
+    /// Delete what is older than an age (messages with their media rows, archived files,
+    /// replies and status events; fallback calls; expired sessions; conversations with nothing
+    /// left), in small batches that never lock for long. Consent is kept.
+    Prune {
+        /// How old is too old: a number and a unit (d, h, m, s), e.g. 90d.
+        #[arg(long)]
+        older_than: String,
+        /// Rows per statement.
+        #[arg(long, default_value_t = 5000)]
+        batch: i64,
+    },
 }
 
 /// Runs the command line and returns the process exit code.
@@ -118,6 +129,9 @@ pub fn main() -> ExitCode {
         Command::Erase { contact } => {
             with_settings(&sources, |s| runtime().block_on(erase(s, &contact)))
         }
+        Command::Prune { older_than, batch } => with_settings(&sources, |s| {
+            runtime().block_on(prune(s, &older_than, batch.max(1)))
+        }),
     }
 }
 
@@ -328,22 +342,26 @@ async fn erase(settings: Settings, contact: &str) -> ExitCode {
         erased.conversations,
         erased.consent
     );
-    if erased.storage_keys.is_empty() {
+    delete_archived(&settings, &erased.storage_keys).await
+}
+
+/// Deletes archived media files after their rows are committed; reports any it cannot.
+async fn delete_archived(settings: &Settings, keys: &[String]) -> ExitCode {
+    if keys.is_empty() {
         return ExitCode::SUCCESS;
     }
-    // Files go after the rows are committed; a file that cannot be deleted is reported.
     let store = match crate::media::storage(&settings.media.storage) {
         Ok((store, _)) => store,
         Err(e) => {
             eprintln!(
                 "error: {} archived files not deleted: media.storage: {e}",
-                erased.storage_keys.len()
+                keys.len()
             );
             return ExitCode::FAILURE;
         }
     };
     let mut failed = 0;
-    for key in &erased.storage_keys {
+    for key in keys {
         use object_store::ObjectStoreExt;
         if let Err(e) = store
             .delete(&object_store::path::Path::from(key.as_str()))
@@ -353,15 +371,47 @@ async fn erase(settings: Settings, contact: &str) -> ExitCode {
             eprintln!("error: cannot delete archived file {key}: {e}");
         }
     }
-    println!(
-        "deleted {} archived files",
-        erased.storage_keys.len() - failed
-    );
+    println!("deleted {} archived files", keys.len() - failed);
     if failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
+}
+
+async fn prune(settings: Settings, older_than: &str, batch: i64) -> ExitCode {
+    let age = match store::prune::parse_age(older_than) {
+        Ok(age) => age,
+        Err(e) => {
+            eprintln!("error: --older-than {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cutoff = chrono::Utc::now() - age;
+    let pruned = match store::pool(&settings.database) {
+        Ok(pool) => store::prune::older_than(&pool, cutoff, batch)
+            .await
+            .map_err(|e| error_chain(&e)),
+        Err(e) => Err(e),
+    };
+    let pruned = match pruned {
+        Ok(pruned) => pruned,
+        // Batches already committed stay deleted; running it again finishes the job.
+        Err(e) => {
+            eprintln!("error: prune stopped: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "pruned before {}: {} messages, {} status events, {} fallback calls, {} sessions, {} conversations",
+        cutoff.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        pruned.messages,
+        pruned.status_events,
+        pruned.failures,
+        pruned.sessions,
+        pruned.conversations
+    );
+    delete_archived(&settings, &pruned.storage_keys).await
 }
 
 async fn healthcheck(settings: Settings) -> ExitCode {

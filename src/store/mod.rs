@@ -5,6 +5,7 @@ pub mod erase;
 pub mod inbound;
 pub mod media;
 pub mod notify;
+pub mod prune;
 pub mod status;
 
 use crate::config::DatabaseSettings;

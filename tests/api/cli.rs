@@ -620,3 +620,103 @@ async fn erase_removes_one_contact_everywhere_and_nothing_else(pool: PgPool) {
     std::fs::remove_dir_all(dir).unwrap();
     std::fs::remove_dir_all(spool_dir).unwrap();
 }
+
+/// `prune --older-than` deletes old history in small batches, archived files included, keeps
+/// consent, and keeps whatever a recent message still needs.
+#[sqlx::test]
+async fn prune_deletes_old_history_in_batches_and_keeps_what_is_recent(pool: PgPool) {
+    let rules = std::fs::canonicalize("config/rules.toml").unwrap();
+    let app = TestApp::with_env(
+        pool.clone(),
+        &[("TWILIO_RECEIVER__RULES__PATH", rules.to_str().unwrap())],
+    );
+    let (ana, bob) = ("whatsapp:+15551234567", "whatsapp:+15557654321");
+    // Long ago (the test clock starts in March 2026): Ana's whole history, Bob's first message.
+    let mut photo = whatsapp_text(&sid(1), ana, "");
+    photo.extend(pairs(&[
+        ("MediaUrl0", "https://api.twilio.com/m/ME1"),
+        ("MediaContentType0", "image/jpeg"),
+    ]));
+    app.post_signed("/twilio/messages", &photo).await;
+    app.post_signed("/twilio/messages", &whatsapp_text(&sid(2), ana, "STOP"))
+        .await;
+    let mut fallback = whatsapp_text(&sid(3), ana, "again");
+    fallback.push(("ErrorCode".into(), "11200".into()));
+    app.post_signed("/twilio/fallback", &fallback).await;
+    app.post_signed(
+        "/twilio/status",
+        &crate::status::callback("SM99999999999999999999999999999999", "read", &[]),
+    )
+    .await;
+    app.post_signed("/twilio/messages", &whatsapp_text(&sid(4), bob, "hi"))
+        .await;
+    // Yesterday: Bob again.
+    app.set_now(chrono::Utc::now() - chrono::Duration::days(1));
+    app.post_signed(
+        "/twilio/messages",
+        &whatsapp_text(&sid(5), bob, "still there?"),
+    )
+    .await;
+    let dir = scratch_dir("prune-media");
+    std::fs::create_dir_all(dir.join(sid(1))).unwrap();
+    std::fs::write(dir.join(sid(1)).join("0"), "jpeg").unwrap();
+    sqlx::query("update message_media set archive_state = 'stored', storage_key = $1 where message_sid = $2")
+        .bind(format!("{}/0", sid(1)))
+        .bind(sid(1))
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let url = database_url(&pool);
+    let storage = format!("file://{}", dir.display());
+    let out = tokio::task::spawn_blocking(move || {
+        run(
+            &["prune", "--older-than", "90d", "--batch", "2"],
+            &[
+                ("TWILIO_RECEIVER__DATABASE__URL", &url),
+                ("TWILIO_RECEIVER__MEDIA__STORAGE", &storage),
+            ],
+            "",
+        )
+    })
+    .await
+    .unwrap();
+
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = stdout(&out);
+    assert!(
+        printed.contains(
+            ": 5 messages, 1 status events, 1 fallback calls, 2 sessions, 1 conversations"
+        ),
+        "{printed}"
+    );
+    assert!(printed.contains("deleted 1 archived files"), "{printed}");
+    assert!(!dir.join(sid(1)).join("0").exists());
+    let left: Vec<String> = sqlx::query_scalar("select message_sid from messages")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, vec![sid(5)]);
+    for (sql, expected) in [
+        ("select count(*) from message_media", 0),
+        ("select count(*) from replies", 1),
+        ("select count(*) from message_status_events", 0),
+        ("select count(*) from webhook_failures", 0),
+        // Bob's conversation and his current window stay; Ana's conversation goes.
+        ("select count(*) from conversations", 1),
+        ("select count(*) from sessions", 1),
+        // An opt-out is honoured however old it is.
+        ("select count(*) from consent where state = 'opted_out'", 1),
+    ] {
+        assert_eq!(app.count(sql).await, expected, "{sql}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+
+    let usage = run(&["prune", "--older-than", "90"], &[], "");
+    assert_eq!(usage.status.code(), Some(2));
+}

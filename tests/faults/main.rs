@@ -193,7 +193,7 @@ fn sid(n: u32) -> String {
 /// A WhatsApp text; with `media`, a photo at that base URL (one message in ten).
 fn inbound_with_media(n: u32, media: Option<&str>) -> Vec<(String, String)> {
     let mut params = inbound(n);
-    if let Some(base) = media.filter(|_| n % 10 == 0) {
+    if let Some(base) = media.filter(|_| n.is_multiple_of(10)) {
         params.retain(|(k, _)| k != "NumMedia");
         params.push(("NumMedia".into(), "1".into()));
         params.push(("MediaUrl0".into(), format!("{base}/media/{n}")));

@@ -12,6 +12,7 @@ mod media;
 mod metrics;
 mod requests;
 pub mod rules;
+mod scaling;
 mod server;
 mod sessions;
 mod shutdown;

@@ -12,7 +12,7 @@ use std::{
 
 /// Starts `serve` for the test's database and returns the child, its address and its log
 /// lines (JSON, one per line) as they come.
-fn spawn_server(
+pub fn spawn_server(
     pool: &PgPool,
     env: &[(&str, &str)],
 ) -> (
@@ -57,7 +57,7 @@ fn spawn_server(
     (child, addr, rx)
 }
 
-fn wait_for_log(rx: &mpsc::Receiver<serde_json::Value>, message: &str) -> serde_json::Value {
+pub fn wait_for_log(rx: &mpsc::Receiver<serde_json::Value>, message: &str) -> serde_json::Value {
     loop {
         let line = rx
             .recv_timeout(Duration::from_secs(30))

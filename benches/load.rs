@@ -38,7 +38,7 @@ enum Workload {
 
 #[derive(Parser, Debug)]
 struct Args {
-    /// The server's address.
+    /// The server's address; several, comma-separated, spread the connections over replicas.
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
     /// The public URL the server verifies against (server.public_url).
@@ -148,8 +148,7 @@ fn http_request(args: &Args, path: &str, params: &[(String, String)]) -> Vec<u8>
         params,
     );
     format!(
-        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nX-Twilio-Signature: {signature}\r\nUser-Agent: TwilioProxy/1.1\r\nContent-Length: {}\r\n\r\n{body}",
-        args.addr,
+        "POST {path} HTTP/1.1\r\nHost: hooks.example.com\r\nContent-Type: application/x-www-form-urlencoded\r\nX-Twilio-Signature: {signature}\r\nUser-Agent: TwilioProxy/1.1\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()
@@ -271,10 +270,11 @@ async fn main() {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(args.seconds);
+    let addrs: Vec<&str> = args.addr.split(',').map(str::trim).collect();
     let tasks: Vec<_> = (0..args.connections)
-        .map(|_| {
+        .map(|i| {
             tokio::spawn(connection(
-                args.addr.clone(),
+                addrs[i % addrs.len()].to_owned(),
                 requests.clone(),
                 next.clone(),
                 until,

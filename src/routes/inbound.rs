@@ -238,6 +238,16 @@ pub(crate) async fn store(
     let started = std::time::Instant::now();
     let received = store::inbound::receive(&state.db, delivery, |facts| {
         let mut decision = state.replier.decide(&rules, msg, facts);
+        if let Answer::Given(answered) = arrival.answer {
+            // Only the rules' effects count here: no rule answered (rule_matches unchanged).
+            return Reply {
+                store: answered.is_some(),
+                rule: None,
+                twiml: answered.map_or_else(|| twiml::EMPTY.to_owned(), |a| a.twiml.clone()),
+                bodies: answered.map(|a| a.bodies.clone()).unwrap_or_default(),
+                consent: decision.consent.map(|c| c.state()),
+            };
+        }
         for rule in decision.rule.iter().flat_map(|r| r.split(',')) {
             state
                 .metrics
@@ -246,15 +256,6 @@ pub(crate) async fn store(
                     rule: rule.to_owned(),
                 })
                 .inc();
-        }
-        if let Answer::Given(answered) = arrival.answer {
-            return Reply {
-                store: answered.is_some(),
-                rule: None,
-                twiml: answered.map_or_else(|| twiml::EMPTY.to_owned(), |a| a.twiml.clone()),
-                bodies: answered.map(|a| a.bodies.clone()).unwrap_or_default(),
-                consent: decision.consent.map(|c| c.state()),
-            };
         }
         // The fallback body stands in only where no rule answered and the contact may
         // be answered at all.

@@ -133,7 +133,12 @@ async fn webhooks_answered_during_an_outage_are_stored_once_when_postgres_return
             .await,
         1
     );
-    // The opt-out sent during the outage still opts out.
+    // The opt-out sent during the outage still opts out, though no rule answered it.
+    assert!(
+        !up.metrics()
+            .await
+            .contains("twilio_receiver_rule_matches_total{")
+    );
     assert_eq!(
         up.count("select count(*) from consent where state = 'opted_out'")
             .await,

@@ -3,7 +3,8 @@
 -- fallback call's failure row is one row per call, so a record replayed twice (a crash
 -- between its commit and the file's removal) needs a key of its own.
 alter table webhook_failures
-    -- The spool record this row was stored from; NULL for rows stored live.
+    -- The id of the spool record of this call (given to every call when a spool is
+    -- configured, also when it is stored live); NULL without a spool.
     add column spool_record text;
 
 create unique index webhook_failures_spool_record_key on webhook_failures (spool_record);

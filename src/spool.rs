@@ -55,7 +55,7 @@ pub struct Answered {
 /// One verified webhook, as the handler saw it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
-    /// Unique to this record (its file name); set by [`Spool::append`].
+    /// Unique to this record (its file name); [`Spool::append`] sets it when empty.
     #[serde(default)]
     pub id: String,
     pub route: Route,
@@ -125,14 +125,23 @@ impl Spool {
         &self.dir
     }
 
-    /// Writes `record` durably; only then may the request be answered.
-    pub async fn append(&self, mut record: Record) -> io::Result<()> {
-        record.id = format!(
+    /// A record id, unique in this directory and sorting in arrival order. A handler takes
+    /// one before its first write, so the live attempt and a replay share it.
+    pub fn new_id(&self, received_at: DateTime<Utc>) -> String {
+        format!(
             "{:020}-{}-{:010}",
-            record.received_at.timestamp_micros().max(0),
+            received_at.timestamp_micros().max(0),
             self.instance,
             self.sequence.fetch_add(1, Ordering::Relaxed),
-        );
+        )
+    }
+
+    /// Writes `record` durably (under a new id unless it has one); only then may the request
+    /// be answered.
+    pub async fn append(&self, mut record: Record) -> io::Result<()> {
+        if record.id.is_empty() {
+            record.id = self.new_id(record.received_at);
+        }
         let bytes = serde_json::to_vec(&record).map_err(io::Error::other)?;
         let name = format!("{}.json", record.id);
         let dir = self.dir.clone();

@@ -39,7 +39,7 @@ pub async fn inbound(State(state): State<AppState>, signed: Signed) -> Result<Re
             twiml.unwrap_or_else(|| twiml::EMPTY.to_owned()),
         )),
         Err(e) if database_away(&e) => {
-            spool(&state, &signed, Route::Inbound, at, None).await;
+            spool(&state, &signed, Route::Inbound, at, None, None).await;
             Err(e)
         }
         Err(e) => Err(e),
@@ -76,10 +76,16 @@ pub async fn fallback(State(state): State<AppState>, signed: Signed) -> Result<R
         })
         .inc();
     let at = state.clock.now();
+    // The id this call's spool record would get, stored with the failure row on the live
+    // attempt too: a live write cut off by the deadline after its commit went out, then
+    // replayed from the spool, is still one failure row.
+    let record_id = state.spool.as_ref().map(|spool| spool.new_id(at));
+    let mut arrival = Arrival::live(&signed, at);
+    arrival.spool_record = record_id.as_deref();
     let stored = within_deadline(
         &state,
         signed.arrived,
-        store(&state, Arrival::live(&signed, at), &msg, Some(&failure)),
+        store(&state, arrival, &msg, Some(&failure)),
     )
     .await;
     let away = match stored {
@@ -95,7 +101,16 @@ pub async fn fallback(State(state): State<AppState>, signed: Signed) -> Result<R
     };
     // A 2xx only for a message kept somewhere: without the spool this is the 503.
     let reply = fallback_reply(&state, &signed.base, &msg.sid);
-    if spool(&state, &signed, Route::Fallback, at, Some(reply.clone())).await {
+    if spool(
+        &state,
+        &signed,
+        Route::Fallback,
+        at,
+        Some(reply.clone()),
+        record_id,
+    )
+    .await
+    {
         Ok(twiml_response(reply.twiml))
     } else {
         Err(away)
@@ -145,6 +160,7 @@ pub(crate) async fn spool(
     route: Route,
     at: DateTime<Utc>,
     answered: Option<Answered>,
+    id: Option<String>,
 ) -> bool {
     let Some(spool) = &state.spool else {
         tracing::error!(
@@ -153,7 +169,7 @@ pub(crate) async fn spool(
         return false;
     };
     let record = Record {
-        id: String::new(),
+        id: id.unwrap_or_default(),
         route,
         received_at: at,
         params: signed.params.pairs().to_vec(),

@@ -35,7 +35,7 @@ pub async fn status(State(state): State<AppState>, signed: Signed) -> Result<Sta
         Ok(recorded) => recorded,
         Err(e) if inbound::database_away(&e) => {
             // Acknowledged only once it is on disk; stored when Postgres answers again.
-            return if inbound::spool(&state, &signed, Route::Status, at, None).await {
+            return if inbound::spool(&state, &signed, Route::Status, at, None, None).await {
                 Ok(StatusCode::NO_CONTENT)
             } else {
                 Err(e)

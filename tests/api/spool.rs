@@ -337,3 +337,41 @@ async fn a_fallback_call_after_its_primary_was_replayed_still_answers_once(pool:
     assert_eq!(up.count("select count(*) from messages").await, 1);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A fallback call whose live write committed but was cut off by the deadline is spooled
+/// too; its replay must not add a second failure row. The live row carries the id the spool
+/// record gets, so the replay finds it.
+#[sqlx::test]
+async fn a_fallback_call_stored_live_and_replayed_is_one_failure_row(pool: PgPool) {
+    let dir = scratch_dir("spool-twice");
+    let rules = opt_out_rules("spool-twice");
+    let app = TestApp::with_env(pool, &env_with_spool(&dir, &rules));
+    let call = fallback_call(1);
+    assert_eq!(app.post_signed("/twilio/fallback", &call).await.status, 200);
+    let id: String = sqlx::query_scalar("select spool_record from webhook_failures")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+
+    // What the handler writes when the deadline passes after the commit went out.
+    app.state
+        .spool
+        .as_ref()
+        .unwrap()
+        .append(twilio_receiver::spool::Record {
+            id,
+            route: twilio_receiver::spool::Route::Fallback,
+            received_at: app.now(),
+            params: call,
+            query: vec![],
+            base: BASE.into(),
+            answered: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(app.replay_spool().await, 1);
+
+    assert_eq!(app.count("select count(*) from webhook_failures").await, 1);
+    assert_eq!(app.count("select count(*) from messages").await, 1);
+    std::fs::remove_dir_all(dir).unwrap();
+}

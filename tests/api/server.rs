@@ -173,3 +173,35 @@ async fn requests_beyond_the_concurrency_cap_are_shed_with_503_and_counted(pool:
         "{text}"
     );
 }
+
+#[sqlx::test]
+async fn connections_beyond_the_cap_wait_until_one_closes(pool: PgPool) {
+    let (port, _stop) = serve(&pool, &[("TWILIO_RECEIVER__SERVER__MAX_CONNECTIONS", "1")]).await;
+    // The one connection allowed: open, idle.
+    let mut first = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    first
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    first.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+
+    // A second client gets through the kernel's backlog but is not served...
+    let mut second = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    second
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(300), second.read(&mut byte)).await;
+    assert!(early.is_err(), "served beyond max_connections");
+
+    // ...until the first one goes.
+    drop(first);
+    let answer = read_until_closed(&mut second, Duration::from_secs(10)).await;
+    assert!(
+        answer.starts_with("TTP/1.1 200") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
+}

@@ -68,8 +68,8 @@ pub async fn older_than(
             break;
         }
     }
-    loop {
-        let n = sqlx::query_scalar!(
+    pruned.status_events += in_batches(batch, || {
+        sqlx::query_scalar!(
             r#"
             with gone as (
                 delete from message_status_events where id in (
@@ -82,14 +82,10 @@ pub async fn older_than(
             batch,
         )
         .fetch_one(pool)
-        .await?;
-        pruned.status_events += n;
-        if n < batch {
-            break;
-        }
-    }
-    loop {
-        let n = sqlx::query_scalar!(
+    })
+    .await?;
+    pruned.failures += in_batches(batch, || {
+        sqlx::query_scalar!(
             r#"
             with gone as (
                 delete from webhook_failures where id in (
@@ -102,14 +98,10 @@ pub async fn older_than(
             batch,
         )
         .fetch_one(pool)
-        .await?;
-        pruned.failures += n;
-        if n < batch {
-            break;
-        }
-    }
-    loop {
-        let n = sqlx::query_scalar!(
+    })
+    .await?;
+    pruned.sessions += in_batches(batch, || {
+        sqlx::query_scalar!(
             r#"
             with gone as (
                 delete from sessions where id in (
@@ -122,16 +114,12 @@ pub async fn older_than(
             batch,
         )
         .fetch_one(pool)
-        .await?;
-        pruned.sessions += n;
-        if n < batch {
-            break;
-        }
-    }
-    loop {
-        // A conversation goes only once nothing of it is left: no message, no activity since
-        // the cutoff (its remaining sessions, all expired, follow by cascade).
-        let n = sqlx::query_scalar!(
+    })
+    .await?;
+    // A conversation goes only once nothing of it is left: no message, no activity since
+    // the cutoff (its remaining sessions, all expired, follow by cascade).
+    pruned.conversations += in_batches(batch, || {
+        sqlx::query_scalar!(
             r#"
             with gone as (
                 delete from conversations c
@@ -149,13 +137,25 @@ pub async fn older_than(
             batch,
         )
         .fetch_one(pool)
-        .await?;
-        pruned.conversations += n;
+    })
+    .await?;
+    Ok(pruned)
+}
+
+/// Runs `delete_batch` (which deletes at most `batch` rows and says how many) until a batch
+/// comes back short; returns the total.
+async fn in_batches<F>(batch: i64, mut delete_batch: impl FnMut() -> F) -> Result<i64, StoreError>
+where
+    F: std::future::Future<Output = Result<i64, sqlx::Error>>,
+{
+    let mut total = 0;
+    loop {
+        let n = delete_batch().await?;
+        total += n;
         if n < batch {
-            break;
+            return Ok(total);
         }
     }
-    Ok(pruned)
 }
 
 /// Parses an age such as `90d`, `12h`, `30m` or `45s`.

@@ -121,10 +121,6 @@ impl Spool {
         Ok(spool)
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// A record id, unique in this directory and sorting in arrival order. A handler takes
     /// one before its first write, so the live attempt and a replay share it.
     pub fn new_id(&self, received_at: DateTime<Utc>) -> String {

@@ -2,6 +2,7 @@
 
 mod health;
 pub(crate) mod inbound;
+mod outage;
 mod signed;
 mod status;
 

@@ -1,7 +1,7 @@
 //! `POST|GET /twilio/status`: delivery status callbacks (TWILIO.md §4), including those of
 //! our own TwiML replies, whose `action` URL carries `reply_to`, `rule` and `part`.
 
-use super::{AppState, Signed, inbound};
+use super::{AppState, Signed, outage};
 use crate::{
     error::AppError,
     spool::Route,
@@ -18,7 +18,7 @@ pub async fn status(State(state): State<AppState>, signed: Signed) -> Result<Sta
     let link = ReplyLink::from_query(&signed.query);
     let at = state.clock.now();
     let started = std::time::Instant::now();
-    let recorded = inbound::within_deadline(&state, signed.arrived, async {
+    let recorded = outage::within_deadline(&state, signed.arrived, async {
         state.ensure_schema()?;
         Ok(store::status::record(
             &state.db,
@@ -33,9 +33,9 @@ pub async fn status(State(state): State<AppState>, signed: Signed) -> Result<Sta
     state.metrics.database_time(started.elapsed());
     let recorded = match recorded {
         Ok(recorded) => recorded,
-        Err(e) if inbound::database_away(&e) => {
+        Err(e) if outage::database_away(&e) => {
             // Acknowledged only once it is on disk; stored when Postgres answers again.
-            return if inbound::spool(&state, &signed, Route::Status, at, None, None).await {
+            return if outage::spool(&state, &signed, Route::Status, at, None, None).await {
                 Ok(StatusCode::NO_CONTENT)
             } else {
                 Err(e)

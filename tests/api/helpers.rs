@@ -260,3 +260,22 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// POSTs `params` to a server on a real socket at `addr`, signed for `BASE` + `path`.
+pub async fn post_over_http(
+    client: &reqwest::Client,
+    addr: &str,
+    path: &str,
+    params: &[(String, String)],
+) -> Result<reqwest::Response, reqwest::Error> {
+    client
+        .post(format!("http://{addr}{path}"))
+        .header("content-type", FORM)
+        .header(
+            "x-twilio-signature",
+            signature::compute(TOKEN.as_bytes(), &format!("{BASE}{path}"), params),
+        )
+        .body(serde_urlencoded::to_string(params).unwrap())
+        .send()
+        .await
+}

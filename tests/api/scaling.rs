@@ -11,21 +11,8 @@ async fn post(
     path: &str,
     params: &[(String, String)],
 ) -> u16 {
-    let signature = twilio_receiver::twilio::signature::compute(
-        TOKEN.as_bytes(),
-        &format!("{BASE}{path}"),
-        params,
-    );
-    client
-        .post(format!("http://{addr}{path}"))
-        .header("content-type", FORM)
-        .header("x-twilio-signature", signature)
-        .body(serde_urlencoded::to_string(params).unwrap())
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    let response = post_over_http(client, addr, path, params).await.unwrap();
+    response.status().as_u16()
 }
 
 #[sqlx::test]

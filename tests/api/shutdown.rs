@@ -73,20 +73,7 @@ async fn post(
     addr: &str,
     params: &[(String, String)],
 ) -> Result<(u16, String), reqwest::Error> {
-    let path = "/twilio/messages";
-    let body = serde_urlencoded::to_string(params).unwrap();
-    let signature = twilio_receiver::twilio::signature::compute(
-        TOKEN.as_bytes(),
-        &format!("{BASE}{path}"),
-        params,
-    );
-    let response = client
-        .post(format!("http://{addr}{path}"))
-        .header("content-type", FORM)
-        .header("x-twilio-signature", signature)
-        .body(body)
-        .send()
-        .await?;
+    let response = post_over_http(client, addr, "/twilio/messages", params).await?;
     let status = response.status().as_u16();
     Ok((status, response.text().await?))
 }

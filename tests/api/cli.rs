@@ -490,6 +490,40 @@ async fn sighup_reloads_the_rules_and_a_bad_file_keeps_the_old_ones(pool: PgPool
     .unwrap();
 }
 
+const ANA: &str = "whatsapp:+15551234567";
+const BOB: &str = "whatsapp:+15557654321";
+
+/// Ana: a photo (message 1), STOP, a fallback call, a delivered outbound message. Bob: "hi".
+async fn two_contacts_history(app: &TestApp) {
+    let mut photo = whatsapp_text(&sid(1), ANA, "");
+    photo.extend(pairs(&[
+        ("MediaUrl0", "https://api.twilio.com/m/ME1"),
+        ("MediaContentType0", "image/jpeg"),
+    ]));
+    app.post_signed("/twilio/messages", &photo).await;
+    app.post_signed("/twilio/messages", &whatsapp_text(&sid(2), ANA, "STOP"))
+        .await;
+    let mut fallback = whatsapp_text(&sid(3), ANA, "again");
+    fallback.push(("ErrorCode".into(), "11200".into()));
+    app.post_signed("/twilio/fallback", &fallback).await;
+    let delivered = crate::status::callback("SM99999999999999999999999999999999", "delivered", &[]);
+    app.post_signed("/twilio/status", &delivered).await;
+    app.post_signed("/twilio/messages", &whatsapp_text(&sid(4), BOB, "hi"))
+        .await;
+}
+
+/// Message 1's photo, archived as a file under `dir` (file storage).
+async fn archive_first_photo(pool: &PgPool, dir: &std::path::Path) {
+    std::fs::create_dir_all(dir.join(sid(1))).unwrap();
+    std::fs::write(dir.join(sid(1)).join("0"), "jpeg").unwrap();
+    sqlx::query("update message_media set archive_state = 'stored', storage_key = $1 where message_sid = $2")
+        .bind(format!("{}/0", sid(1)))
+        .bind(sid(1))
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
 /// `erase --contact` removes everything about one contact, archived files included, and
 /// leaves everyone else alone.
 #[sqlx::test]
@@ -499,39 +533,10 @@ async fn erase_removes_one_contact_everywhere_and_nothing_else(pool: PgPool) {
         pool.clone(),
         &[("TWILIO_RECEIVER__RULES__PATH", rules.to_str().unwrap())],
     );
-    let ana = "whatsapp:+15551234567";
-    let bob = "whatsapp:+15557654321";
-    let mut photo = whatsapp_text(&sid(1), ana, "");
-    photo.extend(pairs(&[
-        ("MediaUrl0", "https://api.twilio.com/m/ME1"),
-        ("MediaContentType0", "image/jpeg"),
-    ]));
-    app.post_signed("/twilio/messages", &photo).await;
-    app.post_signed("/twilio/messages", &whatsapp_text(&sid(2), ana, "STOP"))
-        .await;
-    let mut fallback = whatsapp_text(&sid(3), ana, "again");
-    fallback.push(("ErrorCode".into(), "11200".into()));
-    app.post_signed("/twilio/fallback", &fallback).await;
-    let status = pairs(&[
-        ("MessageSid", "SM99999999999999999999999999999999"),
-        ("AccountSid", "AC00000000000000000000000000000000"),
-        ("From", BUSINESS),
-        ("To", ana),
-        ("MessageStatus", "delivered"),
-    ]);
-    app.post_signed("/twilio/status", &status).await;
-    app.post_signed("/twilio/messages", &whatsapp_text(&sid(4), bob, "hi"))
-        .await;
-    // Ana's photo was archived.
-    let dir = std::env::temp_dir().join(format!("twr-erase-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join(sid(1))).unwrap();
-    std::fs::write(dir.join(sid(1)).join("0"), "jpeg").unwrap();
-    sqlx::query("update message_media set archive_state = 'stored', storage_key = $1 where message_sid = $2")
-        .bind(format!("{}/0", sid(1)))
-        .bind(sid(1))
-        .execute(&pool)
-        .await
-        .unwrap();
+    let (ana, bob) = (ANA, BOB);
+    two_contacts_history(&app).await;
+    let dir = scratch_dir("erase-media");
+    archive_first_photo(&pool, &dir).await;
 
     // And the spool holds a webhook from each of them, waiting for a replay.
     let spool_dir = scratch_dir("erase-spool");
@@ -630,26 +635,9 @@ async fn prune_deletes_old_history_in_batches_and_keeps_what_is_recent(pool: PgP
         pool.clone(),
         &[("TWILIO_RECEIVER__RULES__PATH", rules.to_str().unwrap())],
     );
-    let (ana, bob) = ("whatsapp:+15551234567", "whatsapp:+15557654321");
+    let bob = BOB;
     // Long ago (the test clock starts in March 2026): Ana's whole history, Bob's first message.
-    let mut photo = whatsapp_text(&sid(1), ana, "");
-    photo.extend(pairs(&[
-        ("MediaUrl0", "https://api.twilio.com/m/ME1"),
-        ("MediaContentType0", "image/jpeg"),
-    ]));
-    app.post_signed("/twilio/messages", &photo).await;
-    app.post_signed("/twilio/messages", &whatsapp_text(&sid(2), ana, "STOP"))
-        .await;
-    let mut fallback = whatsapp_text(&sid(3), ana, "again");
-    fallback.push(("ErrorCode".into(), "11200".into()));
-    app.post_signed("/twilio/fallback", &fallback).await;
-    app.post_signed(
-        "/twilio/status",
-        &crate::status::callback("SM99999999999999999999999999999999", "read", &[]),
-    )
-    .await;
-    app.post_signed("/twilio/messages", &whatsapp_text(&sid(4), bob, "hi"))
-        .await;
+    two_contacts_history(&app).await;
     // Yesterday: Bob again.
     app.set_now(chrono::Utc::now() - chrono::Duration::days(1));
     app.post_signed(
@@ -658,14 +646,7 @@ async fn prune_deletes_old_history_in_batches_and_keeps_what_is_recent(pool: PgP
     )
     .await;
     let dir = scratch_dir("prune-media");
-    std::fs::create_dir_all(dir.join(sid(1))).unwrap();
-    std::fs::write(dir.join(sid(1)).join("0"), "jpeg").unwrap();
-    sqlx::query("update message_media set archive_state = 'stored', storage_key = $1 where message_sid = $2")
-        .bind(format!("{}/0", sid(1)))
-        .bind(sid(1))
-        .execute(&pool)
-        .await
-        .unwrap();
+    archive_first_photo(&pool, &dir).await;
 
     let url = database_url(&pool);
     let storage = format!("file://{}", dir.display());

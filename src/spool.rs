@@ -439,6 +439,18 @@ mod tests {
             record.id.clear();
         }
         assert_eq!(read, vec![earlier, later]);
+        // Records hold phone numbers and text: the server's user only.
+        use std::os::unix::fs::PermissionsExt;
+        for path in &paths {
+            assert_eq!(
+                fs::metadata(path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -170,6 +170,12 @@ pub struct DatabaseSettings {
     pub acquire_timeout_ms: u64,
     pub statement_timeout_ms: u64,
     pub migrate_on_start: bool,
+    /// Store concurrent webhooks together, many per transaction (`store::group`).
+    pub group_commit: bool,
+    /// Group-commit transactions in flight at once; each holds a pooled connection.
+    pub group_writers: usize,
+    /// Most webhooks in one group-commit transaction.
+    pub group_size: usize,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -364,6 +370,14 @@ impl Settings {
         if self.database.max_connections == 0 {
             out.push("database.max_connections: must be greater than 0".into());
         }
+        if self.database.group_writers == 0 || self.database.group_size == 0 {
+            out.push(
+                "database.group_writers and database.group_size: must be greater than 0".into(),
+            );
+        }
+        if self.database.group_size > 10_000 {
+            out.push("database.group_size: must be at most 10000".into());
+        }
         if self.database.acquire_timeout_ms == 0 {
             out.push("database.acquire_timeout_ms: must be greater than 0".into());
         }
@@ -531,10 +545,29 @@ impl DatabaseSettings {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err("database.url: must start with postgres:// or postgresql://".to_owned());
         }
-        PgConnectOptions::from_str(url)
+        let options = PgConnectOptions::from_str(url)
             // The error text may quote the URL, password included: never pass it on.
-            .map_err(|_| "database.url: not a valid postgres:// URL".to_owned())
-            .map(|o| o.application_name("twilio-receiver"))
+            .map_err(|_| "database.url: not a valid postgres:// URL".to_owned())?
+            .application_name("twilio-receiver");
+        // TLS to a Postgres on this very host protects nothing and costs both ends CPU.
+        // Worse, sqlx 0.9.0 does not set TCP_NODELAY (sqlx#4335), so over loopback a TLS
+        // write of more than one record waits for a delayed ACK, 40 ms, which every large
+        // group commit hits. Where neither the URL nor PGSSLMODE chooses, loopback goes
+        // without TLS; any other host keeps sqlx's default (`prefer`).
+        let chosen = ["sslmode=", "ssl-mode="]
+            .iter()
+            .any(|key| url.split_once('?').is_some_and(|(_, q)| q.contains(key)))
+            || std::env::var_os("PGSSLMODE").is_some();
+        let host = options.get_host().trim_matches(['[', ']']);
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        Ok(if loopback && !chosen {
+            options.ssl_mode(sqlx::postgres::PgSslMode::Disable)
+        } else {
+            options
+        })
     }
 
     pub fn acquire_timeout(&self) -> Duration {
@@ -840,5 +873,23 @@ mod tests {
             printed.contains("postgres://app:[redacted]@db:5432/x"),
             "{printed}"
         );
+    }
+
+    #[test]
+    fn loopback_goes_without_tls_unless_the_url_asks_for_it() {
+        let mode = |url: &str| {
+            let s = Settings::load(&sources(&[("DATABASE_URL", url)])).unwrap();
+            format!("{:?}", s.database.connect_options().unwrap().get_ssl_mode())
+        };
+        // (PGSSLMODE is not set where the tests run; it would count as a choice.)
+        if std::env::var_os("PGSSLMODE").is_some() {
+            return;
+        }
+        assert_eq!(mode("postgres://u@127.0.0.1:5432/x"), "Disable");
+        assert_eq!(mode("postgres://u@localhost/x"), "Disable");
+        assert_eq!(mode("postgres://u@[::1]:5432/x"), "Disable");
+        assert_eq!(mode("postgres://u@127.0.0.1/x?sslmode=require"), "Require");
+        assert_eq!(mode("postgres://u@db.example.com/x"), "Prefer");
+        assert_eq!(mode("postgres://u@10.0.0.5/x"), "Prefer");
     }
 }

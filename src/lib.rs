@@ -34,3 +34,5 @@ pub mod telemetry;
 pub mod twilio;
 /// TwiML rendering.
 pub mod twiml;
+/// Group commit: the writer tasks that store concurrent webhooks together.
+pub mod writer;

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub fallback_calls: Family<ErrorCode, Counter>,
     pub rule_matches: Family<Rule, Counter>,
     pub db_seconds: Histogram,
+    pub group_size: Histogram,
+    pub group_waiting: Gauge,
     pub pool_in_use: Gauge,
     pub pool_idle: Gauge,
     pub requests_shed: Counter,
@@ -72,6 +74,9 @@ impl Metrics {
         let db_seconds = Histogram::new([
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0,
         ]);
+        // Webhooks per group-commit transaction: 1 to the largest `database.group_size`.
+        let group_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]);
+        let group_waiting = Gauge::default();
         let pool_in_use = Gauge::default();
         let pool_idle = Gauge::default();
         let requests_shed = Counter::default();
@@ -112,8 +117,18 @@ impl Metrics {
         );
         registry.register(
             "database_seconds",
-            "Time spent storing each webhook in Postgres",
+            "Time each webhook waited for Postgres to store it (its share of a group commit included)",
             db_seconds.clone(),
+        );
+        registry.register(
+            "group_commit_size",
+            "Webhooks stored per group-commit transaction",
+            group_size.clone(),
+        );
+        registry.register(
+            "group_commit_waiting",
+            "Webhooks queued for, or being stored by, a group-commit writer",
+            group_waiting.clone(),
         );
         registry.register(
             "pool_connections_in_use",
@@ -164,6 +179,8 @@ impl Metrics {
             fallback_calls,
             rule_matches,
             db_seconds,
+            group_size,
+            group_waiting,
             pool_in_use,
             pool_idle,
             requests_shed,

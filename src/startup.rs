@@ -42,8 +42,31 @@ pub fn app_state(settings: &Settings, db: PgPool) -> Result<AppState, StartupErr
         .public_base()
         .map_err(|e| StartupError::Config(vec![e]))?;
     let metrics = Arc::new(crate::metrics::Metrics::new());
+    let replier = Arc::new(Replier::new(
+        rules,
+        settings.default_reply(),
+        settings.fallback_reply(),
+        settings.reply.track_delivery,
+    ));
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(
+        settings.server.max_concurrent_requests,
+    ));
     Ok(AppState {
         notifier: store::notify::Notifier::spawn(db.clone()),
+        writer: settings.database.group_commit.then(|| {
+            crate::writer::Writer::spawn(
+                crate::writer::Context {
+                    db: db.clone(),
+                    replier: replier.clone(),
+                    metrics: metrics.clone(),
+                    archive_media: settings.media.archive,
+                },
+                crate::writer::Grouping {
+                    writers: settings.database.group_writers,
+                    size: settings.database.group_size,
+                },
+            )
+        }),
         db,
         signing: Arc::new(Signing {
             verifier: settings.verifier(),
@@ -52,12 +75,7 @@ pub fn app_state(settings: &Settings, db: PgPool) -> Result<AppState, StartupErr
             body_read_timeout: settings.server.body_read_timeout(),
             basic_auth: settings.server.basic_auth.header(),
         }),
-        replier: Arc::new(Replier::new(
-            rules,
-            settings.default_reply(),
-            settings.fallback_reply(),
-            settings.reply.track_delivery,
-        )),
+        replier,
         clock: Clock::system(),
         // Whoever builds state around a pool vouches for its schema; `Application::build`
         // replaces this when it has to wait for Postgres.
@@ -65,9 +83,7 @@ pub fn app_state(settings: &Settings, db: PgPool) -> Result<AppState, StartupErr
         // Leaves a quarter of the request deadline to answer before the timeout layer's 503.
         database_deadline: settings.server.request_timeout() * 3 / 4,
         archive_media: settings.media.archive,
-        in_flight: Arc::new(tokio::sync::Semaphore::new(
-            settings.server.max_concurrent_requests,
-        )),
+        in_flight,
         spool: settings
             .spool
             .dir()

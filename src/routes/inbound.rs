@@ -7,10 +7,13 @@ use super::{
 };
 use crate::{
     error::AppError,
-    reply::ConsentState,
+    metrics::Metrics,
+    reply::{ConsentState, Facts, Replier},
+    rules::Rules,
     spool::{Answered, Route},
     store::{
         self,
+        group::Live,
         inbound::{Delivery, Failure, Received, Reply},
     },
     twilio::{InboundMessage, Params},
@@ -31,11 +34,12 @@ pub async fn inbound(State(state): State<AppState>, signed: Signed) -> Result<Re
     let msg = InboundMessage::parse(&signed.params)?;
     Span::current().record("message_sid", msg.sid.as_str());
     let at = state.clock.now();
-    let stored = within_deadline(
-        &state,
-        signed.arrived,
-        store(&state, Arrival::live(&signed, at), &msg, None),
-    )
+    let stored = within_deadline(&state, signed.arrived, async {
+        match &state.writer {
+            Some(writer) => store_grouped(&state, writer, msg, &signed, at).await,
+            None => store(&state, Arrival::live(&signed, at), &msg, None).await,
+        }
+    })
     .await;
     match stored {
         Ok(twiml) => Ok(twiml_response(
@@ -169,6 +173,84 @@ pub(crate) enum Answer<'a> {
     Given(Option<&'a Answered>),
 }
 
+/// Stores a live primary delivery with whatever else is arriving (group commit) and returns
+/// the TwiML to answer.
+async fn store_grouped(
+    state: &AppState,
+    writer: &crate::writer::Writer,
+    msg: InboundMessage,
+    signed: &Signed,
+    at: DateTime<Utc>,
+) -> Result<Option<String>, AppError> {
+    state.ensure_schema()?;
+    let (sid, channel, media) = (msg.sid.clone(), msg.to.channel(), msg.media.len());
+    let live = Live {
+        msg,
+        params: signed.params.to_json(),
+        at,
+    };
+    let started = std::time::Instant::now();
+    let received = writer
+        .receive(live, signed.base.clone(), state.replier.rules())
+        .await;
+    state.metrics.database_time(started.elapsed());
+    let received = received?;
+    Ok(match received {
+        Received::New { twiml } => {
+            state.notifier.send("message", &sid);
+            tracing::info!(%channel, media, "stored inbound message");
+            Some(twiml)
+        }
+        Received::Duplicate { twiml } => {
+            duplicate(state);
+            twiml
+        }
+    })
+}
+
+fn duplicate(state: &AppState) {
+    state.metrics.duplicates.inc();
+    tracing::info!("duplicate delivery; replaying the first reply");
+}
+
+/// The reply the rules give a live delivery, counted in `rule_matches`. On the fallback
+/// route (`fallback`), where no rule answered and the contact may be answered at all, the
+/// fallback body stands in.
+pub(crate) fn live_reply(
+    replier: &Replier,
+    metrics: &Metrics,
+    rules: &Rules,
+    msg: &InboundMessage,
+    facts: &Facts,
+    base: &str,
+    fallback: bool,
+) -> Reply {
+    let mut decision = replier.decide(rules, msg, facts);
+    for rule in decision.rule.iter().flat_map(|r| r.split(',')) {
+        metrics
+            .rule_matches
+            .get_or_create(&crate::metrics::Rule {
+                rule: rule.to_owned(),
+            })
+            .inc();
+    }
+    if fallback
+        && decision.rule.is_none()
+        && decision.messages.is_empty()
+        && facts.consent != ConsentState::OptedOut
+    {
+        decision = replier.fallback_decision();
+    }
+    let rendered = replier.render(&decision, base, &msg.sid);
+    Reply {
+        store: true,
+        rule: decision.rule,
+        twiml: rendered.twiml,
+        bodies: rendered.bodies,
+        consent: decision.consent.map(|c| c.state()),
+    }
+}
+
 /// Stores the message (and the failure, for fallback calls) and returns the TwiML to answer;
 /// `None` for a duplicate whose first delivery left no reply.
 pub(crate) async fn store(
@@ -192,41 +274,24 @@ pub(crate) async fn store(
     let base = arrival.base;
     let started = std::time::Instant::now();
     let received = store::inbound::receive(&state.db, delivery, |facts| {
-        let mut decision = state.replier.decide(&rules, msg, facts);
-        if let Answer::Given(answered) = arrival.answer {
-            // Only the rules' effects count here: no rule answered (rule_matches unchanged).
-            return Reply {
-                store: answered.is_some(),
-                rule: None,
-                twiml: answered.map_or_else(|| twiml::EMPTY.to_owned(), |a| a.twiml.clone()),
-                bodies: answered.map(|a| a.bodies.clone()).unwrap_or_default(),
-                consent: decision.consent.map(|c| c.state()),
-            };
-        }
-        for rule in decision.rule.iter().flat_map(|r| r.split(',')) {
-            state
-                .metrics
-                .rule_matches
-                .get_or_create(&crate::metrics::Rule {
-                    rule: rule.to_owned(),
-                })
-                .inc();
-        }
-        // The fallback body stands in only where no rule answered and the contact may
-        // be answered at all.
-        if failure.is_some()
-            && decision.rule.is_none()
-            && decision.messages.is_empty()
-            && facts.consent != ConsentState::OptedOut
-        {
-            decision = state.replier.fallback_decision();
-        }
-        let rendered = state.replier.render(&decision, base, &msg.sid);
+        let Answer::Given(answered) = arrival.answer else {
+            return live_reply(
+                &state.replier,
+                &state.metrics,
+                &rules,
+                msg,
+                facts,
+                base,
+                failure.is_some(),
+            );
+        };
+        // Only the rules' effects count here: no rule answered (rule_matches unchanged).
+        let decision = state.replier.decide(&rules, msg, facts);
         Reply {
-            store: true,
-            rule: decision.rule,
-            twiml: rendered.twiml,
-            bodies: rendered.bodies,
+            store: answered.is_some(),
+            rule: None,
+            twiml: answered.map_or_else(|| twiml::EMPTY.to_owned(), |a| a.twiml.clone()),
+            bodies: answered.map(|a| a.bodies.clone()).unwrap_or_default(),
             consent: decision.consent.map(|c| c.state()),
         }
     })
@@ -268,8 +333,7 @@ pub(crate) async fn store(
             )
         }
         Received::Duplicate { twiml } => {
-            state.metrics.duplicates.inc();
-            tracing::info!("duplicate delivery; replaying the first reply");
+            duplicate(state);
             twiml
         }
     })

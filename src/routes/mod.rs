@@ -49,6 +49,8 @@ pub struct AppState {
     pub spool: Option<Arc<crate::spool::Spool>>,
     /// `NOTIFY twilio_receiver` after each commit.
     pub notifier: crate::store::notify::Notifier,
+    /// Group commit (`database.group_commit`): live webhooks are stored in batches.
+    pub writer: Option<crate::writer::Writer>,
 }
 
 impl AppState {

@@ -5,7 +5,7 @@ use super::{AppState, Signed, outage};
 use crate::{
     error::AppError,
     spool::Route,
-    store,
+    store::{self, group::Callback},
     twilio::{ReplyLink, StatusCallback},
 };
 use axum::{extract::State, http::StatusCode};
@@ -20,14 +20,20 @@ pub async fn status(State(state): State<AppState>, signed: Signed) -> Result<Sta
     let started = std::time::Instant::now();
     let recorded = outage::within_deadline(&state, signed.arrived, async {
         state.ensure_schema()?;
-        Ok(store::status::record(
-            &state.db,
-            &callback,
-            link.as_ref(),
-            signed.params.to_json(),
-            at,
-        )
-        .await?)
+        let params = signed.params.to_json();
+        Ok(match &state.writer {
+            Some(writer) => {
+                writer
+                    .record(Callback {
+                        cb: callback.clone(),
+                        link: link.clone(),
+                        params,
+                        at,
+                    })
+                    .await?
+            }
+            None => store::status::record(&state.db, &callback, link.as_ref(), params, at).await?,
+        })
     })
     .await;
     state.metrics.database_time(started.elapsed());

@@ -2,6 +2,7 @@
 //! HTTP; it returns [`StoreError`], and only `routes` turns that into a status code.
 
 pub mod erase;
+pub mod group;
 pub mod inbound;
 pub mod media;
 pub mod notify;

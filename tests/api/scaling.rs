@@ -2,7 +2,11 @@
 //! retries and the fallback call may land on either, status callbacks arrive in any order on
 //! both. Postgres alone keeps the guarantees.
 
-use crate::{helpers::*, shutdown::spawn_server, status::callback};
+use crate::{
+    helpers::*,
+    shutdown::{Server, spawn_server},
+    status::callback,
+};
 use sqlx::PgPool;
 
 async fn post(
@@ -17,9 +21,17 @@ async fn post(
 
 #[sqlx::test]
 async fn two_processes_on_one_database_store_everything_once(pool: PgPool) {
-    let (first, a, _) = spawn_server(&pool, &[]);
+    let Server {
+        child: first,
+        addr: a,
+        ..
+    } = spawn_server(&pool, &[]);
     let _first = Stop(first);
-    let (second, b, _) = spawn_server(&pool, &[]);
+    let Server {
+        child: second,
+        addr: b,
+        ..
+    } = spawn_server(&pool, &[]);
     let _second = Stop(second);
     let client = reqwest::Client::new();
     const MESSAGES: u32 = 200;

@@ -10,16 +10,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Starts `serve` for the test's database and returns the child, its address and its log
-/// lines (JSON, one per line) as they come.
-pub fn spawn_server(
-    pool: &PgPool,
-    env: &[(&str, &str)],
-) -> (
-    std::process::Child,
-    String,
-    mpsc::Receiver<serde_json::Value>,
-) {
+/// A running `serve` process.
+pub struct Server {
+    pub child: std::process::Child,
+    /// The public listener's address.
+    pub addr: String,
+    /// The admin listener's address (`/metrics`).
+    pub admin: String,
+    /// Its log lines (JSON, one per line) as they come.
+    pub logs: mpsc::Receiver<serde_json::Value>,
+}
+
+/// Starts `serve` for the test's database.
+pub fn spawn_server(pool: &PgPool, env: &[(&str, &str)]) -> Server {
     let url = database_url(pool);
     let mut child = Command::new(env!("CARGO_BIN_EXE_twilio-receiver"))
         .arg("serve")
@@ -50,11 +53,20 @@ pub fn spawn_server(
             let _ = tx.send(value);
         }
     });
-    let addr = wait_for_log(&rx, "listening")["fields"]["addr"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    (child, addr, rx)
+    let addr_of = |message| {
+        wait_for_log(&rx, message)["fields"]["addr"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let admin = addr_of("admin listening (/metrics)");
+    let addr = addr_of("listening");
+    Server {
+        child,
+        addr,
+        admin,
+        logs: rx,
+    }
 }
 
 pub fn wait_for_log(rx: &mpsc::Receiver<serde_json::Value>, message: &str) -> serde_json::Value {
@@ -80,7 +92,12 @@ async fn post(
 
 #[sqlx::test]
 async fn sigterm_under_load_finishes_in_flight_requests_and_exits_0(pool: PgPool) {
-    let (mut child, addr, logs) = spawn_server(
+    let Server {
+        mut child,
+        addr,
+        admin,
+        logs,
+    } = spawn_server(
         &pool,
         &[
             ("TWILIO_RECEIVER__SERVER__SHUTDOWN_GRACE_MS", "20000"),
@@ -128,18 +145,24 @@ async fn sigterm_under_load_finishes_in_flight_requests_and_exits_0(pool: PgPool
             })
         })
         .collect();
-    // Every request (8 + up to 4 of the load) is waiting for the lock inside its transaction.
-    let db = pool.connect_options().get_database().unwrap().to_owned();
+    // Every request (8 + up to 4 of the load) is waiting for the lock: queued for a
+    // group-commit writer, or inside the writer's transaction.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "select count(*) from pg_stat_activity where datname = $1 and wait_event_type = 'Lock'",
-        )
-        .bind(&db)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if waiting >= 8 {
+        let metrics = client
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let waiting: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("twilio_receiver_group_commit_waiting "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        if waiting >= 12.0 {
             break;
         }
         assert!(

@@ -1,0 +1,978 @@
+//! Group commit: many concurrent webhooks stored in one transaction, one multi-row statement
+//! per step, so a batch shares its round trips and its commit (the WAL flush) instead of
+//! paying them per webhook.
+//!
+//! Every guarantee of the one-at-a-time path ([`super::inbound::receive`],
+//! [`super::status::record`]) holds, enforced the same way: the unique SID decides which
+//! delivery is first, whichever batch or process it is in, and the conversation row lock
+//! serialises the messages of one contact across batches. Inside a batch, the messages of one
+//! contact are applied in arrival order in Rust: each sees the window, consent and reply
+//! history the earlier ones left, as if they had been stored one after another.
+//!
+//! `ON CONFLICT DO UPDATE` may touch a row only once per statement, so rows are first
+//! aggregated per SID and per (business, contact); rows are written in key order so that two
+//! batches lock the rows they share in the same order.
+
+use super::{
+    StoreError,
+    inbound::{Received, Reply},
+    status::Recorded,
+};
+use crate::{
+    reply::{ConsentState, Facts},
+    twilio::{InboundMessage, ReplyLink, StatusCallback, status},
+};
+use chrono::{DateTime, Duration, Utc};
+use sqlx::PgPool;
+use std::collections::HashMap;
+
+/// One live delivery of an inbound message to the primary URL.
+pub struct Live {
+    pub msg: InboundMessage,
+    /// Every parameter as received (`Params::to_json`).
+    pub params: serde_json::Value,
+    pub at: DateTime<Utc>,
+}
+
+/// Stores every delivery of `batch` once, in one transaction, and returns what each got, in
+/// the order given. `decide(i, facts)` chooses the reply to `batch[i]`; it is called once per
+/// new message, in arrival order within each contact. A second copy of a SID inside the batch
+/// is answered as a duplicate of the first, with the first's reply.
+///
+/// Round trips, whatever the batch size: BEGIN, the messages with their media and the
+/// conversation locks, the facts the rules read, the writes of the decisions, COMMIT.
+pub async fn receive_many(
+    pool: &PgPool,
+    batch: &[Live],
+    lookback: Duration,
+    archive_media: bool,
+    mut decide: impl FnMut(usize, &Facts) -> Reply,
+) -> Result<Vec<Received>, StoreError> {
+    // The first copy of each SID, in SID order (the lock order); later copies point at it.
+    let mut first_of: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
+    let mut copy_of = vec![None; batch.len()];
+    for (i, live) in batch.iter().enumerate() {
+        match first_of.get(live.msg.sid.as_str()) {
+            Some(&first) => copy_of[i] = Some(first),
+            None => {
+                first_of.insert(&live.msg.sid, i);
+            }
+        }
+    }
+    let mut firsts: Vec<usize> = first_of.values().copied().collect();
+    firsts.sort_unstable_by(|&a, &b| batch[a].msg.sid.cmp(&batch[b].msg.sid));
+    let rows = MessageRows::new(batch, &firsts);
+
+    let mut tx = pool.begin().await?;
+    // Messages and media first, then the conversation rows of the new ones, locked (a no-op
+    // update) and read back as they are now. The sort in `conv` waits for every message row
+    // before it locks any conversation, so batches never hold one while waiting for the other.
+    let written = sqlx::query!(
+        r#"
+        with msg as (
+            insert into messages (
+                message_sid, account_sid, messaging_service_sid, direction, channel, business,
+                contact, body, num_media, num_segments, profile_name, wa_id, external_user_id,
+                message_type, latitude, longitude, location_address, location_label,
+                button_text, button_payload, replied_to_sid, replied_to_sender, forwarded,
+                frequently_forwarded, referral_source_type, referral_source_id,
+                referral_source_url, referral_headline, referral_body, referral_ctwa_clid,
+                from_country, to_country, channel_metadata, status, received_at, updated_at,
+                params, status_rank)
+            select t.message_sid, t.account_sid, t.messaging_service_sid, 'inbound', t.channel,
+                   t.business, t.contact, t.body, t.num_media, t.num_segments, t.profile_name,
+                   t.wa_id, t.external_user_id, t.message_type, t.latitude, t.longitude,
+                   t.location_address, t.location_label, t.button_text, t.button_payload,
+                   t.replied_to_sid, t.replied_to_sender, t.forwarded, t.frequently_forwarded,
+                   t.referral_source_type, t.referral_source_id, t.referral_source_url,
+                   t.referral_headline, t.referral_body, t.referral_ctwa_clid, t.from_country,
+                   t.to_country, t.channel_metadata, t.status, t.received_at, t.received_at,
+                   t.params, t.status_rank
+            from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                        $7::text[], $8::int4[], $9::int4[], $10::text[], $11::text[],
+                        $12::text[], $13::text[], $14::float8[], $15::float8[], $16::text[],
+                        $17::text[], $18::text[], $19::text[], $20::text[], $21::text[],
+                        $22::bool[], $23::bool[], $24::text[], $25::text[], $26::text[],
+                        $27::text[], $28::text[], $29::text[], $30::text[], $31::text[],
+                        $32::jsonb[], $33::text[], $34::timestamptz[], $35::jsonb[],
+                        $36::int2[])
+                as t (message_sid, account_sid, messaging_service_sid, channel, business,
+                      contact, body, num_media, num_segments, profile_name, wa_id,
+                      external_user_id, message_type, latitude, longitude, location_address,
+                      location_label, button_text, button_payload, replied_to_sid,
+                      replied_to_sender, forwarded, frequently_forwarded, referral_source_type,
+                      referral_source_id, referral_source_url, referral_headline,
+                      referral_body, referral_ctwa_clid, from_country, to_country,
+                      channel_metadata, status, received_at, params, status_rank)
+            on conflict (message_sid) do nothing
+            returning message_sid, channel, business, contact, received_at
+        ), media as (
+            insert into message_media (
+                message_sid, index, url, content_type, archive_state, archive_next_at)
+            select m.message_sid, m.index, m.url, m.content_type,
+                   case when $41 then 'pending' end, case when $41 then now() end
+            from unnest($37::text[], $38::int4[], $39::text[], $40::text[])
+                as m (message_sid, index, url, content_type)
+            join msg using (message_sid)
+        ), conv as (
+            insert into conversations as c (
+                business, contact, channel, created_at, updated_at)
+            select business, contact, min(channel), min(received_at), min(received_at)
+            from msg
+            group by business, contact
+            order by business, contact
+            on conflict (business, contact) do update set inbound_count = c.inbound_count
+            returning c.business, c.contact, c.first_inbound_at, c.last_inbound_at,
+                      c.window_expires_at, c.session_started_at, c.inbound_count
+        )
+        select array(select message_sid from msg) as "new_sids!",
+               array(select business from conv order by business, contact) as "business!",
+               array(select contact from conv order by business, contact) as "contact!",
+               array(select first_inbound_at from conv order by business, contact)
+                   as "first_inbound_at!: Vec<Option<DateTime<Utc>>>",
+               array(select last_inbound_at from conv order by business, contact)
+                   as "last_inbound_at!: Vec<Option<DateTime<Utc>>>",
+               array(select window_expires_at from conv order by business, contact)
+                   as "window_expires_at!: Vec<Option<DateTime<Utc>>>",
+               array(select session_started_at from conv order by business, contact)
+                   as "session_started_at!: Vec<Option<DateTime<Utc>>>",
+               array(select inbound_count from conv order by business, contact)
+                   as "inbound_count!"
+        "#,
+        &rows.sid,
+        &rows.account_sid,
+        &rows.messaging_service_sid as &[Option<String>],
+        &rows.channel,
+        &rows.business,
+        &rows.contact,
+        &rows.body,
+        &rows.num_media as &[Option<i32>],
+        &rows.num_segments as &[Option<i32>],
+        &rows.profile_name as &[Option<String>],
+        &rows.wa_id as &[Option<String>],
+        &rows.external_user_id as &[Option<String>],
+        &rows.message_type as &[Option<String>],
+        &rows.latitude as &[Option<f64>],
+        &rows.longitude as &[Option<f64>],
+        &rows.location_address as &[Option<String>],
+        &rows.location_label as &[Option<String>],
+        &rows.button_text as &[Option<String>],
+        &rows.button_payload as &[Option<String>],
+        &rows.replied_to_sid as &[Option<String>],
+        &rows.replied_to_sender as &[Option<String>],
+        &rows.forwarded as &[Option<bool>],
+        &rows.frequently_forwarded as &[Option<bool>],
+        &rows.referral_source_type as &[Option<String>],
+        &rows.referral_source_id as &[Option<String>],
+        &rows.referral_source_url as &[Option<String>],
+        &rows.referral_headline as &[Option<String>],
+        &rows.referral_body as &[Option<String>],
+        &rows.referral_ctwa_clid as &[Option<String>],
+        &rows.from_country as &[Option<String>],
+        &rows.to_country as &[Option<String>],
+        &rows.channel_metadata as &[Option<serde_json::Value>],
+        &rows.status as &[Option<String>],
+        &rows.received_at,
+        &rows.params,
+        &rows.status_rank as &[Option<i16>],
+        &rows.media_sid,
+        &rows.media_index,
+        &rows.media_url,
+        &rows.media_type as &[Option<String>],
+        archive_media,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+
+    // The conversations of the new messages, as locked: `keys[k]` is `contacts[k]`'s.
+    let keys: Vec<(&str, &str)> = written
+        .business
+        .iter()
+        .zip(&written.contact)
+        .map(|(business, contact)| (business.as_str(), contact.as_str()))
+        .collect();
+    let index: HashMap<(&str, &str), usize> =
+        keys.iter().enumerate().map(|(k, &key)| (key, k)).collect();
+    let mut contacts: Vec<Contact> = (0..keys.len())
+        .map(|k| Contact {
+            first: written.first_inbound_at[k],
+            last: written.last_inbound_at[k],
+            expires: written.window_expires_at[k],
+            started: written.session_started_at[k],
+            count: written.inbound_count[k],
+            ..Contact::default()
+        })
+        .collect();
+    let new: std::collections::HashSet<&str> =
+        written.new_sids.iter().map(String::as_str).collect();
+    // New messages in arrival order: the order each contact's messages are applied in.
+    let mut arrivals: Vec<usize> = firsts
+        .iter()
+        .copied()
+        .filter(|&i| new.contains(batch[i].msg.sid.as_str()))
+        .collect();
+    arrivals.sort_by_key(|&i| (batch[i].at, i));
+
+    if !arrivals.is_empty() {
+        // A statement of its own, after the locks: it sees what the transactions it waited
+        // for committed (an opt-out, a reply that counts towards a limit, a session).
+        let keys = ContactKeys::new(&keys, &contacts, batch, &arrivals, lookback);
+        let facts = sqlx::query!(
+            r#"
+            select k.business as "business!", k.contact as "contact!",
+                   (select c.state from consent c
+                    where c.business = k.business and c.contact = k.contact) as consent,
+                   (select s.inbound_count from sessions s
+                    where s.business = k.business and s.contact = k.contact
+                      and s.started_at = k.started_at) as session_count,
+                   array(select r.rule || '|' || to_char(m.received_at at time zone 'UTC',
+                                                         'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+                         from messages m join replies r on r.message_sid = m.message_sid
+                         where $5::bool and m.business = k.business and m.contact = k.contact
+                           and m.received_at > k.since and r.rule is not null)
+                       as "recent_replies!"
+            from unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[])
+                as k (business, contact, started_at, since)
+            "#,
+            &keys.business,
+            &keys.contact,
+            &keys.started_at as &[Option<DateTime<Utc>>],
+            &keys.since,
+            lookback > Duration::zero(),
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in facts {
+            if let Some(&k) = index.get(&(row.business.as_str(), row.contact.as_str())) {
+                let c = &mut contacts[k];
+                c.consent = ConsentState::from_db(row.consent.as_deref());
+                c.session_count = row.session_count.unwrap_or(0).into();
+                c.recent = row
+                    .recent_replies
+                    .iter()
+                    .filter_map(|r| {
+                        let (rules, at) = r.rsplit_once('|')?;
+                        Some((rules.to_owned(), at.parse().ok()?))
+                    })
+                    .collect();
+            }
+        }
+    }
+
+    let mut twiml: Vec<Option<String>> = vec![None; batch.len()];
+    let mut replies = ReplyRows::default();
+    for &i in &arrivals {
+        let live = &batch[i];
+        let key = (live.msg.to.expose(), live.msg.from.expose());
+        let Some(c) = index.get(&key).map(|&k| &mut contacts[k]) else {
+            // Not reached: every new message's conversation was locked above.
+            return Err(StoreError::Other(sqlx::Error::RowNotFound));
+        };
+        let facts = c.receive(live.at, lookback);
+        let reply = decide(i, &facts);
+        if let Some(state) = reply.consent {
+            c.consent = state;
+            c.consent_change = Some((state, i));
+        }
+        if reply.store {
+            if let Some(rule) = &reply.rule {
+                c.recent.push((rule.clone(), live.at));
+            }
+            replies.push(
+                &live.msg.sid,
+                reply.rule,
+                &reply.twiml,
+                &reply.bodies,
+                live.at,
+            );
+        }
+        twiml[i] = Some(reply.twiml);
+    }
+
+    let dup_sids: Vec<&str> = firsts
+        .iter()
+        .map(|&i| batch[i].msg.sid.as_str())
+        .filter(|sid| !new.contains(sid))
+        .collect();
+    let updates = ContactUpdates::new(&keys, &contacts, batch);
+    let answered = sqlx::query!(
+        r#"
+        with conv as (
+            update conversations c set
+                first_inbound_at = u.first_inbound_at,
+                last_inbound_at = u.last_inbound_at,
+                window_expires_at = u.window_expires_at,
+                session_started_at = u.session_started_at,
+                inbound_count = u.inbound_count,
+                updated_at = greatest(c.updated_at, u.last_inbound_at)
+            from unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[],
+                        $5::timestamptz[], $6::timestamptz[], $7::int8[])
+                as u (business, contact, first_inbound_at, last_inbound_at, window_expires_at,
+                      session_started_at, inbound_count)
+            where c.business = u.business and c.contact = u.contact
+        ), sess as (
+            insert into sessions as s (
+                business, contact, started_at, last_inbound_at, expires_at, inbound_count)
+            select * from unnest($8::text[], $9::text[], $10::timestamptz[],
+                                 $11::timestamptz[], $12::timestamptz[], $13::int4[])
+            order by 1, 2, 3
+            on conflict (business, contact, started_at) do update set
+                last_inbound_at = excluded.last_inbound_at,
+                expires_at = excluded.expires_at,
+                inbound_count = s.inbound_count + excluded.inbound_count
+        ), opt as (
+            insert into consent as k (business, contact, state, message_sid, changed_at)
+            select * from unnest($14::text[], $15::text[], $16::text[], $17::text[],
+                                 $18::timestamptz[])
+            order by 1, 2
+            on conflict (business, contact) do update set
+                state = excluded.state,
+                message_sid = excluded.message_sid,
+                changed_at = excluded.changed_at
+            -- The latest message decides, also when an older one is stored late (the spool).
+            where k.changed_at <= excluded.changed_at
+        ), answer as (
+            insert into replies (message_sid, rule, twiml, bodies, created_at)
+            select r.message_sid, r.rule, r.twiml,
+                   array(select jsonb_array_elements_text(r.bodies)), r.created_at
+            from unnest($19::text[], $20::text[], $21::text[], $22::jsonb[],
+                        $23::timestamptz[])
+                as r (message_sid, rule, twiml, bodies, created_at)
+        )
+        select r.message_sid, r.twiml from replies r where r.message_sid = any($24::text[])
+        "#,
+        &updates.business,
+        &updates.contact,
+        &updates.first as &[Option<DateTime<Utc>>],
+        &updates.last as &[Option<DateTime<Utc>>],
+        &updates.expires as &[Option<DateTime<Utc>>],
+        &updates.started as &[Option<DateTime<Utc>>],
+        &updates.count,
+        &updates.session_business,
+        &updates.session_contact,
+        &updates.session_started,
+        &updates.session_last,
+        &updates.session_expires,
+        &updates.session_count,
+        &updates.consent_business,
+        &updates.consent_contact,
+        &updates.consent_state,
+        &updates.consent_sid,
+        &updates.consent_at,
+        &replies.sid,
+        &replies.rule as &[Option<String>],
+        &replies.twiml,
+        &replies.bodies,
+        &replies.at,
+        &dup_sids as &[&str],
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+
+    let earlier: HashMap<&str, String> = answered
+        .iter()
+        .map(|r| (r.message_sid.as_str(), r.twiml.clone()))
+        .collect();
+    Ok(batch
+        .iter()
+        .enumerate()
+        .map(|(i, live)| {
+            let first = copy_of[i].unwrap_or(i);
+            match (&twiml[first], copy_of[i]) {
+                (Some(twiml), None) => Received::New {
+                    twiml: twiml.clone(),
+                },
+                (Some(twiml), Some(_)) => Received::Duplicate {
+                    twiml: Some(twiml.clone()),
+                },
+                (None, _) => Received::Duplicate {
+                    twiml: earlier.get(live.msg.sid.as_str()).cloned(),
+                },
+            }
+        })
+        .collect())
+}
+
+/// A session row as a batch leaves it, and how many of the batch's messages it gained.
+struct Session {
+    started_at: DateTime<Utc>,
+    last_inbound_at: DateTime<Utc>,
+    added: i32,
+}
+
+/// One conversation during a batch: its row as locked, then as each message leaves it.
+#[derive(Default)]
+struct Contact {
+    first: Option<DateTime<Utc>>,
+    last: Option<DateTime<Utc>>,
+    expires: Option<DateTime<Utc>>,
+    started: Option<DateTime<Utc>>,
+    count: i64,
+    /// Inbound messages in the session that starts at `started`.
+    session_count: i64,
+    /// The sessions this batch touched, oldest first.
+    sessions: Vec<Session>,
+    consent: ConsentState,
+    /// The last consent change this batch made, and the message that made it.
+    consent_change: Option<(ConsentState, usize)>,
+    recent: Vec<(String, DateTime<Utc>)>,
+    /// A message of this batch was applied: the row is written back.
+    changed: bool,
+}
+
+impl Contact {
+    /// Applies one inbound message received `at`, exactly as the one-at-a-time statement
+    /// does: at or after the window's end it opens a new window, earlier it extends the
+    /// current one. Returns what the rules see.
+    fn receive(&mut self, at: DateTime<Utc>, lookback: Duration) -> Facts {
+        self.first = Some(self.first.map_or(at, |f| f.min(at)));
+        if self.expires.is_none_or(|expires| at >= expires) {
+            self.started = Some(at);
+            self.session_count = 0;
+        }
+        let last = self.last.map_or(at, |l| l.max(at));
+        self.last = Some(last);
+        self.expires = Some(last + Duration::hours(24));
+        self.count += 1;
+        self.session_count += 1;
+        self.changed = true;
+        let started = self.started.unwrap_or(at);
+        match self.sessions.last_mut() {
+            Some(s) if s.started_at == started => {
+                s.last_inbound_at = last;
+                s.added += 1;
+            }
+            _ => self.sessions.push(Session {
+                started_at: started,
+                last_inbound_at: last,
+                added: 1,
+            }),
+        }
+        let since = at - lookback;
+        Facts {
+            first_contact: self.count == 1,
+            new_session: self.session_count == 1,
+            inbound_count: self.count,
+            window_expires_at: self.expires,
+            consent: self.consent,
+            recent_replies: self
+                .recent
+                .iter()
+                .filter(|(_, when)| *when > since)
+                .cloned()
+                .collect(),
+            now: at,
+        }
+    }
+}
+
+/// The column arrays of the messages insert: one element per new SID, in SID order.
+#[derive(Default)]
+struct MessageRows {
+    sid: Vec<String>,
+    account_sid: Vec<String>,
+    messaging_service_sid: Vec<Option<String>>,
+    channel: Vec<String>,
+    business: Vec<String>,
+    contact: Vec<String>,
+    body: Vec<String>,
+    num_media: Vec<Option<i32>>,
+    num_segments: Vec<Option<i32>>,
+    profile_name: Vec<Option<String>>,
+    wa_id: Vec<Option<String>>,
+    external_user_id: Vec<Option<String>>,
+    message_type: Vec<Option<String>>,
+    latitude: Vec<Option<f64>>,
+    longitude: Vec<Option<f64>>,
+    location_address: Vec<Option<String>>,
+    location_label: Vec<Option<String>>,
+    button_text: Vec<Option<String>>,
+    button_payload: Vec<Option<String>>,
+    replied_to_sid: Vec<Option<String>>,
+    replied_to_sender: Vec<Option<String>>,
+    forwarded: Vec<Option<bool>>,
+    frequently_forwarded: Vec<Option<bool>>,
+    referral_source_type: Vec<Option<String>>,
+    referral_source_id: Vec<Option<String>>,
+    referral_source_url: Vec<Option<String>>,
+    referral_headline: Vec<Option<String>>,
+    referral_body: Vec<Option<String>>,
+    referral_ctwa_clid: Vec<Option<String>>,
+    from_country: Vec<Option<String>>,
+    to_country: Vec<Option<String>>,
+    channel_metadata: Vec<Option<serde_json::Value>>,
+    status: Vec<Option<String>>,
+    received_at: Vec<DateTime<Utc>>,
+    params: Vec<serde_json::Value>,
+    status_rank: Vec<Option<i16>>,
+    media_sid: Vec<String>,
+    media_index: Vec<i32>,
+    media_url: Vec<String>,
+    media_type: Vec<Option<String>>,
+}
+
+impl MessageRows {
+    fn new(batch: &[Live], order: &[usize]) -> Self {
+        let mut rows = MessageRows::default();
+        for &i in order {
+            let Live { msg, params, at } = &batch[i];
+            rows.sid.push(msg.sid.clone());
+            rows.account_sid.push(msg.account_sid.clone());
+            rows.messaging_service_sid
+                .push(msg.messaging_service_sid.clone());
+            rows.channel.push(msg.to.channel());
+            rows.business.push(msg.to.expose().to_owned());
+            rows.contact.push(msg.from.expose().to_owned());
+            rows.body.push(msg.body.clone());
+            rows.num_media.push(msg.num_media);
+            rows.num_segments.push(msg.num_segments);
+            rows.profile_name.push(msg.profile_name.clone());
+            rows.wa_id.push(msg.wa_id.clone());
+            rows.external_user_id.push(msg.external_user_id.clone());
+            rows.message_type.push(msg.message_type.clone());
+            rows.latitude.push(msg.latitude);
+            rows.longitude.push(msg.longitude);
+            rows.location_address.push(msg.location_address.clone());
+            rows.location_label.push(msg.location_label.clone());
+            rows.button_text.push(msg.button_text.clone());
+            rows.button_payload.push(msg.button_payload.clone());
+            rows.replied_to_sid.push(msg.replied_to_sid.clone());
+            rows.replied_to_sender.push(msg.replied_to_sender.clone());
+            rows.forwarded.push(msg.forwarded);
+            rows.frequently_forwarded.push(msg.frequently_forwarded);
+            rows.referral_source_type
+                .push(msg.referral.source_type.clone());
+            rows.referral_source_id.push(msg.referral.source_id.clone());
+            rows.referral_source_url
+                .push(msg.referral.source_url.clone());
+            rows.referral_headline.push(msg.referral.headline.clone());
+            rows.referral_body.push(msg.referral.body.clone());
+            rows.referral_ctwa_clid.push(msg.referral.ctwa_clid.clone());
+            rows.from_country.push(msg.from_geo.country.clone());
+            rows.to_country.push(msg.to_geo.country.clone());
+            rows.channel_metadata.push(msg.channel_metadata.clone());
+            rows.status.push(msg.status.clone());
+            rows.received_at.push(*at);
+            rows.params.push(params.clone());
+            rows.status_rank
+                .push(msg.status.as_deref().and_then(status::rank));
+            for m in &msg.media {
+                rows.media_sid.push(msg.sid.clone());
+                rows.media_index.push(m.index);
+                rows.media_url.push(m.url.clone());
+                rows.media_type.push(m.content_type.clone());
+            }
+        }
+        rows
+    }
+}
+
+/// The contacts of a batch's new messages, for the facts query.
+struct ContactKeys {
+    business: Vec<String>,
+    contact: Vec<String>,
+    /// The current session's start, as locked.
+    started_at: Vec<Option<DateTime<Utc>>>,
+    /// Replies after this count towards limits: the contact's earliest arrival less the
+    /// rules' longest lookback.
+    since: Vec<DateTime<Utc>>,
+}
+
+impl ContactKeys {
+    fn new(
+        keys: &[(&str, &str)],
+        contacts: &[Contact],
+        batch: &[Live],
+        arrivals: &[usize],
+        lookback: Duration,
+    ) -> Self {
+        let mut since: HashMap<(&str, &str), DateTime<Utc>> = HashMap::new();
+        for &i in arrivals {
+            let msg = &batch[i].msg;
+            let at = batch[i].at - lookback;
+            since
+                .entry((msg.to.expose(), msg.from.expose()))
+                .and_modify(|s| *s = (*s).min(at))
+                .or_insert(at);
+        }
+        let mut out = ContactKeys {
+            business: Vec::with_capacity(contacts.len()),
+            contact: Vec::with_capacity(contacts.len()),
+            started_at: Vec::with_capacity(contacts.len()),
+            since: Vec::with_capacity(contacts.len()),
+        };
+        for (&(business, contact), c) in keys.iter().zip(contacts) {
+            out.business.push(business.to_owned());
+            out.contact.push(contact.to_owned());
+            out.started_at.push(c.started);
+            out.since
+                .push(since.get(&(business, contact)).copied().unwrap_or_default());
+        }
+        out
+    }
+}
+
+/// What a batch leaves in each conversation, session and consent row it touched.
+#[derive(Default)]
+struct ContactUpdates {
+    business: Vec<String>,
+    contact: Vec<String>,
+    first: Vec<Option<DateTime<Utc>>>,
+    last: Vec<Option<DateTime<Utc>>>,
+    expires: Vec<Option<DateTime<Utc>>>,
+    started: Vec<Option<DateTime<Utc>>>,
+    count: Vec<i64>,
+    session_business: Vec<String>,
+    session_contact: Vec<String>,
+    session_started: Vec<DateTime<Utc>>,
+    session_last: Vec<DateTime<Utc>>,
+    session_expires: Vec<DateTime<Utc>>,
+    session_count: Vec<i32>,
+    consent_business: Vec<String>,
+    consent_contact: Vec<String>,
+    consent_state: Vec<String>,
+    consent_sid: Vec<String>,
+    consent_at: Vec<DateTime<Utc>>,
+}
+
+impl ContactUpdates {
+    fn new(keys: &[(&str, &str)], contacts: &[Contact], batch: &[Live]) -> Self {
+        let mut u = ContactUpdates::default();
+        for (&(business, contact), c) in keys.iter().zip(contacts).filter(|(_, c)| c.changed) {
+            u.business.push(business.to_owned());
+            u.contact.push(contact.to_owned());
+            u.first.push(c.first);
+            u.last.push(c.last);
+            u.expires.push(c.expires);
+            u.started.push(c.started);
+            u.count.push(c.count);
+            for s in &c.sessions {
+                u.session_business.push(business.to_owned());
+                u.session_contact.push(contact.to_owned());
+                u.session_started.push(s.started_at);
+                u.session_last.push(s.last_inbound_at);
+                u.session_expires
+                    .push(s.last_inbound_at + Duration::hours(24));
+                u.session_count.push(s.added);
+            }
+            if let Some((state, i)) = c.consent_change {
+                u.consent_business.push(business.to_owned());
+                u.consent_contact.push(contact.to_owned());
+                u.consent_state.push(state.as_str().to_owned());
+                u.consent_sid.push(batch[i].msg.sid.clone());
+                u.consent_at.push(batch[i].at);
+            }
+        }
+        u
+    }
+}
+
+/// The replies insert: one element per new message that is answered.
+#[derive(Default)]
+struct ReplyRows {
+    sid: Vec<String>,
+    rule: Vec<Option<String>>,
+    twiml: Vec<String>,
+    /// Each reply's message bodies as a JSON array: Postgres has no array of arrays.
+    bodies: Vec<serde_json::Value>,
+    at: Vec<DateTime<Utc>>,
+}
+
+impl ReplyRows {
+    fn push(
+        &mut self,
+        sid: &str,
+        rule: Option<String>,
+        twiml: &str,
+        bodies: &[String],
+        at: DateTime<Utc>,
+    ) {
+        self.sid.push(sid.to_owned());
+        self.rule.push(rule);
+        self.twiml.push(twiml.to_owned());
+        self.bodies.push(serde_json::Value::from(bodies.to_vec()));
+        self.at.push(at);
+    }
+}
+
+/// One status callback to record.
+pub struct Callback {
+    pub cb: StatusCallback,
+    pub link: Option<ReplyLink>,
+    /// Every parameter as received (`Params::to_json`).
+    pub params: serde_json::Value,
+    pub at: DateTime<Utc>,
+}
+
+/// Records every callback of `batch` in one statement (atomic, one round trip) and returns
+/// what each changed, in the order given.
+///
+/// Per SID, the callback of highest rank (the first of them on a tie) is the one offered to
+/// the message row, which is what applying them one by one would leave: only a higher rank
+/// replaces the current status. Within a batch only that callback counts as having advanced
+/// the status.
+pub async fn record_many(pool: &PgPool, batch: &[Callback]) -> Result<Vec<Recorded>, StoreError> {
+    // Events in SID order; per SID, the callback the message row is offered.
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_by(|&a, &b| batch[a].cb.sid.cmp(&batch[b].cb.sid).then(a.cmp(&b)));
+    let mut events = EventRows::default();
+    let mut winners = MessageUpserts::default();
+    let mut winner_of: HashMap<&str, usize> = HashMap::new();
+    let mut group_start = 0;
+    while group_start < order.len() {
+        let sid = &batch[order[group_start]].cb.sid;
+        let group_end = order[group_start..]
+            .iter()
+            .position(|&i| batch[i].cb.sid != *sid)
+            .map_or(order.len(), |n| group_start + n);
+        let group = &order[group_start..group_end];
+        // Highest rank wins; an unknown status (no rank) only if nothing else is known.
+        let winner = group
+            .iter()
+            .copied()
+            .max_by(|&a, &b| {
+                status::rank(&batch[a].cb.status)
+                    .cmp(&status::rank(&batch[b].cb.status))
+                    // max_by keeps the last of equals: prefer the earlier callback.
+                    .then(b.cmp(&a))
+            })
+            .unwrap_or(group[0]);
+        winners.push(batch, group, winner);
+        winner_of.insert(sid, winner);
+        for &i in group {
+            events.push(&batch[i]);
+        }
+        group_start = group_end;
+    }
+
+    let row = sqlx::query!(
+        r#"
+        with ev as (
+            insert into message_status_events (
+                message_sid, status, error_code, error_message, raw_dlr_done_date, received_at,
+                params, error_code_raw)
+            select * from unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::text[],
+                                 $6::timestamptz[], $7::jsonb[], $8::text[])
+            on conflict (message_sid, status, error_code_raw, raw_dlr_done_date) do nothing
+            returning id, message_sid, status, error_code_raw, raw_dlr_done_date
+        ), msg as (
+            insert into messages as m (
+                message_sid, account_sid, messaging_service_sid, direction, channel, business,
+                contact, body, status, status_rank, error_code, error_message, in_reply_to,
+                rule, reply_part, received_at, updated_at, params)
+            select u.message_sid, u.account_sid, u.messaging_service_sid, 'outbound',
+                   u.channel, u.business, u.contact,
+                   (select r.bodies[u.reply_part + 1] from replies r
+                    where r.message_sid = u.in_reply_to),
+                   u.status, u.status_rank, u.error_code, u.error_message, u.in_reply_to,
+                   u.rule, u.reply_part, u.received_at, u.updated_at, u.params
+            from unnest($9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+                        $14::text[], $15::text[], $16::int2[], $17::int4[], $18::text[],
+                        $19::text[], $20::text[], $21::int4[], $22::timestamptz[],
+                        $23::timestamptz[], $24::jsonb[])
+                as u (message_sid, account_sid, messaging_service_sid, channel, business,
+                      contact, status, status_rank, error_code, error_message, in_reply_to,
+                      rule, reply_part, received_at, updated_at, params)
+            on conflict (message_sid) do update set
+                -- A higher rank wins; an unknown status (NULL rank) never replaces a known one.
+                status = case when excluded.status_rank > coalesce(m.status_rank, -1)
+                              then excluded.status else m.status end,
+                error_code = case when excluded.status_rank > coalesce(m.status_rank, -1)
+                                  then excluded.error_code else m.error_code end,
+                error_message = case when excluded.status_rank > coalesce(m.status_rank, -1)
+                                     then excluded.error_message else m.error_message end,
+                status_rank = greatest(m.status_rank, excluded.status_rank),
+                messaging_service_sid = coalesce(m.messaging_service_sid, excluded.messaging_service_sid),
+                in_reply_to = coalesce(m.in_reply_to, excluded.in_reply_to),
+                rule = coalesce(m.rule, excluded.rule),
+                reply_part = coalesce(m.reply_part, excluded.reply_part),
+                body = coalesce(m.body, excluded.body),
+                updated_at = greatest(m.updated_at, excluded.updated_at)
+            -- xmax is 0 on a row this statement inserted rather than updated.
+            returning m.message_sid, (m.xmax = 0) as created, m.status, m.business, m.contact,
+                      m.channel, m.received_at
+        ), conv as (
+            -- Outbound messages never open or extend a 24-hour window.
+            insert into conversations as c (
+                business, contact, channel, last_outbound_at, outbound_count, created_at,
+                updated_at)
+            select business, contact, min(channel), max(received_at), count(*),
+                   min(received_at), max(received_at)
+            from msg where msg.created
+            group by business, contact
+            order by business, contact
+            on conflict (business, contact) do update set
+                last_outbound_at = greatest(c.last_outbound_at, excluded.last_outbound_at),
+                outbound_count = c.outbound_count + excluded.outbound_count,
+                updated_at = greatest(c.updated_at, excluded.updated_at)
+        )
+        select array(select message_sid from ev order by id) as "event_sid!",
+               array(select status from ev order by id) as "event_status!",
+               array(select error_code_raw from ev order by id)
+                   as "event_error_code!: Vec<Option<String>>",
+               array(select raw_dlr_done_date from ev order by id)
+                   as "event_dlr_done!: Vec<Option<String>>",
+               array(select message_sid from msg) as "message_sid!",
+               array(select created from msg) as "created!: Vec<bool>",
+               array(select status from msg) as "status!: Vec<Option<String>>"
+        "#,
+        &events.sid,
+        &events.status,
+        &events.error_code as &[Option<i32>],
+        &events.error_message as &[Option<String>],
+        &events.raw_dlr_done_date as &[Option<String>],
+        &events.at,
+        &events.params,
+        &events.error_code_raw as &[Option<String>],
+        &winners.sid,
+        &winners.account_sid,
+        &winners.messaging_service_sid as &[Option<String>],
+        &winners.channel,
+        &winners.business,
+        &winners.contact,
+        &winners.status,
+        &winners.status_rank as &[Option<i16>],
+        &winners.error_code as &[Option<i32>],
+        &winners.error_message as &[Option<String>],
+        &winners.in_reply_to as &[Option<String>],
+        &winners.rule as &[Option<String>],
+        &winners.reply_part as &[Option<i32>],
+        &winners.received_at,
+        &winners.updated_at,
+        &winners.params,
+    )
+    .fetch_one(pool)
+    .await?;
+
+    // Which callbacks stored a new event: the first of each key that came back.
+    type EventKey<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a str>);
+    let mut inserted: HashMap<EventKey<'_>, bool> = row
+        .event_sid
+        .iter()
+        .enumerate()
+        .map(|(k, sid)| {
+            let key = (
+                sid.as_str(),
+                row.event_status[k].as_str(),
+                row.event_error_code[k].as_deref(),
+                row.event_dlr_done[k].as_deref(),
+            );
+            (key, true)
+        })
+        .collect();
+    let messages: HashMap<&str, (bool, Option<&str>)> = row
+        .message_sid
+        .iter()
+        .enumerate()
+        .map(|(k, sid)| (sid.as_str(), (row.created[k], row.status[k].as_deref())))
+        .collect();
+    Ok(batch
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let key = (
+                c.cb.sid.as_str(),
+                c.cb.status.as_str(),
+                c.cb.error_code_raw.as_deref(),
+                c.cb.raw_dlr_done_date.as_deref(),
+            );
+            // Taken by the first callback with this key; a copy in the batch finds it gone.
+            let new_event = inserted.insert(key, false).unwrap_or(false);
+            let winner = winner_of.get(c.cb.sid.as_str()) == Some(&i);
+            let (created, current) = messages
+                .get(c.cb.sid.as_str())
+                .map_or((false, None), |&(created, status)| (created, status));
+            Recorded {
+                new_event,
+                created_message: created && winner,
+                advanced: new_event && winner && current == Some(c.cb.status.as_str()),
+            }
+        })
+        .collect())
+}
+
+/// The events insert: one element per callback, in SID order.
+#[derive(Default)]
+struct EventRows {
+    sid: Vec<String>,
+    status: Vec<String>,
+    error_code: Vec<Option<i32>>,
+    error_message: Vec<Option<String>>,
+    raw_dlr_done_date: Vec<Option<String>>,
+    at: Vec<DateTime<Utc>>,
+    params: Vec<serde_json::Value>,
+    error_code_raw: Vec<Option<String>>,
+}
+
+impl EventRows {
+    fn push(&mut self, c: &Callback) {
+        self.sid.push(c.cb.sid.clone());
+        self.status.push(c.cb.status.clone());
+        self.error_code.push(c.cb.error_code);
+        self.error_message.push(c.cb.error_message.clone());
+        self.raw_dlr_done_date.push(c.cb.raw_dlr_done_date.clone());
+        self.at.push(c.at);
+        self.params.push(c.params.clone());
+        self.error_code_raw.push(c.cb.error_code_raw.clone());
+    }
+}
+
+/// The messages upsert: one element per SID.
+#[derive(Default)]
+struct MessageUpserts {
+    sid: Vec<String>,
+    account_sid: Vec<String>,
+    messaging_service_sid: Vec<Option<String>>,
+    channel: Vec<String>,
+    business: Vec<String>,
+    contact: Vec<String>,
+    status: Vec<String>,
+    status_rank: Vec<Option<i16>>,
+    error_code: Vec<Option<i32>>,
+    error_message: Vec<Option<String>>,
+    in_reply_to: Vec<Option<String>>,
+    rule: Vec<Option<String>>,
+    reply_part: Vec<Option<i32>>,
+    received_at: Vec<DateTime<Utc>>,
+    updated_at: Vec<DateTime<Utc>>,
+    params: Vec<serde_json::Value>,
+}
+
+impl MessageUpserts {
+    /// `group`: the callbacks of one SID in arrival order; `winner`: the one whose status is
+    /// offered. A new row takes the rest from the first callback, as one-by-one would; the
+    /// reply link fields from the first that has them (they are only ever filled in).
+    fn push(&mut self, batch: &[Callback], group: &[usize], winner: usize) {
+        let first = &batch[group[0]];
+        let best = &batch[winner];
+        let link = group.iter().find_map(|&i| batch[i].link.as_ref());
+        let failure = status::is_failure(&best.cb.status);
+        self.sid.push(first.cb.sid.clone());
+        self.account_sid.push(first.cb.account_sid.clone());
+        self.messaging_service_sid.push(
+            group
+                .iter()
+                .find_map(|&i| batch[i].cb.messaging_service_sid.clone()),
+        );
+        self.channel.push(first.cb.from.channel());
+        self.business.push(first.cb.from.expose().to_owned());
+        self.contact.push(first.cb.to.expose().to_owned());
+        self.status.push(best.cb.status.clone());
+        self.status_rank.push(status::rank(&best.cb.status));
+        self.error_code
+            .push(if failure { best.cb.error_code } else { None });
+        self.error_message.push(if failure {
+            best.cb.error_message.clone()
+        } else {
+            None
+        });
+        self.in_reply_to.push(link.map(|l| l.reply_to.clone()));
+        self.rule.push(link.and_then(|l| l.rule.clone()));
+        self.reply_part.push(link.map(|l| l.part));
+        self.received_at.push(first.at);
+        self.updated_at
+            .push(group.iter().map(|&i| batch[i].at).max().unwrap_or(first.at));
+        self.params.push(first.params.clone());
+    }
+}

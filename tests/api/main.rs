@@ -4,6 +4,7 @@
 mod cli;
 mod database;
 mod fallback;
+mod group;
 mod helpers;
 mod hostile;
 mod inbound;

@@ -1,0 +1,468 @@
+//! Group commit: a batch stored in one transaction leaves exactly what storing the same
+//! webhooks one at a time leaves, duplicates inside one batch included.
+//!
+//! Each test runs the same script twice in one database, under two business numbers (or
+//! SID prefixes): once through the one-at-a-time path, once through batches, and compares.
+
+use crate::{helpers::*, status::callback};
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use sqlx::PgPool;
+use std::sync::Arc;
+use twilio_receiver::{
+    metrics::Metrics,
+    reply::{ConsentState, Facts, Replier},
+    rules::Rules,
+    store::{
+        self, StoreError,
+        group::{Callback, Live},
+        inbound::{Delivery, Received, Reply},
+        status::Recorded,
+    },
+    twilio::{InboundMessage, Params, StatusCallback},
+    writer::{Context, Grouping, Writer},
+};
+
+const ONE_BY_ONE: &str = "whatsapp:+14155550001";
+const BATCHED: &str = "whatsapp:+14155550002";
+const CONTACTS: [&str; 3] = [
+    "whatsapp:+15550000001",
+    "whatsapp:+15550000002",
+    "whatsapp:+15550000003",
+];
+
+fn live(sid: &str, business: &str, contact: &str, body: &str, at: DateTime<Utc>) -> Live {
+    let mut pairs = whatsapp_text(sid, contact, body);
+    for (name, value) in &mut pairs {
+        if name == "To" {
+            *value = business.to_owned();
+        }
+    }
+    let params: Params = pairs.into_iter().collect();
+    Live {
+        msg: InboundMessage::parse(&params).unwrap(),
+        params: params.to_json(),
+        at,
+    }
+}
+
+/// What the rules saw, without the SID (which differs between the two runs).
+type Seen = (bool, bool, i64, ConsentState, usize, Option<DateTime<Utc>>);
+
+fn seen(facts: &Facts) -> Seen {
+    (
+        facts.first_contact,
+        facts.new_session,
+        facts.inbound_count,
+        facts.consent,
+        facts.recent_replies.len(),
+        facts.window_expires_at,
+    )
+}
+
+/// A stand-in for the rules: STOP opts out, START opts in, every message is answered with
+/// what it saw, so a reply replayed to a duplicate shows which decision it came from.
+fn reply(msg: &InboundMessage, facts: &Facts) -> Reply {
+    let consent = match msg.body.as_str() {
+        "STOP" => Some(ConsentState::OptedOut),
+        "START" => Some(ConsentState::OptedIn),
+        _ => None,
+    };
+    Reply {
+        store: true,
+        rule: Some("echo".to_owned()),
+        twiml: format!("<Response><Message>{:?}</Message></Response>", seen(facts)),
+        bodies: vec![format!("{}", facts.inbound_count)],
+        consent,
+    }
+}
+
+/// A tiny deterministic generator (xorshift), so the script is the same on every run.
+struct Script(u64);
+
+impl Script {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below
+    }
+}
+
+fn duplicate_or_new(r: &Received) -> (&'static str, Option<String>) {
+    match r {
+        Received::New { twiml } => ("new", Some(twiml.clone())),
+        Received::Duplicate { twiml } => ("duplicate", twiml.clone()),
+    }
+}
+
+#[sqlx::test]
+async fn a_batch_leaves_what_storing_one_at_a_time_leaves(pool: PgPool) {
+    // Two days of three contacts: windows that close, STOP and START, and redeliveries of
+    // earlier SIDs, some of them into the same batch as the first copy.
+    let mut rng = Script(0x2545_f491_4f6c_dd1d);
+    let mut at = Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap();
+    let mut script: Vec<(u64, &str, &str)> = Vec::new();
+    let mut times = Vec::new();
+    for n in 0..150u64 {
+        at += Duration::seconds(rng.next(40 * 60) as i64);
+        if rng.next(20) == 0 {
+            at += Duration::hours(25);
+        }
+        let entry = if n > 3 && rng.next(8) == 0 {
+            // A redelivery: an earlier message again, usually a recent one.
+            script[script.len() - 1 - rng.next(4) as usize]
+        } else {
+            let body = match rng.next(10) {
+                0 => "STOP",
+                1 => "START",
+                _ => "hello",
+            };
+            (n, CONTACTS[rng.next(3) as usize], body)
+        };
+        script.push(entry);
+        times.push(at);
+    }
+    let lookback = Duration::hours(2);
+
+    let mut one_by_one = Vec::new();
+    for (&(n, contact, body), &at) in script.iter().zip(&times) {
+        let l = live(&format!("SMa{n:031x}"), ONE_BY_ONE, contact, body, at);
+        let mut saw = None;
+        let stored = store::inbound::receive(
+            &pool,
+            Delivery {
+                msg: &l.msg,
+                params: l.params.clone(),
+                at,
+                failure: None,
+                lookback,
+                archive_media: false,
+                spool_record: None,
+            },
+            |facts| {
+                saw = Some(seen(facts));
+                reply(&l.msg, facts)
+            },
+        )
+        .await
+        .unwrap();
+        one_by_one.push((duplicate_or_new(&stored.received), saw));
+    }
+
+    let mut batched = Vec::new();
+    let mut rest: &[(u64, &str, &str)] = &script;
+    let mut rest_times: &[DateTime<Utc>] = &times;
+    while !rest.is_empty() {
+        let take = (1 + rng.next(12) as usize).min(rest.len());
+        let batch: Vec<Live> = rest[..take]
+            .iter()
+            .zip(&rest_times[..take])
+            .map(|(&(n, contact, body), &at)| {
+                live(&format!("SMb{n:031x}"), BATCHED, contact, body, at)
+            })
+            .collect();
+        let mut saw = vec![None; take];
+        let received = store::group::receive_many(&pool, &batch, lookback, false, |i, facts| {
+            saw[i] = Some(seen(facts));
+            reply(&batch[i].msg, facts)
+        })
+        .await
+        .unwrap();
+        batched.extend(received.iter().map(duplicate_or_new).zip(saw));
+        rest = &rest[take..];
+        rest_times = &rest_times[take..];
+    }
+
+    // Same answers, same facts behind each decision, in the same order.
+    assert!(one_by_one.iter().any(|((kind, _), _)| *kind == "duplicate"));
+    for (i, (a, b)) in one_by_one.iter().zip(&batched).enumerate() {
+        assert_eq!(a, b, "webhook {i}: {:?}", script[i]);
+    }
+
+    // Same rows.
+    let conversations = |business| {
+        sqlx::query_as::<
+            _,
+            (
+                String,
+                Option<DateTime<Utc>>,
+                Option<DateTime<Utc>>,
+                Option<DateTime<Utc>>,
+                Option<DateTime<Utc>>,
+                i64,
+            ),
+        >(
+            "select contact, first_inbound_at, last_inbound_at, window_expires_at,
+                    session_started_at, inbound_count
+             from conversations where business = $1 order by contact",
+        )
+        .bind(business)
+        .fetch_all(&pool)
+    };
+    let a = conversations(ONE_BY_ONE).await.unwrap();
+    assert_eq!(a.len(), 3);
+    assert_eq!(a, conversations(BATCHED).await.unwrap());
+
+    let sessions = |business| {
+        sqlx::query_as::<_, (String, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>, i32)>(
+            "select contact, started_at, last_inbound_at, expires_at, inbound_count
+             from sessions where business = $1 order by contact, started_at",
+        )
+        .bind(business)
+        .fetch_all(&pool)
+    };
+    let a = sessions(ONE_BY_ONE).await.unwrap();
+    assert!(a.len() > 3, "the script closes some windows: {a:?}");
+    assert_eq!(a, sessions(BATCHED).await.unwrap());
+
+    let consent = |business| {
+        sqlx::query_as::<_, (String, String, String, DateTime<Utc>)>(
+            "select contact, state, substr(message_sid, 4), changed_at
+             from consent where business = $1 order by contact",
+        )
+        .bind(business)
+        .fetch_all(&pool)
+    };
+    let a = consent(ONE_BY_ONE).await.unwrap();
+    assert!(!a.is_empty());
+    assert_eq!(a, consent(BATCHED).await.unwrap());
+
+    let messages = |business| {
+        sqlx::query_as::<_, (String, String, Option<String>, String, Vec<String>)>(
+            "select substr(m.message_sid, 4), m.contact, m.body, r.twiml, r.bodies
+             from messages m join replies r using (message_sid)
+             where m.business = $1 order by m.message_sid",
+        )
+        .bind(business)
+        .fetch_all(&pool)
+    };
+    let a = messages(ONE_BY_ONE).await.unwrap();
+    assert_eq!(
+        a.len(),
+        one_by_one.iter().filter(|((k, _), _)| *k == "new").count()
+    );
+    assert_eq!(a, messages(BATCHED).await.unwrap());
+}
+
+#[sqlx::test]
+async fn two_copies_of_one_sid_in_a_batch_store_once_and_share_the_reply(pool: PgPool) {
+    let at = Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap();
+    let batch = [
+        live(&sid(1), BATCHED, CONTACTS[0], "hello", at),
+        live(&sid(1), BATCHED, CONTACTS[0], "hello", at),
+        live(
+            &sid(2),
+            BATCHED,
+            CONTACTS[0],
+            "again",
+            at + Duration::seconds(1),
+        ),
+    ];
+    let mut decisions = 0;
+    let received = store::group::receive_many(&pool, &batch, Duration::zero(), false, |i, f| {
+        decisions += 1;
+        reply(&batch[i].msg, f)
+    })
+    .await
+    .unwrap();
+    assert_eq!(decisions, 2, "one decision per message, not per copy");
+    let Received::New { twiml } = &received[0] else {
+        panic!("{received:?}")
+    };
+    assert_eq!(
+        received[1],
+        Received::Duplicate {
+            twiml: Some(twiml.clone())
+        }
+    );
+    assert!(matches!(received[2], Received::New { .. }));
+    let count = |sql| sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool);
+    assert_eq!(count("select count(*) from messages").await.unwrap(), 2);
+    assert_eq!(count("select count(*) from replies").await.unwrap(), 2);
+    assert_eq!(
+        count("select inbound_count from conversations")
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        count("select sum(inbound_count)::int8 from sessions")
+            .await
+            .unwrap(),
+        2
+    );
+
+    // Delivered again in a later batch: the reply on record, nothing new.
+    let again = store::group::receive_many(&pool, &batch[..1], Duration::zero(), false, |_, _| {
+        panic!("a stored message is not decided again")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        again,
+        [Received::Duplicate {
+            twiml: Some(twiml.clone())
+        }]
+    );
+}
+
+#[sqlx::test]
+async fn a_batch_that_cannot_be_stored_whole_is_stored_one_webhook_at_a_time(pool: PgPool) {
+    let metrics = Arc::new(Metrics::new());
+    let writer = Writer::spawn(
+        Context {
+            db: pool.clone(),
+            replier: Arc::new(Replier::new(
+                Rules::parse("", "test").unwrap(),
+                Some("Thanks!".to_owned()),
+                None,
+                false,
+            )),
+            metrics: metrics.clone(),
+            archive_media: false,
+        },
+        Grouping {
+            writers: 1,
+            size: 16,
+        },
+    );
+    let rules = Arc::new(Rules::parse("", "test").unwrap());
+    let at = Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap();
+    // A sender address longer than an index entry may be: Postgres refuses the whole batch.
+    // (Random letters, which Postgres cannot compress below that.)
+    let mut rng = Script(7);
+    let huge: String = (0..3000)
+        .map(|_| char::from(b'a' + rng.next(26) as u8))
+        .collect();
+    let send = |n, contact: &str| {
+        writer.receive(
+            live(&sid(n), BATCHED, contact, "hi", at),
+            BASE.to_owned(),
+            rules.clone(),
+        )
+    };
+    // Queued in one poll, before the writer runs (the test runtime has one thread): one batch.
+    let (first, bad, last) =
+        tokio::join!(send(1, CONTACTS[0]), send(2, &huge), send(3, CONTACTS[1]));
+    assert!(matches!(first, Ok(Received::New { .. })), "{first:?}");
+    assert!(matches!(last, Ok(Received::New { .. })), "{last:?}");
+    assert!(matches!(bad, Err(StoreError::TooLarge(_))), "{bad:?}");
+    let rendered = metrics.render(&pool);
+    assert!(
+        rendered.contains("twilio_receiver_group_commit_size_count 1\n"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("twilio_receiver_group_commit_size_sum 3.0\n"),
+        "{rendered}"
+    );
+    let stored: i64 = sqlx::query_scalar("select count(*) from replies")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 2);
+}
+
+fn status(sid: &str, status: &str, error: Option<&str>, at: DateTime<Utc>) -> Callback {
+    let extra: Vec<(&str, &str)> = error.map(|e| ("ErrorCode", e)).into_iter().collect();
+    let params: Params = callback(sid, status, &extra).into_iter().collect();
+    Callback {
+        cb: StatusCallback::parse(&params).unwrap(),
+        link: None,
+        params: params.to_json(),
+        at,
+    }
+}
+
+#[sqlx::test]
+async fn status_callbacks_in_batches_leave_what_one_at_a_time_leaves(pool: PgPool) {
+    // Callbacks for five SIDs in any order, failures among them, many delivered twice.
+    let statuses = [
+        ("queued", None),
+        ("sent", None),
+        ("delivered", None),
+        ("read", None),
+        ("failed", Some("63016")),
+        ("undelivered", Some("30008")),
+        ("accepted", None),
+        ("something-new", None),
+    ];
+    let mut rng = Script(0x9e37_79b9_7f4a_7c15);
+    let at = Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap();
+    let script: Vec<(u64, usize)> = (0..120)
+        .map(|_| (rng.next(5), rng.next(statuses.len() as u64) as usize))
+        .collect();
+
+    let callback_for = |prefix: char, (n, s): (u64, usize), i: usize| {
+        let (name, error) = statuses[s];
+        status(
+            &format!("SM{prefix}{n:031x}"),
+            name,
+            error,
+            at + Duration::seconds(i as i64),
+        )
+    };
+    let mut one_by_one = Vec::new();
+    for (i, &step) in script.iter().enumerate() {
+        let c = callback_for('a', step, i);
+        let r = store::status::record(&pool, &c.cb, None, c.params, c.at)
+            .await
+            .unwrap();
+        one_by_one.push(r.new_event);
+    }
+    let mut batched: Vec<bool> = Vec::new();
+    let mut i = 0;
+    while i < script.len() {
+        let take = (1 + rng.next(16) as usize).min(script.len() - i);
+        let batch: Vec<Callback> = (i..i + take)
+            .map(|j| callback_for('b', script[j], j))
+            .collect();
+        let recorded: Vec<Recorded> = store::group::record_many(&pool, &batch).await.unwrap();
+        batched.extend(recorded.iter().map(|r| r.new_event));
+        i += take;
+    }
+    assert!(one_by_one.contains(&false), "the script redelivers events");
+    assert_eq!(one_by_one, batched, "which callbacks were new events");
+
+    let messages = |prefix: &'static str| {
+        sqlx::query_as::<
+            _,
+            (
+                String,
+                Option<String>,
+                Option<i16>,
+                Option<i32>,
+                DateTime<Utc>,
+                DateTime<Utc>,
+            ),
+        >(
+            "select substr(message_sid, 4), status, status_rank, error_code, received_at,
+                    updated_at
+             from messages where message_sid like $1 order by message_sid",
+        )
+        .bind(prefix)
+        .fetch_all(&pool)
+    };
+    let a = messages("SMa%").await.unwrap();
+    assert_eq!(a.len(), 5);
+    assert_eq!(a, messages("SMb%").await.unwrap());
+    let events = |prefix: &'static str| {
+        sqlx::query_as::<_, (String, String, Option<i32>, DateTime<Utc>)>(
+            "select substr(message_sid, 4), status, error_code, received_at
+             from message_status_events where message_sid like $1
+             order by message_sid, received_at",
+        )
+        .bind(prefix)
+        .fetch_all(&pool)
+    };
+    assert_eq!(events("SMa%").await.unwrap(), events("SMb%").await.unwrap());
+    let outbound: (i64, Option<DateTime<Utc>>) = sqlx::query_as(
+        "select outbound_count, last_outbound_at from conversations where business = $1",
+    )
+    .bind(BUSINESS)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    // Five outbound messages created by each run, counted once each.
+    assert_eq!(outbound.0, 10);
+}

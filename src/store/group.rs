@@ -39,8 +39,10 @@ pub struct Live {
 /// new message, in arrival order within each contact. A second copy of a SID inside the batch
 /// is answered as a duplicate of the first, with the first's reply.
 ///
-/// Round trips, whatever the batch size: BEGIN, the messages with their media and the
-/// conversation locks, the facts the rules read, the writes of the decisions, COMMIT.
+/// Round trips, whatever the batch size: BEGIN, the messages with their media, the
+/// conversation locks and the facts the rules read, the writes of the decisions, COMMIT. One
+/// more (a fresh read of the facts) when another transaction stored a message of one of the
+/// batch's contacts while this one waited for its lock.
 pub async fn receive_many(
     pool: &PgPool,
     batch: &[Live],
@@ -124,20 +126,43 @@ pub async fn receive_many(
             on conflict (business, contact) do update set inbound_count = c.inbound_count
             returning c.business, c.contact, c.first_inbound_at, c.last_inbound_at,
                       c.window_expires_at, c.session_started_at, c.inbound_count
+        ), keyed as (
+            select row_number() over (order by business, contact) - 1 as k, conv.* from conv
         )
         select array(select message_sid from msg) as "new_sids!",
-               array(select business from conv order by business, contact) as "business!",
-               array(select contact from conv order by business, contact) as "contact!",
-               array(select first_inbound_at from conv order by business, contact)
+               array(select business from keyed order by k) as "business!",
+               array(select contact from keyed order by k) as "contact!",
+               array(select first_inbound_at from keyed order by k)
                    as "first_inbound_at!: Vec<Option<DateTime<Utc>>>",
-               array(select last_inbound_at from conv order by business, contact)
+               array(select last_inbound_at from keyed order by k)
                    as "last_inbound_at!: Vec<Option<DateTime<Utc>>>",
-               array(select window_expires_at from conv order by business, contact)
+               array(select window_expires_at from keyed order by k)
                    as "window_expires_at!: Vec<Option<DateTime<Utc>>>",
-               array(select session_started_at from conv order by business, contact)
+               array(select session_started_at from keyed order by k)
                    as "session_started_at!: Vec<Option<DateTime<Utc>>>",
-               array(select inbound_count from conv order by business, contact)
-                   as "inbound_count!"
+               array(select inbound_count from keyed order by k) as "inbound_count!",
+               -- What the rules read, as of this statement's snapshot (the subqueries do not
+               -- see the locks' wait): right unless another transaction stored a message of
+               -- one of these contacts meanwhile, which the count before the lock shows.
+               array(select (select s.inbound_count from conversations s
+                             where s.business = keyed.business and s.contact = keyed.contact)
+                     from keyed order by k) as "count_before_lock!: Vec<Option<i64>>",
+               array(select (select o.state from consent o
+                             where o.business = keyed.business and o.contact = keyed.contact)
+                     from keyed order by k) as "consent!: Vec<Option<String>>",
+               array(select (select s.inbound_count from sessions s
+                             where s.business = keyed.business and s.contact = keyed.contact
+                               and s.started_at = keyed.session_started_at)
+                     from keyed order by k) as "session_count!: Vec<Option<i32>>",
+               array(select keyed.k || '|' || r.rule || '|'
+                            || to_char(m.received_at at time zone 'UTC',
+                                       'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+                     from keyed
+                     join messages m on m.business = keyed.business
+                                    and m.contact = keyed.contact
+                     join replies r on r.message_sid = m.message_sid
+                     where $43::bool and m.received_at > $42::timestamptz
+                       and r.rule is not null) as "recent_replies!"
         "#,
         &rows.sid,
         &rows.account_sid,
@@ -180,6 +205,8 @@ pub async fn receive_many(
         &rows.media_url,
         &rows.media_type as &[Option<String>],
         archive_media,
+        batch.iter().map(|l| l.at).min().unwrap_or_default() - lookback,
+        lookback > Duration::zero(),
     )
     .fetch_one(&mut *tx)
     .await?;
@@ -213,9 +240,28 @@ pub async fn receive_many(
         .collect();
     arrivals.sort_by_key(|&i| (batch[i].at, i));
 
-    if !arrivals.is_empty() {
-        // A statement of its own, after the locks: it sees what the transactions it waited
-        // for committed (an opt-out, a reply that counts towards a limit, a session).
+    let undisturbed = written
+        .count_before_lock
+        .iter()
+        .zip(&written.inbound_count)
+        .all(|(before, locked)| before.unwrap_or(0) == *locked);
+    if undisturbed {
+        for (k, c) in contacts.iter_mut().enumerate() {
+            c.consent = ConsentState::from_db(written.consent[k].as_deref());
+            c.session_count = written.session_count[k].unwrap_or(0).into();
+        }
+        for r in &written.recent_replies {
+            let Some((k, reply)) = r.split_once('|') else {
+                continue;
+            };
+            if let (Ok(k), Some(reply)) = (k.parse::<usize>(), recent_reply(reply)) {
+                contacts[k].recent.push(reply);
+            }
+        }
+    } else if !arrivals.is_empty() {
+        // Another transaction stored a message of one of these contacts while this one
+        // waited for its lock. A statement of its own sees what it committed (an opt-out, a
+        // reply that counts towards a limit, a session).
         let keys = ContactKeys::new(&keys, &contacts, batch, &arrivals, lookback);
         let facts = sqlx::query!(
             r#"
@@ -250,10 +296,7 @@ pub async fn receive_many(
                 c.recent = row
                     .recent_replies
                     .iter()
-                    .filter_map(|r| {
-                        let (rules, at) = r.rsplit_once('|')?;
-                        Some((rules.to_owned(), at.parse().ok()?))
-                    })
+                    .filter_map(|r| recent_reply(r))
                     .collect();
             }
         }
@@ -392,6 +435,12 @@ pub async fn receive_many(
             }
         })
         .collect())
+}
+
+/// `rules|2026-03-01T09:00:00.000000Z`: the rules that answered a message, and when.
+fn recent_reply(r: &str) -> Option<(String, DateTime<Utc>)> {
+    let (rules, at) = r.rsplit_once('|')?;
+    Some((rules.to_owned(), at.parse().ok()?))
 }
 
 /// A session row as a batch leaves it, and how many of the batch's messages it gained.

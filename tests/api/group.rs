@@ -307,6 +307,80 @@ async fn two_copies_of_one_sid_in_a_batch_store_once_and_share_the_reply(pool: P
 }
 
 #[sqlx::test]
+async fn a_batch_that_waited_for_a_contact_sees_what_was_committed_meanwhile(pool: PgPool) {
+    let at = Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap();
+    let first = [live(&sid(1), BATCHED, CONTACTS[0], "hello", at)];
+    store::group::receive_many(&pool, &first, Duration::zero(), false, |_, f| {
+        reply(&first[0].msg, f)
+    })
+    .await
+    .unwrap();
+
+    // Another replica is storing a STOP from the same contact: it holds the conversation.
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query("update conversations set inbound_count = inbound_count + 1 where contact = $1")
+        .bind(CONTACTS[0])
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    sqlx::query(
+        "insert into consent (business, contact, state, message_sid, changed_at)
+         values ($1, $2, 'opted_out', $3, $4)",
+    )
+    .bind(BATCHED)
+    .bind(CONTACTS[0])
+    .bind(sid(2))
+    .bind(at + Duration::seconds(1))
+    .execute(&mut *other)
+    .await
+    .unwrap();
+
+    let db = pool.clone();
+    let batch = tokio::spawn(async move {
+        let next = [live(
+            &sid(3),
+            BATCHED,
+            CONTACTS[0],
+            "hello?",
+            at + Duration::seconds(2),
+        )];
+        let mut saw = None;
+        store::group::receive_many(&db, &next, Duration::zero(), false, |_, f| {
+            saw = Some(seen(f));
+            reply(&next[0].msg, f)
+        })
+        .await
+        .unwrap();
+        saw.unwrap()
+    });
+    // The batch reaches the conversation row and waits for it.
+    let name = pool.connect_options().get_database().unwrap().to_owned();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity where datname = $1 and wait_event_type = 'Lock'",
+        )
+        .bind(&name)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    other.commit().await.unwrap();
+
+    let (first_contact, new_session, count, consent, _, _) = batch.await.unwrap();
+    assert_eq!(
+        consent,
+        ConsentState::OptedOut,
+        "the opt-out committed meanwhile"
+    );
+    assert_eq!(count, 3);
+    assert!(!first_contact && !new_session);
+}
+
+#[sqlx::test]
 async fn a_batch_that_cannot_be_stored_whole_is_stored_one_webhook_at_a_time(pool: PgPool) {
     let metrics = Arc::new(Metrics::new());
     let writer = Writer::spawn(

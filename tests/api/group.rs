@@ -24,6 +24,8 @@ use twilio_receiver::{
 
 const ONE_BY_ONE: &str = "whatsapp:+14155550001";
 const BATCHED: &str = "whatsapp:+14155550002";
+const OTHER_ONE_BY_ONE: &str = "whatsapp:+14155550003";
+const OTHER_BATCHED: &str = "whatsapp:+14155550004";
 const CONTACTS: [&str; 3] = [
     "whatsapp:+15550000001",
     "whatsapp:+15550000002",
@@ -97,6 +99,28 @@ fn duplicate_or_new(r: &Received) -> (&'static str, Option<String>) {
 
 #[sqlx::test]
 async fn a_batch_leaves_what_storing_one_at_a_time_leaves(pool: PgPool) {
+    // Without reply limits (the facts are read with the messages' insert) and with them
+    // (recent replies are read in a statement of their own).
+    same_rows(&pool, Duration::zero(), ONE_BY_ONE, BATCHED, 'a', 'b').await;
+    same_rows(
+        &pool,
+        Duration::hours(2),
+        OTHER_ONE_BY_ONE,
+        OTHER_BATCHED,
+        'c',
+        'd',
+    )
+    .await;
+}
+
+async fn same_rows(
+    pool: &PgPool,
+    lookback: Duration,
+    one_by_one_business: &str,
+    batched_business: &str,
+    one_by_one_prefix: char,
+    batched_prefix: char,
+) {
     // Two days of three contacts: windows that close, STOP and START, and redeliveries of
     // earlier SIDs, some of them into the same batch as the first copy.
     let mut rng = Script(0x2545_f491_4f6c_dd1d);
@@ -122,14 +146,19 @@ async fn a_batch_leaves_what_storing_one_at_a_time_leaves(pool: PgPool) {
         script.push(entry);
         times.push(at);
     }
-    let lookback = Duration::hours(2);
 
     let mut one_by_one = Vec::new();
     for (&(n, contact, body), &at) in script.iter().zip(&times) {
-        let l = live(&format!("SMa{n:031x}"), ONE_BY_ONE, contact, body, at);
+        let l = live(
+            &format!("SM{one_by_one_prefix}{n:031x}"),
+            one_by_one_business,
+            contact,
+            body,
+            at,
+        );
         let mut saw = None;
         let stored = store::inbound::receive(
-            &pool,
+            pool,
             Delivery {
                 msg: &l.msg,
                 params: l.params.clone(),
@@ -158,11 +187,17 @@ async fn a_batch_leaves_what_storing_one_at_a_time_leaves(pool: PgPool) {
             .iter()
             .zip(&rest_times[..take])
             .map(|(&(n, contact, body), &at)| {
-                live(&format!("SMb{n:031x}"), BATCHED, contact, body, at)
+                live(
+                    &format!("SM{batched_prefix}{n:031x}"),
+                    batched_business,
+                    contact,
+                    body,
+                    at,
+                )
             })
             .collect();
         let mut saw = vec![None; take];
-        let received = store::group::receive_many(&pool, &batch, lookback, false, |i, facts| {
+        let received = store::group::receive_many(pool, &batch, lookback, false, |i, facts| {
             saw[i] = Some(seen(facts));
             reply(&batch[i].msg, facts)
         })
@@ -197,11 +232,11 @@ async fn a_batch_leaves_what_storing_one_at_a_time_leaves(pool: PgPool) {
              from conversations where business = $1 order by contact",
         )
         .bind(business)
-        .fetch_all(&pool)
+        .fetch_all(pool)
     };
-    let a = conversations(ONE_BY_ONE).await.unwrap();
+    let a = conversations(one_by_one_business).await.unwrap();
     assert_eq!(a.len(), 3);
-    assert_eq!(a, conversations(BATCHED).await.unwrap());
+    assert_eq!(a, conversations(batched_business).await.unwrap());
 
     let sessions = |business| {
         sqlx::query_as::<_, (String, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>, i32)>(
@@ -209,11 +244,11 @@ async fn a_batch_leaves_what_storing_one_at_a_time_leaves(pool: PgPool) {
              from sessions where business = $1 order by contact, started_at",
         )
         .bind(business)
-        .fetch_all(&pool)
+        .fetch_all(pool)
     };
-    let a = sessions(ONE_BY_ONE).await.unwrap();
+    let a = sessions(one_by_one_business).await.unwrap();
     assert!(a.len() > 3, "the script closes some windows: {a:?}");
-    assert_eq!(a, sessions(BATCHED).await.unwrap());
+    assert_eq!(a, sessions(batched_business).await.unwrap());
 
     let consent = |business| {
         sqlx::query_as::<_, (String, String, String, DateTime<Utc>)>(
@@ -221,11 +256,11 @@ async fn a_batch_leaves_what_storing_one_at_a_time_leaves(pool: PgPool) {
              from consent where business = $1 order by contact",
         )
         .bind(business)
-        .fetch_all(&pool)
+        .fetch_all(pool)
     };
-    let a = consent(ONE_BY_ONE).await.unwrap();
+    let a = consent(one_by_one_business).await.unwrap();
     assert!(!a.is_empty());
-    assert_eq!(a, consent(BATCHED).await.unwrap());
+    assert_eq!(a, consent(batched_business).await.unwrap());
 
     let messages = |business| {
         sqlx::query_as::<_, (String, String, Option<String>, String, Vec<String>)>(
@@ -234,14 +269,22 @@ async fn a_batch_leaves_what_storing_one_at_a_time_leaves(pool: PgPool) {
              where m.business = $1 order by m.message_sid",
         )
         .bind(business)
-        .fetch_all(&pool)
+        .fetch_all(pool)
     };
-    let a = messages(ONE_BY_ONE).await.unwrap();
+    let a = messages(one_by_one_business).await.unwrap();
     assert_eq!(
         a.len(),
         one_by_one.iter().filter(|((k, _), _)| *k == "new").count()
     );
-    assert_eq!(a, messages(BATCHED).await.unwrap());
+    assert_eq!(a, messages(batched_business).await.unwrap());
+    // Reply limits only matter if the rules saw earlier replies.
+    if lookback > Duration::zero() {
+        assert!(
+            one_by_one
+                .iter()
+                .any(|(_, saw)| saw.is_some_and(|s| s.4 > 0))
+        );
+    }
 }
 
 #[sqlx::test]

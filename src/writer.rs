@@ -178,14 +178,18 @@ fn share(key: impl Hash, writers: usize) -> usize {
 async fn run<J, F, Fut>(mut queue: mpsc::Receiver<J>, size: usize, mut store: F)
 where
     F: FnMut(Vec<J>) -> Fut,
-    Fut: Future<Output = ()>,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
         let mut jobs = Vec::with_capacity(size);
         if queue.recv_many(&mut jobs, size).await == 0 {
             return;
         }
-        store(jobs).await;
+        // A task of its own, so that a bug that panics fails this batch (its requests get
+        // 503 and are spooled) rather than ending the writer and every batch after it.
+        if let Err(e) = tokio::spawn(store(jobs)).await {
+            tracing::error!(error = %e, "a group-commit batch panicked");
+        }
     }
 }
 

@@ -14,6 +14,11 @@
 //! never wait for each other's commit. (Sharing rows, they would: a batch holds its
 //! conversation locks until it commits, and most batches share some contact.)
 //!
+//! Waiting for a writer to take a webhook is bounded like waiting for a pooled connection
+//! (`database.acquire_timeout_ms`): a writer stuck on a stalled or restarting database must
+//! not hold the requests queued behind it longer than the pool would have. They answer 503
+//! (and are spooled) as they would have without group commit.
+//!
 //! A batch that fails for any reason other than the database being unavailable is retried
 //! one webhook at a time on the ordinary path, so one bad webhook (a value too large to
 //! store) or a deadlock with another replica fails only itself.
@@ -30,11 +35,15 @@ use crate::{
         status::Recorded,
     },
 };
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, pool::PoolConnection};
 use std::{
     future::Future,
     hash::{Hash, Hasher},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -46,6 +55,8 @@ pub struct Writer {
     inbound: Arc<[mpsc::Sender<InboundJob>]>,
     status: Arc<[mpsc::Sender<StatusJob>]>,
     metrics: Arc<Metrics>,
+    /// The longest a webhook waits for a writer to take it.
+    acquire_timeout: Duration,
 }
 
 /// An inbound message waiting for its batch, with what deciding its reply needs.
@@ -56,11 +67,14 @@ struct InboundJob {
     /// The rules in force when the request arrived.
     rules: Arc<Rules>,
     done: oneshot::Sender<Result<Received, StoreError>>,
+    /// Set when a writer takes the job into a batch.
+    taken: Arc<AtomicBool>,
 }
 
 struct StatusJob {
     callback: Callback,
     done: oneshot::Sender<Result<Recorded, StoreError>>,
+    taken: Arc<AtomicBool>,
 }
 
 /// What a writer needs besides its queue.
@@ -92,14 +106,14 @@ impl Writer {
             // Room for a few batches; beyond it senders wait.
             let (queue, jobs) = mpsc::channel(size * 4);
             let inbound_cx = cx.clone();
-            tokio::spawn(run(jobs, size, move |jobs| {
-                store_inbound(inbound_cx.clone(), jobs)
+            tokio::spawn(run(jobs, size, cx.db.clone(), move |conn, jobs| {
+                store_inbound(inbound_cx.clone(), conn, jobs)
             }));
             inbound.push(queue);
             let (queue, jobs) = mpsc::channel(size * 4);
             let status_cx = cx.clone();
-            tokio::spawn(run(jobs, size, move |jobs| {
-                store_status(status_cx.clone(), jobs)
+            tokio::spawn(run(jobs, size, cx.db.clone(), move |conn, jobs| {
+                store_status(status_cx.clone(), conn, jobs)
             }));
             status.push(queue);
         }
@@ -107,6 +121,7 @@ impl Writer {
             inbound: inbound.into(),
             status: status.into(),
             metrics,
+            acquire_timeout: cx.db.options().get_acquire_timeout(),
         }
     }
 
@@ -119,30 +134,54 @@ impl Writer {
     ) -> Result<Received, StoreError> {
         let _waiting = Waiting::new(&self.metrics);
         let (done, result) = oneshot::channel();
+        let taken = Arc::new(AtomicBool::new(false));
         let job = InboundJob {
             live,
             base,
             rules,
             done,
+            taken: taken.clone(),
         };
         let writer = share(
             (job.live.msg.to.expose(), job.live.msg.from.expose()),
             self.inbound.len(),
         );
         self.inbound[writer].send(job).await.map_err(|_| gone())?;
-        result.await.map_err(|_| gone())?
+        self.wait(result, &taken).await
     }
 
     /// Records a status callback with its batch.
     pub async fn record(&self, callback: Callback) -> Result<Recorded, StoreError> {
         let _waiting = Waiting::new(&self.metrics);
         let (done, result) = oneshot::channel();
+        let taken = Arc::new(AtomicBool::new(false));
         let writer = share(&callback.cb.sid, self.status.len());
         self.status[writer]
-            .send(StatusJob { callback, done })
+            .send(StatusJob {
+                callback,
+                done,
+                taken: taken.clone(),
+            })
             .await
             .map_err(|_| gone())?;
-        result.await.map_err(|_| gone())?
+        self.wait(result, &taken).await
+    }
+
+    /// The job's result. Not taken by a writer within the pool's acquire timeout, it gives
+    /// up (the writer then skips it) with the error a request waiting for a pooled
+    /// connection would get.
+    async fn wait<R>(
+        &self,
+        mut result: oneshot::Receiver<Result<R, StoreError>>,
+        taken: &AtomicBool,
+    ) -> Result<R, StoreError> {
+        match tokio::time::timeout(self.acquire_timeout, &mut result).await {
+            Ok(r) => r.map_err(|_| gone())?,
+            Err(_) if !taken.load(Ordering::Acquire) => {
+                Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut))
+            }
+            Err(_) => result.await.map_err(|_| gone())?,
+        }
     }
 }
 
@@ -174,32 +213,103 @@ fn share(key: impl Hash, writers: usize) -> usize {
     (hasher.finish() % writers as u64) as usize
 }
 
-/// One writer: takes whatever is queued, up to `size`, and stores it.
-async fn run<J, F, Fut>(mut queue: mpsc::Receiver<J>, size: usize, mut store: F)
+/// One writer: once something is queued, takes a pooled connection, then whatever is
+/// queued by then, up to `size`, and stores it. The connection comes first so that a
+/// webhook's wait for it counts in its bounded wait to be taken ([`Writer::wait`]), as it
+/// would without group commit, instead of following it.
+async fn run<J, F, Fut>(mut queue: mpsc::Receiver<J>, size: usize, db: PgPool, mut store: F)
 where
-    F: FnMut(Vec<J>) -> Fut,
+    F: FnMut(Result<PoolConnection<Postgres>, sqlx::Error>, Vec<J>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
         let mut jobs = Vec::with_capacity(size);
-        if queue.recv_many(&mut jobs, size).await == 0 {
+        if queue.recv_many(&mut jobs, 1).await == 0 {
             return;
+        }
+        let conn = db.acquire().await;
+        // Without a connection only the first job fails: those queued behind it keep their
+        // own wait, and the next attempt.
+        while conn.is_ok() && jobs.len() < size {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
         }
         // A task of its own, so that a bug that panics fails this batch (its requests get
         // 503 and are spooled) rather than ending the writer and every batch after it.
-        if let Err(e) = tokio::spawn(store(jobs)).await {
+        if let Err(e) = tokio::spawn(store(conn, jobs)).await {
             tracing::error!(error = %e, "a group-commit batch panicked");
         }
     }
 }
 
-async fn store_inbound(cx: Context, mut jobs: Vec<InboundJob>) {
-    // Requests that gave up (their deadline passed, so they were spooled) need no write.
-    jobs.retain(|job| !job.done.is_closed());
-    if jobs.is_empty() {
-        return;
+/// A queued webhook, as a batch sees it.
+trait Job {
+    /// Its request gave up (its deadline passed, so it was spooled): it needs no write.
+    fn abandoned(&self) -> bool;
+    /// Marks it taken into a batch that has its connection.
+    fn take(&self);
+    fn fail(self, e: StoreError);
+}
+
+impl Job for InboundJob {
+    fn abandoned(&self) -> bool {
+        self.done.is_closed()
     }
-    cx.metrics.group_size.observe(jobs.len() as f64);
+    fn take(&self) {
+        self.taken.store(true, Ordering::Release);
+    }
+    fn fail(self, e: StoreError) {
+        let _ = self.done.send(Err(e));
+    }
+}
+
+impl Job for StatusJob {
+    fn abandoned(&self) -> bool {
+        self.done.is_closed()
+    }
+    fn take(&self) {
+        self.taken.store(true, Ordering::Release);
+    }
+    fn fail(self, e: StoreError) {
+        let _ = self.done.send(Err(e));
+    }
+}
+
+/// Starts a batch: drops abandoned jobs, fails the rest if there is no connection, else
+/// marks them taken and returns the connection.
+fn start<J: Job>(
+    conn: Result<PoolConnection<Postgres>, sqlx::Error>,
+    jobs: &mut Vec<J>,
+    metrics: &Metrics,
+) -> Option<PoolConnection<Postgres>> {
+    jobs.retain(|job| !job.abandoned());
+    if jobs.is_empty() {
+        return None;
+    }
+    match conn {
+        Ok(conn) => {
+            jobs.iter().for_each(J::take);
+            metrics.group_size.observe(jobs.len() as f64);
+            Some(conn)
+        }
+        Err(e) => {
+            let e = StoreError::from(e);
+            jobs.drain(..).for_each(|job| job.fail(shared(&e)));
+            None
+        }
+    }
+}
+
+async fn store_inbound(
+    cx: Context,
+    conn: Result<PoolConnection<Postgres>, sqlx::Error>,
+    mut jobs: Vec<InboundJob>,
+) {
+    let Some(mut conn) = start(conn, &mut jobs, &cx.metrics) else {
+        return;
+    };
     let lookback = jobs
         .iter()
         .map(|job| job.rules.lookback())
@@ -210,7 +320,7 @@ async fn store_inbound(cx: Context, mut jobs: Vec<InboundJob>) {
         .map(|job| (job.live, (job.base, job.rules, job.done)))
         .unzip();
     let result =
-        store::group::receive_many(&cx.db, &lives, lookback, cx.archive_media, |i, facts| {
+        store::group::receive_many(&mut conn, &lives, lookback, cx.archive_media, |i, facts| {
             let (base, rules, _) = &rest[i];
             live_reply(
                 &cx.replier,
@@ -268,15 +378,17 @@ async fn store_inbound(cx: Context, mut jobs: Vec<InboundJob>) {
     }
 }
 
-async fn store_status(cx: Context, mut jobs: Vec<StatusJob>) {
-    jobs.retain(|job| !job.done.is_closed());
-    if jobs.is_empty() {
+async fn store_status(
+    cx: Context,
+    conn: Result<PoolConnection<Postgres>, sqlx::Error>,
+    mut jobs: Vec<StatusJob>,
+) {
+    let Some(mut conn) = start(conn, &mut jobs, &cx.metrics) else {
         return;
-    }
-    cx.metrics.group_size.observe(jobs.len() as f64);
+    };
     let (callbacks, dones): (Vec<Callback>, Vec<_>) =
         jobs.into_iter().map(|job| (job.callback, job.done)).unzip();
-    let result = store::group::record_many(&cx.db, &callbacks).await;
+    let result = store::group::record_many(&mut conn, &callbacks).await;
     match result {
         Ok(recorded) => {
             for (done, recorded) in dones.into_iter().zip(recorded) {

@@ -23,7 +23,7 @@ use crate::{
     twilio::{InboundMessage, ReplyLink, StatusCallback, status},
 };
 use chrono::{DateTime, Duration, Utc};
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection};
 use std::collections::HashMap;
 
 /// One live delivery of an inbound message to the primary URL.
@@ -45,7 +45,7 @@ pub struct Live {
 /// (they need recent replies), or when another transaction stored a message of one of the
 /// batch's contacts while this one waited for its lock.
 pub async fn receive_many(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     batch: &[Live],
     lookback: Duration,
     archive_media: bool,
@@ -66,7 +66,7 @@ pub async fn receive_many(
     firsts.sort_unstable_by(|&a, &b| batch[a].msg.sid.cmp(&batch[b].msg.sid));
     let rows = MessageRows::new(batch, &firsts);
 
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     // Messages and media first, then the conversation rows of the new ones, locked (a no-op
     // update) and read back as they are now. The sort in `conv` waits for every message row
     // before it locks any conversation, so batches never hold one while waiting for the other.
@@ -743,7 +743,10 @@ pub struct Callback {
 /// the message row, which is what applying them one by one would leave: only a higher rank
 /// replaces the current status. Within a batch only that callback counts as having advanced
 /// the status.
-pub async fn record_many(pool: &PgPool, batch: &[Callback]) -> Result<Vec<Recorded>, StoreError> {
+pub async fn record_many(
+    conn: &mut PgConnection,
+    batch: &[Callback],
+) -> Result<Vec<Recorded>, StoreError> {
     // Events in SID order; per SID, the callback the message row is offered.
     let mut order: Vec<usize> = (0..batch.len()).collect();
     order.sort_by(|&a, &b| batch[a].cb.sid.cmp(&batch[b].cb.sid).then(a.cmp(&b)));
@@ -873,7 +876,7 @@ pub async fn record_many(pool: &PgPool, batch: &[Callback]) -> Result<Vec<Record
         &winners.updated_at,
         &winners.params,
     )
-    .fetch_one(pool)
+    .fetch_one(&mut *conn)
     .await?;
 
     // Which callbacks stored a new event: the first of each key that came back.

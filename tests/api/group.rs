@@ -197,10 +197,16 @@ async fn same_rows(
             })
             .collect();
         let mut saw = vec![None; take];
-        let received = store::group::receive_many(pool, &batch, lookback, false, |i, facts| {
-            saw[i] = Some(seen(facts));
-            reply(&batch[i].msg, facts)
-        })
+        let received = store::group::receive_many(
+            &mut pool.acquire().await.unwrap(),
+            &batch,
+            lookback,
+            false,
+            |i, facts| {
+                saw[i] = Some(seen(facts));
+                reply(&batch[i].msg, facts)
+            },
+        )
         .await
         .unwrap();
         batched.extend(received.iter().map(duplicate_or_new).zip(saw));
@@ -302,10 +308,16 @@ async fn two_copies_of_one_sid_in_a_batch_store_once_and_share_the_reply(pool: P
         ),
     ];
     let mut decisions = 0;
-    let received = store::group::receive_many(&pool, &batch, Duration::zero(), false, |i, f| {
-        decisions += 1;
-        reply(&batch[i].msg, f)
-    })
+    let received = store::group::receive_many(
+        &mut pool.acquire().await.unwrap(),
+        &batch,
+        Duration::zero(),
+        false,
+        |i, f| {
+            decisions += 1;
+            reply(&batch[i].msg, f)
+        },
+    )
     .await
     .unwrap();
     assert_eq!(decisions, 2, "one decision per message, not per copy");
@@ -336,9 +348,13 @@ async fn two_copies_of_one_sid_in_a_batch_store_once_and_share_the_reply(pool: P
     );
 
     // Delivered again in a later batch: the reply on record, nothing new.
-    let again = store::group::receive_many(&pool, &batch[..1], Duration::zero(), false, |_, _| {
-        panic!("a stored message is not decided again")
-    })
+    let again = store::group::receive_many(
+        &mut pool.acquire().await.unwrap(),
+        &batch[..1],
+        Duration::zero(),
+        false,
+        |_, _| panic!("a stored message is not decided again"),
+    )
     .await
     .unwrap();
     assert_eq!(
@@ -353,9 +369,13 @@ async fn two_copies_of_one_sid_in_a_batch_store_once_and_share_the_reply(pool: P
 async fn a_batch_that_waited_for_a_contact_sees_what_was_committed_meanwhile(pool: PgPool) {
     let at = Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap();
     let first = [live(&sid(1), BATCHED, CONTACTS[0], "hello", at)];
-    store::group::receive_many(&pool, &first, Duration::zero(), false, |_, f| {
-        reply(&first[0].msg, f)
-    })
+    store::group::receive_many(
+        &mut pool.acquire().await.unwrap(),
+        &first,
+        Duration::zero(),
+        false,
+        |_, f| reply(&first[0].msg, f),
+    )
     .await
     .unwrap();
 
@@ -388,10 +408,16 @@ async fn a_batch_that_waited_for_a_contact_sees_what_was_committed_meanwhile(poo
             at + Duration::seconds(2),
         )];
         let mut saw = None;
-        store::group::receive_many(&db, &next, Duration::zero(), false, |_, f| {
-            saw = Some(seen(f));
-            reply(&next[0].msg, f)
-        })
+        store::group::receive_many(
+            &mut db.acquire().await.unwrap(),
+            &next,
+            Duration::zero(),
+            false,
+            |_, f| {
+                saw = Some(seen(f));
+                reply(&next[0].msg, f)
+            },
+        )
         .await
         .unwrap();
         saw.unwrap()
@@ -534,7 +560,10 @@ async fn status_callbacks_in_batches_leave_what_one_at_a_time_leaves(pool: PgPoo
         let batch: Vec<Callback> = (i..i + take)
             .map(|j| callback_for('b', script[j], j))
             .collect();
-        let recorded: Vec<Recorded> = store::group::record_many(&pool, &batch).await.unwrap();
+        let recorded: Vec<Recorded> =
+            store::group::record_many(&mut pool.acquire().await.unwrap(), &batch)
+                .await
+                .unwrap();
         batched.extend(recorded.iter().map(|r| r.new_event));
         i += take;
     }

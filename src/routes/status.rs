@@ -17,6 +17,12 @@ pub async fn status(State(state): State<AppState>, signed: Signed) -> Result<Sta
     Span::current().record("message_sid", callback.sid.as_str());
     let link = ReplyLink::from_query(&signed.query);
     let at = state.clock.now();
+    // What is logged afterwards; the callback itself moves into the write.
+    let (sid, status, reply) = (
+        callback.sid.clone(),
+        callback.status.clone(),
+        link.is_some(),
+    );
     let started = std::time::Instant::now();
     let recorded = outage::within_deadline(&state, signed.arrived, async {
         state.ensure_schema()?;
@@ -25,8 +31,8 @@ pub async fn status(State(state): State<AppState>, signed: Signed) -> Result<Sta
             Some(writer) => {
                 writer
                     .record(Callback {
-                        cb: callback.clone(),
-                        link: link.clone(),
+                        cb: callback,
+                        link,
                         params,
                         at,
                     })
@@ -50,16 +56,16 @@ pub async fn status(State(state): State<AppState>, signed: Signed) -> Result<Sta
         Err(e) => return Err(e),
     };
     if recorded.new_event {
-        state.notifier.send("status", &callback.sid);
+        state.notifier.send("status", &sid);
     }
     if !recorded.advanced {
         state.metrics.status_not_advanced.inc();
     }
     tracing::info!(
-        status = %callback.status,
+        %status,
         new_event = recorded.new_event,
         new_message = recorded.created_message,
-        reply = link.is_some(),
+        reply,
         "stored status callback"
     );
     Ok(StatusCode::NO_CONTENT)

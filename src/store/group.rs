@@ -156,46 +156,46 @@ pub async fn receive_many(
                                and s.started_at = keyed.session_started_at)
                      from keyed order by k) as "session_count!: Vec<Option<i32>>"
         "#,
-        &rows.sid,
-        &rows.account_sid,
-        &rows.messaging_service_sid as &[Option<String>],
+        &rows.sid as &[&str],
+        &rows.account_sid as &[&str],
+        &rows.messaging_service_sid as &[Option<&str>],
         &rows.channel,
-        &rows.business,
-        &rows.contact,
-        &rows.body,
+        &rows.business as &[&str],
+        &rows.contact as &[&str],
+        &rows.body as &[&str],
         &rows.num_media as &[Option<i32>],
         &rows.num_segments as &[Option<i32>],
-        &rows.profile_name as &[Option<String>],
-        &rows.wa_id as &[Option<String>],
-        &rows.external_user_id as &[Option<String>],
-        &rows.message_type as &[Option<String>],
+        &rows.profile_name as &[Option<&str>],
+        &rows.wa_id as &[Option<&str>],
+        &rows.external_user_id as &[Option<&str>],
+        &rows.message_type as &[Option<&str>],
         &rows.latitude as &[Option<f64>],
         &rows.longitude as &[Option<f64>],
-        &rows.location_address as &[Option<String>],
-        &rows.location_label as &[Option<String>],
-        &rows.button_text as &[Option<String>],
-        &rows.button_payload as &[Option<String>],
-        &rows.replied_to_sid as &[Option<String>],
-        &rows.replied_to_sender as &[Option<String>],
+        &rows.location_address as &[Option<&str>],
+        &rows.location_label as &[Option<&str>],
+        &rows.button_text as &[Option<&str>],
+        &rows.button_payload as &[Option<&str>],
+        &rows.replied_to_sid as &[Option<&str>],
+        &rows.replied_to_sender as &[Option<&str>],
         &rows.forwarded as &[Option<bool>],
         &rows.frequently_forwarded as &[Option<bool>],
-        &rows.referral_source_type as &[Option<String>],
-        &rows.referral_source_id as &[Option<String>],
-        &rows.referral_source_url as &[Option<String>],
-        &rows.referral_headline as &[Option<String>],
-        &rows.referral_body as &[Option<String>],
-        &rows.referral_ctwa_clid as &[Option<String>],
-        &rows.from_country as &[Option<String>],
-        &rows.to_country as &[Option<String>],
-        &rows.channel_metadata as &[Option<serde_json::Value>],
-        &rows.status as &[Option<String>],
+        &rows.referral_source_type as &[Option<&str>],
+        &rows.referral_source_id as &[Option<&str>],
+        &rows.referral_source_url as &[Option<&str>],
+        &rows.referral_headline as &[Option<&str>],
+        &rows.referral_body as &[Option<&str>],
+        &rows.referral_ctwa_clid as &[Option<&str>],
+        &rows.from_country as &[Option<&str>],
+        &rows.to_country as &[Option<&str>],
+        &rows.channel_metadata as &[Option<&serde_json::Value>],
+        &rows.status as &[Option<&str>],
         &rows.received_at,
-        &rows.params,
+        &rows.params as &[&serde_json::Value],
         &rows.status_rank as &[Option<i16>],
-        &rows.media_sid,
+        &rows.media_sid as &[&str],
         &rows.media_index,
-        &rows.media_url,
-        &rows.media_type as &[Option<String>],
+        &rows.media_url as &[&str],
+        &rows.media_type as &[Option<&str>],
         archive_media,
     )
     .fetch_one(&mut *tx)
@@ -500,99 +500,103 @@ impl Contact {
 
 /// The column arrays of the messages insert: one element per new SID, in SID order.
 #[derive(Default)]
-struct MessageRows {
-    sid: Vec<String>,
-    account_sid: Vec<String>,
-    messaging_service_sid: Vec<Option<String>>,
+struct MessageRows<'a> {
+    sid: Vec<&'a str>,
+    account_sid: Vec<&'a str>,
+    messaging_service_sid: Vec<Option<&'a str>>,
     channel: Vec<String>,
-    business: Vec<String>,
-    contact: Vec<String>,
-    body: Vec<String>,
+    business: Vec<&'a str>,
+    contact: Vec<&'a str>,
+    body: Vec<&'a str>,
     num_media: Vec<Option<i32>>,
     num_segments: Vec<Option<i32>>,
-    profile_name: Vec<Option<String>>,
-    wa_id: Vec<Option<String>>,
-    external_user_id: Vec<Option<String>>,
-    message_type: Vec<Option<String>>,
+    profile_name: Vec<Option<&'a str>>,
+    wa_id: Vec<Option<&'a str>>,
+    external_user_id: Vec<Option<&'a str>>,
+    message_type: Vec<Option<&'a str>>,
     latitude: Vec<Option<f64>>,
     longitude: Vec<Option<f64>>,
-    location_address: Vec<Option<String>>,
-    location_label: Vec<Option<String>>,
-    button_text: Vec<Option<String>>,
-    button_payload: Vec<Option<String>>,
-    replied_to_sid: Vec<Option<String>>,
-    replied_to_sender: Vec<Option<String>>,
+    location_address: Vec<Option<&'a str>>,
+    location_label: Vec<Option<&'a str>>,
+    button_text: Vec<Option<&'a str>>,
+    button_payload: Vec<Option<&'a str>>,
+    replied_to_sid: Vec<Option<&'a str>>,
+    replied_to_sender: Vec<Option<&'a str>>,
     forwarded: Vec<Option<bool>>,
     frequently_forwarded: Vec<Option<bool>>,
-    referral_source_type: Vec<Option<String>>,
-    referral_source_id: Vec<Option<String>>,
-    referral_source_url: Vec<Option<String>>,
-    referral_headline: Vec<Option<String>>,
-    referral_body: Vec<Option<String>>,
-    referral_ctwa_clid: Vec<Option<String>>,
-    from_country: Vec<Option<String>>,
-    to_country: Vec<Option<String>>,
-    channel_metadata: Vec<Option<serde_json::Value>>,
-    status: Vec<Option<String>>,
+    referral_source_type: Vec<Option<&'a str>>,
+    referral_source_id: Vec<Option<&'a str>>,
+    referral_source_url: Vec<Option<&'a str>>,
+    referral_headline: Vec<Option<&'a str>>,
+    referral_body: Vec<Option<&'a str>>,
+    referral_ctwa_clid: Vec<Option<&'a str>>,
+    from_country: Vec<Option<&'a str>>,
+    to_country: Vec<Option<&'a str>>,
+    channel_metadata: Vec<Option<&'a serde_json::Value>>,
+    status: Vec<Option<&'a str>>,
     received_at: Vec<DateTime<Utc>>,
-    params: Vec<serde_json::Value>,
+    params: Vec<&'a serde_json::Value>,
     status_rank: Vec<Option<i16>>,
-    media_sid: Vec<String>,
+    media_sid: Vec<&'a str>,
     media_index: Vec<i32>,
-    media_url: Vec<String>,
-    media_type: Vec<Option<String>>,
+    media_url: Vec<&'a str>,
+    media_type: Vec<Option<&'a str>>,
 }
 
-impl MessageRows {
-    fn new(batch: &[Live], order: &[usize]) -> Self {
+impl<'a> MessageRows<'a> {
+    fn new(batch: &'a [Live], order: &[usize]) -> Self {
         let mut rows = MessageRows::default();
         for &i in order {
             let Live { msg, params, at } = &batch[i];
-            rows.sid.push(msg.sid.clone());
-            rows.account_sid.push(msg.account_sid.clone());
+            rows.sid.push(msg.sid.as_str());
+            rows.account_sid.push(msg.account_sid.as_str());
             rows.messaging_service_sid
-                .push(msg.messaging_service_sid.clone());
+                .push(msg.messaging_service_sid.as_deref());
             rows.channel.push(msg.to.channel());
-            rows.business.push(msg.to.expose().to_owned());
-            rows.contact.push(msg.from.expose().to_owned());
-            rows.body.push(msg.body.clone());
+            rows.business.push(msg.to.expose());
+            rows.contact.push(msg.from.expose());
+            rows.body.push(msg.body.as_str());
             rows.num_media.push(msg.num_media);
             rows.num_segments.push(msg.num_segments);
-            rows.profile_name.push(msg.profile_name.clone());
-            rows.wa_id.push(msg.wa_id.clone());
-            rows.external_user_id.push(msg.external_user_id.clone());
-            rows.message_type.push(msg.message_type.clone());
+            rows.profile_name.push(msg.profile_name.as_deref());
+            rows.wa_id.push(msg.wa_id.as_deref());
+            rows.external_user_id.push(msg.external_user_id.as_deref());
+            rows.message_type.push(msg.message_type.as_deref());
             rows.latitude.push(msg.latitude);
             rows.longitude.push(msg.longitude);
-            rows.location_address.push(msg.location_address.clone());
-            rows.location_label.push(msg.location_label.clone());
-            rows.button_text.push(msg.button_text.clone());
-            rows.button_payload.push(msg.button_payload.clone());
-            rows.replied_to_sid.push(msg.replied_to_sid.clone());
-            rows.replied_to_sender.push(msg.replied_to_sender.clone());
+            rows.location_address.push(msg.location_address.as_deref());
+            rows.location_label.push(msg.location_label.as_deref());
+            rows.button_text.push(msg.button_text.as_deref());
+            rows.button_payload.push(msg.button_payload.as_deref());
+            rows.replied_to_sid.push(msg.replied_to_sid.as_deref());
+            rows.replied_to_sender
+                .push(msg.replied_to_sender.as_deref());
             rows.forwarded.push(msg.forwarded);
             rows.frequently_forwarded.push(msg.frequently_forwarded);
             rows.referral_source_type
-                .push(msg.referral.source_type.clone());
-            rows.referral_source_id.push(msg.referral.source_id.clone());
+                .push(msg.referral.source_type.as_deref());
+            rows.referral_source_id
+                .push(msg.referral.source_id.as_deref());
             rows.referral_source_url
-                .push(msg.referral.source_url.clone());
-            rows.referral_headline.push(msg.referral.headline.clone());
-            rows.referral_body.push(msg.referral.body.clone());
-            rows.referral_ctwa_clid.push(msg.referral.ctwa_clid.clone());
-            rows.from_country.push(msg.from_geo.country.clone());
-            rows.to_country.push(msg.to_geo.country.clone());
-            rows.channel_metadata.push(msg.channel_metadata.clone());
-            rows.status.push(msg.status.clone());
+                .push(msg.referral.source_url.as_deref());
+            rows.referral_headline
+                .push(msg.referral.headline.as_deref());
+            rows.referral_body.push(msg.referral.body.as_deref());
+            rows.referral_ctwa_clid
+                .push(msg.referral.ctwa_clid.as_deref());
+            rows.from_country.push(msg.from_geo.country.as_deref());
+            rows.to_country.push(msg.to_geo.country.as_deref());
+            rows.channel_metadata.push(msg.channel_metadata.as_ref());
+            rows.status.push(msg.status.as_deref());
             rows.received_at.push(*at);
-            rows.params.push(params.clone());
+            rows.params.push(params);
             rows.status_rank
                 .push(msg.status.as_deref().and_then(status::rank));
             for m in &msg.media {
-                rows.media_sid.push(msg.sid.clone());
+                rows.media_sid.push(msg.sid.as_str());
                 rows.media_index.push(m.index);
-                rows.media_url.push(m.url.clone());
-                rows.media_type.push(m.content_type.clone());
+                rows.media_url.push(m.url.as_str());
+                rows.media_type.push(m.content_type.as_deref());
             }
         }
         rows

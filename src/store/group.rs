@@ -300,6 +300,7 @@ pub async fn receive_many(
             return Err(StoreError::Other(sqlx::Error::RowNotFound));
         };
         let facts = c.receive(live.at, lookback);
+        c.latest = i;
         let reply = decide(i, &facts);
         if let Some(state) = reply.consent {
             c.consent = state;
@@ -326,21 +327,31 @@ pub async fn receive_many(
         .filter(|sid| !new.contains(sid))
         .collect();
     let updates = ContactUpdates::new(&keys, &contacts, batch);
-    let answered = sqlx::query!(
+    // Every statement here finds its rows through a unique index (an upsert's arbiter), never
+    // a join the planner may turn into a scan: a plan cached while a table was small stays
+    // in use as it grows (seen: a sequential scan of every reply, in every batch).
+    sqlx::query!(
         r#"
         with conv as (
-            update conversations c set
-                first_inbound_at = u.first_inbound_at,
-                last_inbound_at = u.last_inbound_at,
-                window_expires_at = u.window_expires_at,
-                session_started_at = u.session_started_at,
-                inbound_count = u.inbound_count,
-                updated_at = greatest(c.updated_at, u.last_inbound_at)
-            from unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[],
-                        $5::timestamptz[], $6::timestamptz[], $7::int8[])
-                as u (business, contact, first_inbound_at, last_inbound_at, window_expires_at,
-                      session_started_at, inbound_count)
-            where c.business = u.business and c.contact = u.contact
+            -- The rows exist and are locked (above): this always updates.
+            insert into conversations as c (
+                business, contact, channel, first_inbound_at, last_inbound_at,
+                window_expires_at, session_started_at, inbound_count, created_at, updated_at)
+            select u.business, u.contact, u.channel, u.first_inbound_at, u.last_inbound_at,
+                   u.window_expires_at, u.session_started_at, u.inbound_count,
+                   u.last_inbound_at, u.last_inbound_at
+            from unnest($1::text[], $2::text[], $24::text[], $3::timestamptz[],
+                        $4::timestamptz[], $5::timestamptz[], $6::timestamptz[], $7::int8[])
+                as u (business, contact, channel, first_inbound_at, last_inbound_at,
+                      window_expires_at, session_started_at, inbound_count)
+            order by 1, 2
+            on conflict (business, contact) do update set
+                first_inbound_at = excluded.first_inbound_at,
+                last_inbound_at = excluded.last_inbound_at,
+                window_expires_at = excluded.window_expires_at,
+                session_started_at = excluded.session_started_at,
+                inbound_count = excluded.inbound_count,
+                updated_at = greatest(c.updated_at, excluded.last_inbound_at)
         ), sess as (
             insert into sessions as s (
                 business, contact, started_at, last_inbound_at, expires_at, inbound_count)
@@ -362,15 +373,12 @@ pub async fn receive_many(
                 changed_at = excluded.changed_at
             -- The latest message decides, also when an older one is stored late (the spool).
             where k.changed_at <= excluded.changed_at
-        ), answer as (
-            insert into replies (message_sid, rule, twiml, bodies, created_at)
-            select r.message_sid, r.rule, r.twiml,
-                   array(select jsonb_array_elements_text(r.bodies)), r.created_at
-            from unnest($19::text[], $20::text[], $21::text[], $22::jsonb[],
-                        $23::timestamptz[])
-                as r (message_sid, rule, twiml, bodies, created_at)
         )
-        select r.message_sid, r.twiml from replies r where r.message_sid = any($24::text[])
+        insert into replies (message_sid, rule, twiml, bodies, created_at)
+        select r.message_sid, r.rule, r.twiml,
+               array(select jsonb_array_elements_text(r.bodies)), r.created_at
+        from unnest($19::text[], $20::text[], $21::text[], $22::jsonb[], $23::timestamptz[])
+            as r (message_sid, rule, twiml, bodies, created_at)
         "#,
         &updates.business,
         &updates.contact,
@@ -395,16 +403,31 @@ pub async fn receive_many(
         &replies.twiml,
         &replies.bodies,
         &replies.at,
-        &dup_sids as &[&str],
+        &updates.channel,
     )
-    .fetch_all(&mut *tx)
+    .execute(&mut *tx)
     .await?;
+    // Redeliveries of messages stored before this batch get the reply stored with them.
+    // One probe of the key per SID, for the same reason as above.
+    let earlier: HashMap<String, String> = if dup_sids.is_empty() {
+        HashMap::new()
+    } else {
+        sqlx::query!(
+            r#"
+            select d.sid as "sid!",
+                   (select r.twiml from replies r where r.message_sid = d.sid) as twiml
+            from unnest($1::text[]) as d (sid)
+            "#,
+            &dup_sids as &[&str],
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .filter_map(|r| Some((r.sid, r.twiml?)))
+        .collect()
+    };
     tx.commit().await?;
 
-    let earlier: HashMap<&str, String> = answered
-        .iter()
-        .map(|r| (r.message_sid.as_str(), r.twiml.clone()))
-        .collect();
     Ok(batch
         .iter()
         .enumerate()
@@ -450,6 +473,8 @@ struct Contact {
     recent: Vec<(String, DateTime<Utc>)>,
     /// A message of this batch was applied: the row is written back.
     changed: bool,
+    /// The batch index of the last message applied.
+    latest: usize,
 }
 
 impl Contact {
@@ -653,6 +678,7 @@ impl ContactKeys {
 struct ContactUpdates {
     business: Vec<String>,
     contact: Vec<String>,
+    channel: Vec<String>,
     first: Vec<Option<DateTime<Utc>>>,
     last: Vec<Option<DateTime<Utc>>>,
     expires: Vec<Option<DateTime<Utc>>>,
@@ -677,6 +703,7 @@ impl ContactUpdates {
         for (&(business, contact), c) in keys.iter().zip(contacts).filter(|(_, c)| c.changed) {
             u.business.push(business.to_owned());
             u.contact.push(contact.to_owned());
+            u.channel.push(batch[c.latest].msg.to.channel());
             u.first.push(c.first);
             u.last.push(c.last);
             u.expires.push(c.expires);

@@ -506,6 +506,62 @@ async fn a_batch_that_cannot_be_stored_whole_is_stored_one_webhook_at_a_time(poo
     assert_eq!(stored, 2);
 }
 
+/// Sequential scans of the tables a batch writes, as flushed by the given connection.
+async fn seq_scans(conn: &mut sqlx::PgConnection) -> Vec<(String, i64)> {
+    // Pending statistics reach the view when the backend goes idle after this.
+    sqlx::query("select pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query_as(
+        "select relname::text, seq_scan from pg_stat_user_tables
+         where relname in ('messages', 'message_media', 'conversations', 'sessions',
+                           'consent', 'replies')
+         order by relname",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap()
+}
+
+/// A statement's plan is cached per connection after a few runs, while the tables are still
+/// small, and kept as they grow: a plan that scans a whole table gets slower with every row
+/// (seen: every batch read every reply). Batches find their rows by key only.
+#[sqlx::test]
+async fn batches_never_scan_whole_tables(pool: PgPool) {
+    let mut conn = pool.acquire().await.unwrap();
+    let at = Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap();
+    let store = async |round: u32, conn: &mut sqlx::PgConnection| {
+        // New messages of several contacts, and a redelivery of the last round's first one.
+        let mut batch: Vec<Live> = (0..8)
+            .map(|n| {
+                let contact = format!("whatsapp:+1555000{:04}", (round * 8 + n) % 24);
+                let when = at + Duration::seconds(i64::from(round * 8 + n));
+                live(&sid(round * 8 + n + 1), BATCHED, &contact, "hi", when)
+            })
+            .collect();
+        if round > 0 {
+            let first = (round - 1) * 8;
+            let contact = format!("whatsapp:+1555000{:04}", first % 24);
+            batch.push(live(&sid(first + 1), BATCHED, &contact, "hi", at));
+        }
+        store::group::receive_many(conn, &batch, Duration::zero(), false, |i, f| {
+            reply(&batch[i].msg, f)
+        })
+        .await
+        .unwrap();
+    };
+    // Past the runs after which Postgres may settle on a generic plan.
+    for round in 0..10 {
+        store(round, &mut conn).await;
+    }
+    let before = seq_scans(&mut conn).await;
+    for round in 10..30 {
+        store(round, &mut conn).await;
+    }
+    assert_eq!(seq_scans(&mut conn).await, before);
+}
+
 fn status(sid: &str, status: &str, error: Option<&str>, at: DateTime<Utc>) -> Callback {
     let extra: Vec<(&str, &str)> = error.map(|e| ("ErrorCode", e)).into_iter().collect();
     let params: Params = callback(sid, status, &extra).into_iter().collect();

@@ -3,11 +3,12 @@
 //! paying them per webhook.
 //!
 //! Every guarantee of the one-at-a-time path ([`super::inbound::receive`],
-//! [`super::status::record`]) holds, enforced the same way: the unique SID decides which
-//! delivery is first, whichever batch or process it is in, and the conversation row lock
-//! serialises the messages of one contact across batches. Inside a batch, the messages of one
-//! contact are applied in arrival order in Rust: each sees the window, consent and reply
-//! history the earlier ones left, as if they had been stored one after another.
+//! [`super::status::record`]) holds, and Postgres enforces it: the unique SID decides which
+//! delivery is first, whichever batch or process it is in, and a batch's write commits only
+//! if no other transaction changed its contacts since it read them (see [`receive_many`]).
+//! Inside a batch, the messages of one contact are applied in arrival order in Rust: each
+//! sees the window, consent and reply history the earlier ones left, as if they had been
+//! stored one after another.
 //!
 //! `ON CONFLICT DO UPDATE` may touch a row only once per statement, so rows are first
 //! aggregated per SID and per (business, contact); rows are written in key order so that two
@@ -23,7 +24,7 @@ use crate::{
     twilio::{InboundMessage, ReplyLink, StatusCallback, status},
 };
 use chrono::{DateTime, Duration, Utc};
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 use std::collections::HashMap;
 
 /// One live delivery of an inbound message to the primary URL.
@@ -34,16 +35,27 @@ pub struct Live {
     pub at: DateTime<Utc>,
 }
 
+/// How many times a batch is read and written again after another transaction changed one
+/// of its contacts in between; after that its webhooks are stored one at a time.
+const ATTEMPTS: usize = 3;
+
 /// Stores every delivery of `batch` once, in one transaction, and returns what each got, in
 /// the order given. `decide(i, facts)` chooses the reply to `batch[i]`; it is called once per
-/// new message, in arrival order within each contact. A second copy of a SID inside the batch
-/// is answered as a duplicate of the first, with the first's reply.
+/// new message, in arrival order within each contact (again, if the batch is retried). A
+/// second copy of a SID inside the batch is answered as a duplicate of the first, with the
+/// first's reply.
 ///
-/// Round trips, whatever the batch size: BEGIN, the messages with their media, the
-/// conversation locks and the facts the rules read (consent, sessions), the writes of the
-/// decisions, COMMIT. One more (a fresh read of the facts) when the rules have a reply limit
-/// (they need recent replies), or when another transaction stored a message of one of the
-/// batch's contacts while this one waited for its lock.
+/// Two round trips, whatever the batch size, and no explicit transaction:
+/// 1. one statement reads what the rules need (each contact's conversation, session,
+///    consent and, with a reply limit, recent replies) and which SIDs are stored already;
+/// 2. after the decisions, one statement writes everything, and commits.
+///
+/// Nothing is locked in between. The write checks instead, row by row under the locks it
+/// takes, that each conversation's inbound count is what was read plus what the batch adds:
+/// every inbound message of a contact, whatever stored it, bumps that count in the same
+/// transaction as its consent change, session and reply. If another transaction changed a
+/// contact (or stored one of the SIDs) in between, the check fails, the whole statement
+/// rolls back, and the batch is read and decided again.
 pub async fn receive_many(
     conn: &mut PgConnection,
     batch: &[Live],
@@ -51,7 +63,36 @@ pub async fn receive_many(
     archive_media: bool,
     mut decide: impl FnMut(usize, &Facts) -> Reply,
 ) -> Result<Vec<Received>, StoreError> {
-    // The first copy of each SID, in SID order (the lock order); later copies point at it.
+    let mut attempt = 1;
+    loop {
+        match receive_once(conn, batch, lookback, archive_media, &mut decide).await {
+            Err(e) if attempt < ATTEMPTS && is_conflict(&e) => {
+                tracing::debug!(
+                    attempt,
+                    "a batch's contact changed while it was decided; again"
+                );
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// The write's check failed (its division by zero), or a reply for one of the SIDs was
+/// stored meanwhile.
+fn is_conflict(e: &StoreError) -> bool {
+    matches!(e, StoreError::Other(sqlx::Error::Database(db))
+        if matches!(db.code().as_deref(), Some("22012" | "23505")))
+}
+
+async fn receive_once(
+    conn: &mut PgConnection,
+    batch: &[Live],
+    lookback: Duration,
+    archive_media: bool,
+    decide: &mut impl FnMut(usize, &Facts) -> Reply,
+) -> Result<Vec<Received>, StoreError> {
+    // The first copy of each SID; later copies point at it.
     let mut first_of: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
     let mut copy_of = vec![None; batch.len()];
     for (i, live) in batch.iter().enumerate() {
@@ -63,242 +104,111 @@ pub async fn receive_many(
         }
     }
     let mut firsts: Vec<usize> = first_of.values().copied().collect();
+    // SID order: the order the write locks them in.
     firsts.sort_unstable_by(|&a, &b| batch[a].msg.sid.cmp(&batch[b].msg.sid));
-    let rows = MessageRows::new(batch, &firsts);
+    let reads = Reads::new(batch, &firsts, lookback);
 
-    let mut tx = conn.begin().await?;
-    // Messages and media first, then the conversation rows of the new ones, locked (a no-op
-    // update) and read back as they are now. The sort in `conv` waits for every message row
-    // before it locks any conversation, so batches never hold one while waiting for the other.
-    let written = sqlx::query!(
+    // Every lookup below probes a unique index once per key: a plan cached while a table was
+    // small stays in use as it grows, so no statement here leaves the planner a join it could
+    // turn into a scan of a whole table (seen: every batch reading every reply).
+    let read = sqlx::query!(
         r#"
-        with msg as (
-            insert into messages (
-                message_sid, account_sid, messaging_service_sid, direction, channel, business,
-                contact, body, num_media, num_segments, profile_name, wa_id, external_user_id,
-                message_type, latitude, longitude, location_address, location_label,
-                button_text, button_payload, replied_to_sid, replied_to_sender, forwarded,
-                frequently_forwarded, referral_source_type, referral_source_id,
-                referral_source_url, referral_headline, referral_body, referral_ctwa_clid,
-                from_country, to_country, channel_metadata, status, received_at, updated_at,
-                params, status_rank)
-            select t.message_sid, t.account_sid, t.messaging_service_sid, 'inbound', t.channel,
-                   t.business, t.contact, t.body, t.num_media, t.num_segments, t.profile_name,
-                   t.wa_id, t.external_user_id, t.message_type, t.latitude, t.longitude,
-                   t.location_address, t.location_label, t.button_text, t.button_payload,
-                   t.replied_to_sid, t.replied_to_sender, t.forwarded, t.frequently_forwarded,
-                   t.referral_source_type, t.referral_source_id, t.referral_source_url,
-                   t.referral_headline, t.referral_body, t.referral_ctwa_clid, t.from_country,
-                   t.to_country, t.channel_metadata, t.status, t.received_at, t.received_at,
-                   t.params, t.status_rank
-            from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                        $7::text[], $8::int4[], $9::int4[], $10::text[], $11::text[],
-                        $12::text[], $13::text[], $14::float8[], $15::float8[], $16::text[],
-                        $17::text[], $18::text[], $19::text[], $20::text[], $21::text[],
-                        $22::bool[], $23::bool[], $24::text[], $25::text[], $26::text[],
-                        $27::text[], $28::text[], $29::text[], $30::text[], $31::text[],
-                        $32::jsonb[], $33::text[], $34::timestamptz[], $35::jsonb[],
-                        $36::int2[])
-                as t (message_sid, account_sid, messaging_service_sid, channel, business,
-                      contact, body, num_media, num_segments, profile_name, wa_id,
-                      external_user_id, message_type, latitude, longitude, location_address,
-                      location_label, button_text, button_payload, replied_to_sid,
-                      replied_to_sender, forwarded, frequently_forwarded, referral_source_type,
-                      referral_source_id, referral_source_url, referral_headline,
-                      referral_body, referral_ctwa_clid, from_country, to_country,
-                      channel_metadata, status, received_at, params, status_rank)
-            on conflict (message_sid) do nothing
-            returning message_sid, channel, business, contact, received_at
-        ), media as (
-            insert into message_media (
-                message_sid, index, url, content_type, archive_state, archive_next_at)
-            select m.message_sid, m.index, m.url, m.content_type,
-                   case when $41 then 'pending' end, case when $41 then now() end
-            from unnest($37::text[], $38::int4[], $39::text[], $40::text[])
-                as m (message_sid, index, url, content_type)
-            join msg using (message_sid)
-        ), conv as (
-            insert into conversations as c (
-                business, contact, channel, created_at, updated_at)
-            select business, contact, min(channel), min(received_at), min(received_at)
-            from msg
-            group by business, contact
-            order by business, contact
-            on conflict (business, contact) do update set inbound_count = c.inbound_count
-            returning c.business, c.contact, c.first_inbound_at, c.last_inbound_at,
-                      c.window_expires_at, c.session_started_at, c.inbound_count
-        ), keyed as (
-            select row_number() over (order by business, contact) - 1 as k, conv.* from conv
+        with stored as (
+            select d.sid, d.n
+            from unnest($5::text[]) with ordinality as d (sid, n)
+            where (select m.message_sid from messages m where m.message_sid = d.sid) is not null
         )
-        select array(select message_sid from msg) as "new_sids!",
-               array(select business from keyed order by k) as "business!",
-               array(select contact from keyed order by k) as "contact!",
-               array(select first_inbound_at from keyed order by k)
-                   as "first_inbound_at!: Vec<Option<DateTime<Utc>>>",
-               array(select last_inbound_at from keyed order by k)
-                   as "last_inbound_at!: Vec<Option<DateTime<Utc>>>",
-               array(select window_expires_at from keyed order by k)
-                   as "window_expires_at!: Vec<Option<DateTime<Utc>>>",
-               array(select session_started_at from keyed order by k)
-                   as "session_started_at!: Vec<Option<DateTime<Utc>>>",
-               array(select inbound_count from keyed order by k) as "inbound_count!",
-               -- What the rules read, as of this statement's snapshot (the subqueries do not
-               -- see the locks' wait): right unless another transaction stored a message of
-               -- one of these contacts meanwhile, which the count before the lock shows.
-               array(select (select s.inbound_count from conversations s
-                             where s.business = keyed.business and s.contact = keyed.contact)
-                     from keyed order by k) as "count_before_lock!: Vec<Option<i64>>",
-               array(select (select o.state from consent o
-                             where o.business = keyed.business and o.contact = keyed.contact)
-                     from keyed order by k) as "consent!: Vec<Option<String>>",
-               array(select (select s.inbound_count from sessions s
-                             where s.business = keyed.business and s.contact = keyed.contact
-                               and s.started_at = keyed.session_started_at)
-                     from keyed order by k) as "session_count!: Vec<Option<i32>>"
+        select c.first_inbound_at, c.last_inbound_at, c.window_expires_at,
+               c.session_started_at, c.inbound_count as "inbound_count?",
+               (select o.state from consent o
+                where o.business = k.business and o.contact = k.contact) as consent,
+               (select s.inbound_count from sessions s
+                where s.business = k.business and s.contact = k.contact
+                  and s.started_at = c.session_started_at) as session_count,
+               array(select x.rule || '|' || to_char(x.received_at at time zone 'UTC',
+                                                     'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+                     from (select m.received_at,
+                                  (select r.rule from replies r
+                                   where r.message_sid = m.message_sid) as rule
+                           from messages m
+                           where $4::bool and m.business = k.business
+                             and m.contact = k.contact and m.received_at > k.since) as x
+                     where x.rule is not null) as "recent!",
+               -- Not correlated: computed once, the same in every row. (Scalar subqueries,
+               -- not `exists`, which the planner may turn into a join.)
+               array(select x.sid from stored x order by x.n) as "stored!",
+               array(select (select r.twiml from replies r where r.message_sid = x.sid)
+                     from stored x order by x.n) as "stored_twiml!: Vec<Option<String>>"
+        from unnest($1::text[], $2::text[], $3::timestamptz[]) with ordinality
+            as k (business, contact, since, n)
+        -- `limit 1` keeps this a lookup per contact: the planner cannot make it a join.
+        left join lateral (select * from conversations c
+                           where c.business = k.business and c.contact = k.contact
+                           limit 1) as c on true
+        order by k.n
         "#,
-        &rows.sid as &[&str],
-        &rows.account_sid as &[&str],
-        &rows.messaging_service_sid as &[Option<&str>],
-        &rows.channel,
-        &rows.business as &[&str],
-        &rows.contact as &[&str],
-        &rows.body as &[&str],
-        &rows.num_media as &[Option<i32>],
-        &rows.num_segments as &[Option<i32>],
-        &rows.profile_name as &[Option<&str>],
-        &rows.wa_id as &[Option<&str>],
-        &rows.external_user_id as &[Option<&str>],
-        &rows.message_type as &[Option<&str>],
-        &rows.latitude as &[Option<f64>],
-        &rows.longitude as &[Option<f64>],
-        &rows.location_address as &[Option<&str>],
-        &rows.location_label as &[Option<&str>],
-        &rows.button_text as &[Option<&str>],
-        &rows.button_payload as &[Option<&str>],
-        &rows.replied_to_sid as &[Option<&str>],
-        &rows.replied_to_sender as &[Option<&str>],
-        &rows.forwarded as &[Option<bool>],
-        &rows.frequently_forwarded as &[Option<bool>],
-        &rows.referral_source_type as &[Option<&str>],
-        &rows.referral_source_id as &[Option<&str>],
-        &rows.referral_source_url as &[Option<&str>],
-        &rows.referral_headline as &[Option<&str>],
-        &rows.referral_body as &[Option<&str>],
-        &rows.referral_ctwa_clid as &[Option<&str>],
-        &rows.from_country as &[Option<&str>],
-        &rows.to_country as &[Option<&str>],
-        &rows.channel_metadata as &[Option<&serde_json::Value>],
-        &rows.status as &[Option<&str>],
-        &rows.received_at,
-        &rows.params as &[&serde_json::Value],
-        &rows.status_rank as &[Option<i16>],
-        &rows.media_sid as &[&str],
-        &rows.media_index,
-        &rows.media_url as &[&str],
-        &rows.media_type as &[Option<&str>],
-        archive_media,
+        &reads.business as &[&str],
+        &reads.contact as &[&str],
+        &reads.since,
+        lookback > Duration::zero(),
+        &reads.sid as &[&str],
     )
-    .fetch_one(&mut *tx)
+    .fetch_all(&mut *conn)
     .await?;
 
-    // The conversations of the new messages, as locked: `keys[k]` is `contacts[k]`'s.
-    let keys: Vec<(&str, &str)> = written
-        .business
-        .iter()
-        .zip(&written.contact)
-        .map(|(business, contact)| (business.as_str(), contact.as_str()))
-        .collect();
+    let stored: HashMap<&str, Option<&str>> = read.first().map_or_else(HashMap::new, |row| {
+        row.stored
+            .iter()
+            .map(String::as_str)
+            .zip(row.stored_twiml.iter().map(Option::as_deref))
+            .collect()
+    });
+    let keys = &reads.keys;
     let index: HashMap<(&str, &str), usize> =
         keys.iter().enumerate().map(|(k, &key)| (key, k)).collect();
-    let mut contacts: Vec<Contact> = (0..keys.len())
-        .map(|k| Contact {
-            first: written.first_inbound_at[k],
-            last: written.last_inbound_at[k],
-            expires: written.window_expires_at[k],
-            started: written.session_started_at[k],
-            count: written.inbound_count[k],
-            ..Contact::default()
-        })
-        .collect();
-    let new: std::collections::HashSet<&str> =
-        written.new_sids.iter().map(String::as_str).collect();
-    // New messages in arrival order: the order each contact's messages are applied in.
-    let mut arrivals: Vec<usize> = firsts
+    let mut contacts: Vec<Contact> = read
         .iter()
-        .copied()
-        .filter(|&i| new.contains(batch[i].msg.sid.as_str()))
-        .collect();
-    arrivals.sort_by_key(|&i| (batch[i].at, i));
-
-    let undisturbed = written
-        .count_before_lock
-        .iter()
-        .zip(&written.inbound_count)
-        .all(|(before, locked)| before.unwrap_or(0) == *locked);
-    // Rules with a reply limit also need the contact's recent replies. Read in the insert
-    // statement they made it slower than this separate read (measured: 3,900 against
-    // 4,460 webhooks/s with config/rules.example.toml), so they are read here.
-    if undisturbed && lookback.is_zero() {
-        for (k, c) in contacts.iter_mut().enumerate() {
-            c.consent = ConsentState::from_db(written.consent[k].as_deref());
-            c.session_count = written.session_count[k].unwrap_or(0).into();
-        }
-    } else if !arrivals.is_empty() {
-        // A statement of its own, after the locks: it sees what any transaction that stored
-        // a message of these contacts while this one waited committed (an opt-out, a reply
-        // that counts towards a limit, a session).
-        let keys = ContactKeys::new(&keys, &contacts, batch, &arrivals, lookback);
-        let facts = sqlx::query!(
-            r#"
-            select k.business as "business!", k.contact as "contact!",
-                   (select c.state from consent c
-                    where c.business = k.business and c.contact = k.contact) as consent,
-                   (select s.inbound_count from sessions s
-                    where s.business = k.business and s.contact = k.contact
-                      and s.started_at = k.started_at) as session_count,
-                   array(select r.rule || '|' || to_char(m.received_at at time zone 'UTC',
-                                                         'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-                         from messages m join replies r on r.message_sid = m.message_sid
-                         where $5::bool and m.business = k.business and m.contact = k.contact
-                           and m.received_at > k.since and r.rule is not null)
-                       as "recent_replies!"
-            from unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[])
-                as k (business, contact, started_at, since)
-            "#,
-            &keys.business,
-            &keys.contact,
-            &keys.started_at as &[Option<DateTime<Utc>>],
-            &keys.since,
-            lookback > Duration::zero(),
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        for row in facts {
-            if let Some(&k) = index.get(&(row.business.as_str(), row.contact.as_str())) {
-                let c = &mut contacts[k];
-                c.consent = ConsentState::from_db(row.consent.as_deref());
-                c.session_count = row.session_count.unwrap_or(0).into();
-                c.recent = row
-                    .recent_replies
+        .map(|row| {
+            let count = row.inbound_count.unwrap_or(0);
+            Contact {
+                first: row.first_inbound_at,
+                last: row.last_inbound_at,
+                expires: row.window_expires_at,
+                started: row.session_started_at,
+                count,
+                read: count,
+                session_count: row.session_count.unwrap_or(0).into(),
+                consent: ConsentState::from_db(row.consent.as_deref()),
+                recent: row
+                    .recent
                     .iter()
                     .filter_map(|r| {
                         let (rules, at) = r.rsplit_once('|')?;
                         Some((rules.to_owned(), at.parse().ok()?))
                     })
-                    .collect();
+                    .collect(),
+                ..Contact::default()
             }
-        }
+        })
+        .collect();
+    if contacts.len() != keys.len() {
+        // Not reached: the read returns one row per contact.
+        return Err(StoreError::Other(sqlx::Error::RowNotFound));
     }
 
+    // New messages in arrival order: the order each contact's messages are applied in.
+    let new: Vec<usize> = firsts
+        .iter()
+        .copied()
+        .filter(|&i| !stored.contains_key(batch[i].msg.sid.as_str()))
+        .collect();
+    let mut arrivals = new.clone();
+    arrivals.sort_by_key(|&i| (batch[i].at, i));
     let mut twiml: Vec<Option<String>> = vec![None; batch.len()];
     let mut replies = ReplyRows::default();
     for &i in &arrivals {
         let live = &batch[i];
-        let key = (live.msg.to.expose(), live.msg.from.expose());
-        let Some(c) = index.get(&key).map(|&k| &mut contacts[k]) else {
-            // Not reached: every new message's conversation was locked above.
-            return Err(StoreError::Other(sqlx::Error::RowNotFound));
-        };
+        let c = &mut contacts[index[&(live.msg.to.expose(), live.msg.from.expose())]];
         let facts = c.receive(live.at, lookback);
         c.latest = i;
         let reply = decide(i, &facts);
@@ -321,112 +231,192 @@ pub async fn receive_many(
         twiml[i] = Some(reply.twiml);
     }
 
-    let dup_sids: Vec<&str> = firsts
-        .iter()
-        .map(|&i| batch[i].msg.sid.as_str())
-        .filter(|sid| !new.contains(sid))
-        .collect();
-    let updates = ContactUpdates::new(&keys, &contacts, batch);
-    // Every statement here finds its rows through a unique index (an upsert's arbiter), never
-    // a join the planner may turn into a scan: a plan cached while a table was small stays
-    // in use as it grows (seen: a sequential scan of every reply, in every batch).
-    sqlx::query!(
-        r#"
-        with conv as (
-            -- The rows exist and are locked (above): this always updates.
-            insert into conversations as c (
-                business, contact, channel, first_inbound_at, last_inbound_at,
-                window_expires_at, session_started_at, inbound_count, created_at, updated_at)
-            select u.business, u.contact, u.channel, u.first_inbound_at, u.last_inbound_at,
-                   u.window_expires_at, u.session_started_at, u.inbound_count,
-                   u.last_inbound_at, u.last_inbound_at
-            from unnest($1::text[], $2::text[], $24::text[], $3::timestamptz[],
-                        $4::timestamptz[], $5::timestamptz[], $6::timestamptz[], $7::int8[])
-                as u (business, contact, channel, first_inbound_at, last_inbound_at,
-                      window_expires_at, session_started_at, inbound_count)
-            order by 1, 2
-            on conflict (business, contact) do update set
-                first_inbound_at = excluded.first_inbound_at,
-                last_inbound_at = excluded.last_inbound_at,
-                window_expires_at = excluded.window_expires_at,
-                session_started_at = excluded.session_started_at,
-                inbound_count = excluded.inbound_count,
-                updated_at = greatest(c.updated_at, excluded.last_inbound_at)
-        ), sess as (
-            insert into sessions as s (
-                business, contact, started_at, last_inbound_at, expires_at, inbound_count)
-            select * from unnest($8::text[], $9::text[], $10::timestamptz[],
-                                 $11::timestamptz[], $12::timestamptz[], $13::int4[])
-            order by 1, 2, 3
-            on conflict (business, contact, started_at) do update set
-                last_inbound_at = excluded.last_inbound_at,
-                expires_at = excluded.expires_at,
-                inbound_count = s.inbound_count + excluded.inbound_count
-        ), opt as (
-            insert into consent as k (business, contact, state, message_sid, changed_at)
-            select * from unnest($14::text[], $15::text[], $16::text[], $17::text[],
-                                 $18::timestamptz[])
-            order by 1, 2
-            on conflict (business, contact) do update set
-                state = excluded.state,
-                message_sid = excluded.message_sid,
-                changed_at = excluded.changed_at
-            -- The latest message decides, also when an older one is stored late (the spool).
-            where k.changed_at <= excluded.changed_at
-        )
-        insert into replies (message_sid, rule, twiml, bodies, created_at)
-        select r.message_sid, r.rule, r.twiml,
-               array(select jsonb_array_elements_text(r.bodies)), r.created_at
-        from unnest($19::text[], $20::text[], $21::text[], $22::jsonb[], $23::timestamptz[])
-            as r (message_sid, rule, twiml, bodies, created_at)
-        "#,
-        &updates.business,
-        &updates.contact,
-        &updates.first as &[Option<DateTime<Utc>>],
-        &updates.last as &[Option<DateTime<Utc>>],
-        &updates.expires as &[Option<DateTime<Utc>>],
-        &updates.started as &[Option<DateTime<Utc>>],
-        &updates.count,
-        &updates.session_business,
-        &updates.session_contact,
-        &updates.session_started,
-        &updates.session_last,
-        &updates.session_expires,
-        &updates.session_count,
-        &updates.consent_business,
-        &updates.consent_contact,
-        &updates.consent_state,
-        &updates.consent_sid,
-        &updates.consent_at,
-        &replies.sid,
-        &replies.rule as &[Option<String>],
-        &replies.twiml,
-        &replies.bodies,
-        &replies.at,
-        &updates.channel,
-    )
-    .execute(&mut *tx)
-    .await?;
-    // Redeliveries of messages stored before this batch get the reply stored with them.
-    // One probe of the key per SID, for the same reason as above.
-    let earlier: HashMap<String, String> = if dup_sids.is_empty() {
-        HashMap::new()
-    } else {
+    if !new.is_empty() {
+        let rows = MessageRows::new(batch, &new);
+        let updates = ContactUpdates::new(keys, &contacts, batch);
         sqlx::query!(
             r#"
-            select d.sid as "sid!",
-                   (select r.twiml from replies r where r.message_sid = d.sid) as twiml
-            from unnest($1::text[]) as d (sid)
+            with msg as (
+                insert into messages (
+                    message_sid, account_sid, messaging_service_sid, direction, channel,
+                    business, contact, body, num_media, num_segments, profile_name, wa_id,
+                    external_user_id, message_type, latitude, longitude, location_address,
+                    location_label, button_text, button_payload, replied_to_sid,
+                    replied_to_sender, forwarded, frequently_forwarded, referral_source_type,
+                    referral_source_id, referral_source_url, referral_headline, referral_body,
+                    referral_ctwa_clid, from_country, to_country, channel_metadata, status,
+                    received_at, updated_at, params, status_rank)
+                select t.message_sid, t.account_sid, t.messaging_service_sid, 'inbound',
+                       t.channel, t.business, t.contact, t.body, t.num_media, t.num_segments,
+                       t.profile_name, t.wa_id, t.external_user_id, t.message_type,
+                       t.latitude, t.longitude, t.location_address, t.location_label,
+                       t.button_text, t.button_payload, t.replied_to_sid, t.replied_to_sender,
+                       t.forwarded, t.frequently_forwarded, t.referral_source_type,
+                       t.referral_source_id, t.referral_source_url, t.referral_headline,
+                       t.referral_body, t.referral_ctwa_clid, t.from_country, t.to_country,
+                       t.channel_metadata, t.status, t.received_at, t.received_at, t.params,
+                       t.status_rank
+                from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                            $6::text[], $7::text[], $8::int4[], $9::int4[], $10::text[],
+                            $11::text[], $12::text[], $13::text[], $14::float8[],
+                            $15::float8[], $16::text[], $17::text[], $18::text[], $19::text[],
+                            $20::text[], $21::text[], $22::bool[], $23::bool[], $24::text[],
+                            $25::text[], $26::text[], $27::text[], $28::text[], $29::text[],
+                            $30::text[], $31::text[], $32::jsonb[], $33::text[],
+                            $34::timestamptz[], $35::jsonb[], $36::int2[])
+                    as t (message_sid, account_sid, messaging_service_sid, channel, business,
+                          contact, body, num_media, num_segments, profile_name, wa_id,
+                          external_user_id, message_type, latitude, longitude,
+                          location_address, location_label, button_text, button_payload,
+                          replied_to_sid, replied_to_sender, forwarded, frequently_forwarded,
+                          referral_source_type, referral_source_id, referral_source_url,
+                          referral_headline, referral_body, referral_ctwa_clid, from_country,
+                          to_country, channel_metadata, status, received_at, params,
+                          status_rank)
+                on conflict (message_sid) do nothing
+                returning message_sid
+            ), media as (
+                insert into message_media (
+                    message_sid, index, url, content_type, archive_state, archive_next_at)
+                select m.message_sid, m.index, m.url, m.content_type,
+                       case when $41 then 'pending' end, case when $41 then now() end
+                from unnest($37::text[], $38::int4[], $39::text[], $40::text[])
+                    as m (message_sid, index, url, content_type)
+                join msg using (message_sid)
+            ), conv as (
+                -- inbound_count grows by what the batch adds, so the row as written shows
+                -- whether anything else added to it since the read.
+                insert into conversations as c (
+                    business, contact, channel, first_inbound_at, last_inbound_at,
+                    window_expires_at, session_started_at, inbound_count, created_at,
+                    updated_at)
+                select u.business, u.contact, u.channel, u.first_inbound_at,
+                       u.last_inbound_at, u.window_expires_at, u.session_started_at,
+                       u.added, u.first_inbound_at, u.last_inbound_at
+                from unnest($42::text[], $43::text[], $44::text[], $45::timestamptz[],
+                            $46::timestamptz[], $47::timestamptz[], $48::timestamptz[],
+                            $49::int8[])
+                    as u (business, contact, channel, first_inbound_at, last_inbound_at,
+                          window_expires_at, session_started_at, added)
+                order by 1, 2
+                on conflict (business, contact) do update set
+                    first_inbound_at = excluded.first_inbound_at,
+                    last_inbound_at = excluded.last_inbound_at,
+                    window_expires_at = excluded.window_expires_at,
+                    session_started_at = excluded.session_started_at,
+                    inbound_count = c.inbound_count + excluded.inbound_count,
+                    updated_at = greatest(c.updated_at, excluded.last_inbound_at)
+                returning c.business, c.contact, c.inbound_count
+            ), sess as (
+                insert into sessions as s (
+                    business, contact, started_at, last_inbound_at, expires_at, inbound_count)
+                select * from unnest($51::text[], $52::text[], $53::timestamptz[],
+                                     $54::timestamptz[], $55::timestamptz[], $56::int4[])
+                order by 1, 2, 3
+                on conflict (business, contact, started_at) do update set
+                    last_inbound_at = excluded.last_inbound_at,
+                    expires_at = excluded.expires_at,
+                    inbound_count = s.inbound_count + excluded.inbound_count
+            ), opt as (
+                insert into consent as k (business, contact, state, message_sid, changed_at)
+                select * from unnest($57::text[], $58::text[], $59::text[], $60::text[],
+                                     $61::timestamptz[])
+                order by 1, 2
+                on conflict (business, contact) do update set
+                    state = excluded.state,
+                    message_sid = excluded.message_sid,
+                    changed_at = excluded.changed_at
+                -- The latest message decides, also when an older one is stored late (the
+                -- spool).
+                where k.changed_at <= excluded.changed_at
+            ), answer as (
+                insert into replies (message_sid, rule, twiml, bodies, created_at)
+                select r.message_sid, r.rule, r.twiml,
+                       array(select jsonb_array_elements_text(r.bodies)), r.created_at
+                from unnest($62::text[], $63::text[], $64::text[], $65::jsonb[],
+                            $66::timestamptz[])
+                    as r (message_sid, rule, twiml, bodies, created_at)
+            )
+            -- The check: every message new and every count as expected, or a division by
+            -- zero rolls the whole statement back. (Only values known after the writes can
+            -- be divided by, so the planner never evaluates it early.)
+            select 1 / ((select count(*) from msg) = cardinality($1::text[])
+                        and (select count(*)
+                             from conv join unnest($42::text[], $43::text[], $50::int8[])
+                                 as e (business, contact, inbound_count)
+                                 using (business, contact, inbound_count))
+                            = cardinality($42::text[]))::int as "stored!"
             "#,
-            &dup_sids as &[&str],
+            &rows.sid as &[&str],
+            &rows.account_sid as &[&str],
+            &rows.messaging_service_sid as &[Option<&str>],
+            &rows.channel,
+            &rows.business as &[&str],
+            &rows.contact as &[&str],
+            &rows.body as &[&str],
+            &rows.num_media as &[Option<i32>],
+            &rows.num_segments as &[Option<i32>],
+            &rows.profile_name as &[Option<&str>],
+            &rows.wa_id as &[Option<&str>],
+            &rows.external_user_id as &[Option<&str>],
+            &rows.message_type as &[Option<&str>],
+            &rows.latitude as &[Option<f64>],
+            &rows.longitude as &[Option<f64>],
+            &rows.location_address as &[Option<&str>],
+            &rows.location_label as &[Option<&str>],
+            &rows.button_text as &[Option<&str>],
+            &rows.button_payload as &[Option<&str>],
+            &rows.replied_to_sid as &[Option<&str>],
+            &rows.replied_to_sender as &[Option<&str>],
+            &rows.forwarded as &[Option<bool>],
+            &rows.frequently_forwarded as &[Option<bool>],
+            &rows.referral_source_type as &[Option<&str>],
+            &rows.referral_source_id as &[Option<&str>],
+            &rows.referral_source_url as &[Option<&str>],
+            &rows.referral_headline as &[Option<&str>],
+            &rows.referral_body as &[Option<&str>],
+            &rows.referral_ctwa_clid as &[Option<&str>],
+            &rows.from_country as &[Option<&str>],
+            &rows.to_country as &[Option<&str>],
+            &rows.channel_metadata as &[Option<&serde_json::Value>],
+            &rows.status as &[Option<&str>],
+            &rows.received_at,
+            &rows.params as &[&serde_json::Value],
+            &rows.status_rank as &[Option<i16>],
+            &rows.media_sid as &[&str],
+            &rows.media_index,
+            &rows.media_url as &[&str],
+            &rows.media_type as &[Option<&str>],
+            archive_media,
+            &updates.business as &[&str],
+            &updates.contact as &[&str],
+            &updates.channel,
+            &updates.first as &[Option<DateTime<Utc>>],
+            &updates.last as &[Option<DateTime<Utc>>],
+            &updates.expires as &[Option<DateTime<Utc>>],
+            &updates.started as &[Option<DateTime<Utc>>],
+            &updates.added,
+            &updates.count,
+            &updates.session_business as &[&str],
+            &updates.session_contact as &[&str],
+            &updates.session_started,
+            &updates.session_last,
+            &updates.session_expires,
+            &updates.session_count,
+            &updates.consent_business as &[&str],
+            &updates.consent_contact as &[&str],
+            &updates.consent_state as &[&str],
+            &updates.consent_sid as &[&str],
+            &updates.consent_at,
+            &replies.sid,
+            &replies.rule as &[Option<String>],
+            &replies.twiml,
+            &replies.bodies,
+            &replies.at,
         )
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .filter_map(|r| Some((r.sid, r.twiml?)))
-        .collect()
-    };
-    tx.commit().await?;
+        .fetch_one(&mut *conn)
+        .await?;
+    }
 
     Ok(batch
         .iter()
@@ -441,11 +431,49 @@ pub async fn receive_many(
                     twiml: Some(twiml.clone()),
                 },
                 (None, _) => Received::Duplicate {
-                    twiml: earlier.get(live.msg.sid.as_str()).cloned(),
+                    twiml: stored
+                        .get(live.msg.sid.as_str())
+                        .copied()
+                        .flatten()
+                        .map(str::to_owned),
                 },
             }
         })
         .collect())
+}
+
+/// The read's keys: the batch's contacts in key order, and its SIDs.
+struct Reads<'a> {
+    keys: Vec<(&'a str, &'a str)>,
+    business: Vec<&'a str>,
+    contact: Vec<&'a str>,
+    /// Replies after this count towards limits: the contact's earliest arrival less the
+    /// rules' longest lookback.
+    since: Vec<DateTime<Utc>>,
+    sid: Vec<&'a str>,
+}
+
+impl<'a> Reads<'a> {
+    fn new(batch: &'a [Live], firsts: &[usize], lookback: Duration) -> Self {
+        let mut since: HashMap<(&str, &str), DateTime<Utc>> = HashMap::new();
+        for &i in firsts {
+            let msg = &batch[i].msg;
+            let at = batch[i].at - lookback;
+            since
+                .entry((msg.to.expose(), msg.from.expose()))
+                .and_modify(|s| *s = (*s).min(at))
+                .or_insert(at);
+        }
+        let mut keys: Vec<(&str, &str)> = since.keys().copied().collect();
+        keys.sort_unstable();
+        Reads {
+            business: keys.iter().map(|k| k.0).collect(),
+            contact: keys.iter().map(|k| k.1).collect(),
+            since: keys.iter().map(|k| since[k]).collect(),
+            sid: firsts.iter().map(|&i| batch[i].msg.sid.as_str()).collect(),
+            keys,
+        }
+    }
 }
 
 /// A session row as a batch leaves it, and how many of the batch's messages it gained.
@@ -463,6 +491,8 @@ struct Contact {
     expires: Option<DateTime<Utc>>,
     started: Option<DateTime<Utc>>,
     count: i64,
+    /// `count` as read.
+    read: i64,
     /// Inbound messages in the session that starts at `started`.
     session_count: i64,
     /// The sessions this batch touched, oldest first.
@@ -628,90 +658,48 @@ impl<'a> MessageRows<'a> {
     }
 }
 
-/// The contacts of a batch's new messages, for the facts query.
-struct ContactKeys {
-    business: Vec<String>,
-    contact: Vec<String>,
-    /// The current session's start, as locked.
-    started_at: Vec<Option<DateTime<Utc>>>,
-    /// Replies after this count towards limits: the contact's earliest arrival less the
-    /// rules' longest lookback.
-    since: Vec<DateTime<Utc>>,
-}
-
-impl ContactKeys {
-    fn new(
-        keys: &[(&str, &str)],
-        contacts: &[Contact],
-        batch: &[Live],
-        arrivals: &[usize],
-        lookback: Duration,
-    ) -> Self {
-        let mut since: HashMap<(&str, &str), DateTime<Utc>> = HashMap::new();
-        for &i in arrivals {
-            let msg = &batch[i].msg;
-            let at = batch[i].at - lookback;
-            since
-                .entry((msg.to.expose(), msg.from.expose()))
-                .and_modify(|s| *s = (*s).min(at))
-                .or_insert(at);
-        }
-        let mut out = ContactKeys {
-            business: Vec::with_capacity(contacts.len()),
-            contact: Vec::with_capacity(contacts.len()),
-            started_at: Vec::with_capacity(contacts.len()),
-            since: Vec::with_capacity(contacts.len()),
-        };
-        for (&(business, contact), c) in keys.iter().zip(contacts) {
-            out.business.push(business.to_owned());
-            out.contact.push(contact.to_owned());
-            out.started_at.push(c.started);
-            out.since
-                .push(since.get(&(business, contact)).copied().unwrap_or_default());
-        }
-        out
-    }
-}
-
 /// What a batch leaves in each conversation, session and consent row it touched.
 #[derive(Default)]
-struct ContactUpdates {
-    business: Vec<String>,
-    contact: Vec<String>,
+struct ContactUpdates<'a> {
+    business: Vec<&'a str>,
+    contact: Vec<&'a str>,
     channel: Vec<String>,
     first: Vec<Option<DateTime<Utc>>>,
     last: Vec<Option<DateTime<Utc>>>,
     expires: Vec<Option<DateTime<Utc>>>,
     started: Vec<Option<DateTime<Utc>>>,
+    /// Inbound messages the batch adds, and the count expected after them.
+    added: Vec<i64>,
     count: Vec<i64>,
-    session_business: Vec<String>,
-    session_contact: Vec<String>,
+    session_business: Vec<&'a str>,
+    session_contact: Vec<&'a str>,
     session_started: Vec<DateTime<Utc>>,
     session_last: Vec<DateTime<Utc>>,
     session_expires: Vec<DateTime<Utc>>,
     session_count: Vec<i32>,
-    consent_business: Vec<String>,
-    consent_contact: Vec<String>,
-    consent_state: Vec<String>,
-    consent_sid: Vec<String>,
+    consent_business: Vec<&'a str>,
+    consent_contact: Vec<&'a str>,
+    consent_state: Vec<&'static str>,
+    consent_sid: Vec<&'a str>,
     consent_at: Vec<DateTime<Utc>>,
 }
 
-impl ContactUpdates {
-    fn new(keys: &[(&str, &str)], contacts: &[Contact], batch: &[Live]) -> Self {
+impl<'a> ContactUpdates<'a> {
+    fn new(keys: &[(&'a str, &'a str)], contacts: &[Contact], batch: &'a [Live]) -> Self {
         let mut u = ContactUpdates::default();
         for (&(business, contact), c) in keys.iter().zip(contacts).filter(|(_, c)| c.changed) {
-            u.business.push(business.to_owned());
-            u.contact.push(contact.to_owned());
+            u.business.push(business);
+            u.contact.push(contact);
             u.channel.push(batch[c.latest].msg.to.channel());
             u.first.push(c.first);
             u.last.push(c.last);
             u.expires.push(c.expires);
             u.started.push(c.started);
+            u.added.push(c.count - c.read);
             u.count.push(c.count);
             for s in &c.sessions {
-                u.session_business.push(business.to_owned());
-                u.session_contact.push(contact.to_owned());
+                u.session_business.push(business);
+                u.session_contact.push(contact);
                 u.session_started.push(s.started_at);
                 u.session_last.push(s.last_inbound_at);
                 u.session_expires
@@ -719,10 +707,10 @@ impl ContactUpdates {
                 u.session_count.push(s.added);
             }
             if let Some((state, i)) = c.consent_change {
-                u.consent_business.push(business.to_owned());
-                u.consent_contact.push(contact.to_owned());
-                u.consent_state.push(state.as_str().to_owned());
-                u.consent_sid.push(batch[i].msg.sid.clone());
+                u.consent_business.push(business);
+                u.consent_contact.push(contact);
+                u.consent_state.push(state.as_str());
+                u.consent_sid.push(batch[i].msg.sid.as_str());
                 u.consent_at.push(batch[i].at);
             }
         }

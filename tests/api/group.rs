@@ -423,20 +423,7 @@ async fn a_batch_that_waited_for_a_contact_sees_what_was_committed_meanwhile(poo
         saw.unwrap()
     });
     // The batch reaches the conversation row and waits for it.
-    let name = pool.connect_options().get_database().unwrap().to_owned();
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "select count(*) from pg_stat_activity where datname = $1 and wait_event_type = 'Lock'",
-        )
-        .bind(&name)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    wait_for_a_lock(&pool).await;
     other.commit().await.unwrap();
 
     let (first_contact, new_session, count, consent, _, _) = batch.await.unwrap();
@@ -447,6 +434,69 @@ async fn a_batch_that_waited_for_a_contact_sees_what_was_committed_meanwhile(poo
     );
     assert_eq!(count, 3);
     assert!(!first_contact && !new_session);
+}
+
+/// Returns once a session of the test's database waits for a lock.
+async fn wait_for_a_lock(pool: &PgPool) {
+    let name = pool.connect_options().get_database().unwrap().to_owned();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity where datname = $1 and wait_event_type = 'Lock'",
+        )
+        .bind(&name)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+#[sqlx::test]
+async fn a_message_stored_by_another_transaction_meanwhile_is_a_duplicate(pool: PgPool) {
+    let at = Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap();
+    // Another process is storing the same SID (its first delivery), not yet committed.
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query(
+        "insert into messages (message_sid, account_sid, direction, channel, business,
+                               contact, received_at, updated_at, params)
+         values ($1, 'AC1', 'inbound', 'whatsapp', $2, $3, $4, $4, '{}')",
+    )
+    .bind(sid(1))
+    .bind(BATCHED)
+    .bind(CONTACTS[0])
+    .bind(at)
+    .execute(&mut *other)
+    .await
+    .unwrap();
+
+    let db = pool.clone();
+    let batch = tokio::spawn(async move {
+        let copy = [live(&sid(1), BATCHED, CONTACTS[0], "hello", at)];
+        let mut conn = db.acquire().await.unwrap();
+        store::group::receive_many(&mut conn, &copy, Duration::zero(), false, |_, f| {
+            reply(&copy[0].msg, f)
+        })
+        .await
+        .unwrap()
+    });
+    // The batch's insert reaches the SID and waits for the other transaction.
+    wait_for_a_lock(&pool).await;
+    other.commit().await.unwrap();
+
+    assert_eq!(
+        batch.await.unwrap(),
+        [Received::Duplicate { twiml: None }],
+        "stored once, by the other transaction"
+    );
+    let count = |sql| sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool);
+    assert_eq!(count("select count(*) from replies").await.unwrap(), 0);
+    assert_eq!(
+        count("select count(*) from conversations").await.unwrap(),
+        0
+    );
 }
 
 #[sqlx::test]

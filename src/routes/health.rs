@@ -1,7 +1,7 @@
 //! Liveness and readiness, split so an orchestrator restarts the process only when the
 //! process itself is stuck, not when Postgres is.
 
-use super::AppState;
+use super::Shared;
 use crate::store;
 use axum::{extract::State, http::StatusCode};
 use std::time::Duration;
@@ -18,7 +18,7 @@ pub async fn healthz() -> &'static str {
 /// otherwise. With a spool the server takes webhooks without Postgres, so it stays ready
 /// (and says why): taking every replica out of a load balancer during an outage would turn
 /// the spool's 503 + fallback into refused connections, and Twilio does not retry those.
-pub async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+pub async fn readyz(State(state): State<Shared>) -> (StatusCode, &'static str) {
     let database = *state.schema_ready.borrow() && store::ping(&state.db, READY_TIMEOUT).await;
     match (database, state.spool.is_some()) {
         (true, _) => (StatusCode::OK, "ready\n"),

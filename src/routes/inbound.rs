@@ -2,7 +2,7 @@
 //! /twilio/fallback` (the fallback URL, TWILIO.md §5): the same message, stored once.
 
 use super::{
-    AppState, Signed,
+    AppState, Shared, Signed,
     outage::{database_away, spool, within_deadline},
 };
 use crate::{
@@ -30,7 +30,7 @@ use tracing::Span;
 /// Verify (the extractor), parse, store once with the window, answer the TwiML chosen for the
 /// first delivery (replayed to every retry). With the database unavailable the request is
 /// spooled and answered 503, so Twilio calls the fallback URL.
-pub async fn inbound(State(state): State<AppState>, signed: Signed) -> Result<Response, AppError> {
+pub async fn inbound(State(state): State<Shared>, signed: Signed) -> Result<Response, AppError> {
     let msg = InboundMessage::parse(&signed.params)?;
     Span::current().record("message_sid", msg.sid.as_str());
     let at = state.clock.now();
@@ -58,7 +58,7 @@ pub async fn inbound(State(state): State<AppState>, signed: Signed) -> Result<Re
 /// or `reply.fallback_body` when no rule answered (a rule's deliberate silence, and an
 /// opted-out contact's, stay silent). With the database unavailable or too slow this still
 /// answers the fallback reply (200) once the request is spooled; 503 without a spool.
-pub async fn fallback(State(state): State<AppState>, signed: Signed) -> Result<Response, AppError> {
+pub async fn fallback(State(state): State<Shared>, signed: Signed) -> Result<Response, AppError> {
     let msg = InboundMessage::parse(&signed.params)?;
     Span::current().record("message_sid", msg.sid.as_str());
     let failure = failure(&signed.params);

@@ -11,7 +11,6 @@ pub use signed::{Signed, Signing};
 use crate::{metrics::Metrics, reply::Replier, telemetry};
 use axum::{
     Router,
-    extract::FromRef,
     handler::Handler,
     http::{HeaderName, StatusCode, header::AUTHORIZATION},
     routing::{MethodRouter, get},
@@ -29,8 +28,10 @@ use tower_http::{
     trace::{DefaultOnResponse, TraceLayer},
 };
 
-/// Everything a handler may need; handlers and extractors take only their part (`FromRef`).
-#[derive(Clone, FromRef)]
+/// Everything a handler may need. The router holds it behind one `Arc`
+/// ([`Shared`]): extractors and middleware clone their state for every request, and one
+/// reference count is cheaper than a dozen.
+#[derive(Clone)]
 pub struct AppState {
     pub db: PgPool,
     pub signing: Arc<Signing>,
@@ -64,6 +65,9 @@ impl AppState {
     }
 }
 
+/// The router's state: [`AppState`] behind one reference count.
+pub type Shared = Arc<AppState>;
+
 /// The time a message is received at. Tests substitute their own to cross a 24-hour window
 /// without waiting for it.
 #[derive(Clone)]
@@ -85,7 +89,7 @@ impl Clock {
 
 /// Counts each webhook request by route template and status.
 async fn count_requests(
-    axum::extract::State(metrics): axum::extract::State<Arc<Metrics>>,
+    axum::extract::State(state): axum::extract::State<Shared>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -94,7 +98,7 @@ async fn count_requests(
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(request).await;
-    metrics.request(&route, response.status().as_u16());
+    state.metrics.request(&route, response.status().as_u16());
     response
 }
 
@@ -102,7 +106,7 @@ async fn count_requests(
 /// Twilio then calls the fallback URL, and the server keeps its memory and its database pool
 /// for the requests it has already accepted.
 async fn shed_load(
-    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::extract::State(state): axum::extract::State<Shared>,
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -145,9 +149,9 @@ pub fn admin_router(state: AppState) -> Router {
 
 /// A webhook route: GET and POST, the methods Twilio lets users choose. HEAD is refused
 /// explicitly: axum would otherwise run the handler for it, and a HEAD must store nothing.
-fn webhook<H, T>(handler: H) -> MethodRouter<AppState>
+fn webhook<H, T>(handler: H) -> MethodRouter<Shared>
 where
-    H: Handler<T, AppState>,
+    H: Handler<T, Shared>,
     T: 'static,
 {
     get(handler.clone()).post(handler).head(|| async {
@@ -161,6 +165,7 @@ where
 /// The router with its middleware. `request_timeout` bounds every webhook, well inside the
 /// 15 s Twilio waits.
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
+    let state: Shared = Arc::new(state);
     // ServiceBuilder order: first = outermost. The request id exists before the span that
     // records it; sensitive headers are marked before anything could log them; panics become
     // 500s inside the span, and the timeout answers 503 so Twilio moves to the fallback URL.

@@ -8,10 +8,9 @@ use crate::{
     twilio::{Params, RawRequest, Rejection, Verifier},
 };
 use axum::{
-    extract::{FromRef, FromRequest, OriginalUri, Request},
+    extract::{FromRequest, OriginalUri, Request},
     http::{HeaderMap, Method, header},
 };
-use std::sync::Arc;
 
 /// A verified webhook.
 #[derive(Debug)]
@@ -66,16 +65,11 @@ impl Signing {
     }
 }
 
-impl<S> FromRequest<S> for Signed
-where
-    Arc<Signing>: FromRef<S>,
-    Arc<crate::metrics::Metrics>: FromRef<S>,
-    S: Send + Sync,
-{
+impl FromRequest<super::Shared> for Signed {
     type Rejection = AppError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
-        let signing = Arc::<Signing>::from_ref(state);
+    async fn from_request(req: Request, state: &super::Shared) -> Result<Self, AppError> {
+        let signing = &state.signing;
         let (parts, body) = req.into_parts();
         let arrived = parts
             .extensions
@@ -140,9 +134,7 @@ where
         match signing.verifier.verify(&request) {
             Ok(params) => {
                 if !signing.verifier.enforces() {
-                    Arc::<crate::metrics::Metrics>::from_ref(state)
-                        .unverified_requests
-                        .inc();
+                    state.metrics.unverified_requests.inc();
                     tracing::warn!(
                         "accepted an unverified request (twilio.verify_signatures = false)"
                     );
@@ -161,7 +153,8 @@ where
                 })
             }
             Err(Rejection::Signature(reason)) => {
-                Arc::<crate::metrics::Metrics>::from_ref(state)
+                state
+                    .metrics
                     .signature_rejections
                     .get_or_create(&crate::metrics::Reason {
                         reason: reason.code().to_owned(),

@@ -1,7 +1,7 @@
 //! `POST|GET /twilio/status`: delivery status callbacks (TWILIO.md §4), including those of
 //! our own TwiML replies, whose `action` URL carries `reply_to`, `rule` and `part`.
 
-use super::{AppState, Signed, outage};
+use super::{Shared, Signed, outage};
 use crate::{
     error::AppError,
     spool::Route,
@@ -12,7 +12,7 @@ use axum::{extract::State, http::StatusCode};
 use tracing::Span;
 
 /// Verify (the extractor), store the event and advance the status, answer 204.
-pub async fn status(State(state): State<AppState>, signed: Signed) -> Result<StatusCode, AppError> {
+pub async fn status(State(state): State<Shared>, signed: Signed) -> Result<StatusCode, AppError> {
     let callback = StatusCallback::parse(&signed.params)?;
     Span::current().record("message_sid", callback.sid.as_str());
     let link = ReplyLink::from_query(&signed.query);

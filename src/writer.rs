@@ -30,7 +30,7 @@ use crate::{
     rules::Rules,
     store::{
         self, StoreError,
-        group::{Callback, Live},
+        group::{Callback, Live, Memory},
         inbound::{Delivery, Received},
         status::Recorded,
     },
@@ -106,14 +106,15 @@ impl Writer {
             // Room for a few batches; beyond it senders wait.
             let (queue, jobs) = mpsc::channel(size * 4);
             let inbound_cx = cx.clone();
-            tokio::spawn(run(jobs, size, cx.db.clone(), move |conn, jobs| {
-                store_inbound(inbound_cx.clone(), conn, jobs)
+            tokio::spawn(run(jobs, size, cx.db.clone(), move |conn, jobs, memory| {
+                store_inbound(inbound_cx.clone(), conn, jobs, memory)
             }));
             inbound.push(queue);
             let (queue, jobs) = mpsc::channel(size * 4);
             let status_cx = cx.clone();
-            tokio::spawn(run(jobs, size, cx.db.clone(), move |conn, jobs| {
-                store_status(status_cx.clone(), conn, jobs)
+            tokio::spawn(run(jobs, size, cx.db.clone(), move |conn, jobs, ()| {
+                let cx = status_cx.clone();
+                async move { (store_status(cx, conn, jobs).await, ()) }
             }));
             status.push(queue);
         }
@@ -217,17 +218,31 @@ fn share(key: impl Hash, writers: usize) -> usize {
 /// queued by then, up to `size`, and stores it. The connection comes first so that a
 /// webhook's wait for it counts in its bounded wait to be taken ([`Writer::wait`]), as it
 /// would without group commit, instead of following it.
-async fn run<J, F, Fut>(mut queue: mpsc::Receiver<J>, size: usize, db: PgPool, mut store: F)
+///
+/// While more is queued, a writer keeps its connection for the next batch: giving it back
+/// and taking it again costs a ping round trip (sqlx tests each connection it hands out),
+/// about a twelfth of the server's CPU under load. Once its queue is empty it gives the
+/// connection back, so a small pool is never held by idle writers.
+///
+/// `M` is what the writer carries from one batch to the next besides its connection (what
+/// it remembers of its contacts); a batch that panics leaves it fresh.
+async fn run<J, M, F, Fut>(mut queue: mpsc::Receiver<J>, size: usize, db: PgPool, mut store: F)
 where
-    F: FnMut(Result<PoolConnection<Postgres>, sqlx::Error>, Vec<J>) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
+    M: Default + Send + 'static,
+    F: FnMut(Result<PoolConnection<Postgres>, sqlx::Error>, Vec<J>, M) -> Fut,
+    Fut: Future<Output = (Option<PoolConnection<Postgres>>, M)> + Send + 'static,
 {
+    let mut held = None;
+    let mut memory = M::default();
     loop {
         let mut jobs = Vec::with_capacity(size);
         if queue.recv_many(&mut jobs, 1).await == 0 {
             return;
         }
-        let conn = db.acquire().await;
+        let conn = match held.take() {
+            Some(conn) => Ok(conn),
+            None => db.acquire().await,
+        };
         // Without a connection only the first job fails: those queued behind it keep their
         // own wait, and the next attempt.
         while conn.is_ok() && jobs.len() < size {
@@ -238,8 +253,23 @@ where
         }
         // A task of its own, so that a bug that panics fails this batch (its requests get
         // 503 and are spooled) rather than ending the writer and every batch after it.
-        if let Err(e) = tokio::spawn(store(conn, jobs)).await {
-            tracing::error!(error = %e, "a group-commit batch panicked");
+        match tokio::spawn(store(conn, jobs, std::mem::take(&mut memory))).await {
+            Ok((conn, kept)) => {
+                held = conn.filter(|_| !queue.is_empty());
+                memory = kept;
+            }
+            Err(e) => tracing::error!(error = %e, "a group-commit batch panicked"),
+        }
+    }
+}
+
+/// Whether a connection is still worth keeping after `e`: yes when Postgres itself answered
+/// with an error (the connection is in a clean state between autocommit statements), no
+/// when the connection failed.
+fn connection_survives(e: &StoreError) -> bool {
+    match e {
+        StoreError::Unavailable(inner) | StoreError::TooLarge(inner) | StoreError::Other(inner) => {
+            matches!(inner, sqlx::Error::Database(_))
         }
     }
 }
@@ -278,20 +308,19 @@ impl Job for StatusJob {
 }
 
 /// Starts a batch: drops abandoned jobs, fails the rest if there is no connection, else
-/// marks them taken and returns the connection.
+/// marks them taken and returns the connection (with no job left, there is nothing to do).
 fn start<J: Job>(
     conn: Result<PoolConnection<Postgres>, sqlx::Error>,
     jobs: &mut Vec<J>,
     metrics: &Metrics,
 ) -> Option<PoolConnection<Postgres>> {
     jobs.retain(|job| !job.abandoned());
-    if jobs.is_empty() {
-        return None;
-    }
     match conn {
         Ok(conn) => {
-            jobs.iter().for_each(J::take);
-            metrics.group_size.observe(jobs.len() as f64);
+            if !jobs.is_empty() {
+                jobs.iter().for_each(J::take);
+                metrics.group_size.observe(jobs.len() as f64);
+            }
             Some(conn)
         }
         Err(e) => {
@@ -306,10 +335,14 @@ async fn store_inbound(
     cx: Context,
     conn: Result<PoolConnection<Postgres>, sqlx::Error>,
     mut jobs: Vec<InboundJob>,
-) {
+    mut memory: Memory,
+) -> (Option<PoolConnection<Postgres>>, Memory) {
     let Some(mut conn) = start(conn, &mut jobs, &cx.metrics) else {
-        return;
+        return (None, memory);
     };
+    if jobs.is_empty() {
+        return (Some(conn), memory);
+    }
     let lookback = jobs
         .iter()
         .map(|job| job.rules.lookback())
@@ -319,8 +352,13 @@ async fn store_inbound(
         .into_iter()
         .map(|job| (job.live, (job.base, job.rules, job.done)))
         .unzip();
-    let result =
-        store::group::receive_many(&mut conn, &lives, lookback, cx.archive_media, |i, facts| {
+    let result = store::group::receive_many(
+        &mut conn,
+        &lives,
+        lookback,
+        cx.archive_media,
+        &mut memory,
+        |i, facts| {
             let (base, rules, _) = &rest[i];
             live_reply(
                 &cx.replier,
@@ -331,8 +369,10 @@ async fn store_inbound(
                 base,
                 false,
             )
-        })
-        .await;
+        },
+    )
+    .await;
+    let keep = result.as_ref().err().is_none_or(connection_survives);
     match result {
         Ok(received) => {
             for ((_, _, done), received) in rest.into_iter().zip(received) {
@@ -376,19 +416,22 @@ async fn store_inbound(
             }
         }
     }
+    (keep.then_some(conn), memory)
 }
 
 async fn store_status(
     cx: Context,
     conn: Result<PoolConnection<Postgres>, sqlx::Error>,
     mut jobs: Vec<StatusJob>,
-) {
-    let Some(mut conn) = start(conn, &mut jobs, &cx.metrics) else {
-        return;
-    };
+) -> Option<PoolConnection<Postgres>> {
+    let mut conn = start(conn, &mut jobs, &cx.metrics)?;
+    if jobs.is_empty() {
+        return Some(conn);
+    }
     let (callbacks, dones): (Vec<Callback>, Vec<_>) =
         jobs.into_iter().map(|job| (job.callback, job.done)).unzip();
     let result = store::group::record_many(&mut conn, &callbacks).await;
+    let keep = result.as_ref().err().is_none_or(connection_survives);
     match result {
         Ok(recorded) => {
             for (done, recorded) in dones.into_iter().zip(recorded) {
@@ -413,6 +456,7 @@ async fn store_status(
             }
         }
     }
+    keep.then_some(conn)
 }
 
 /// Whether each webhook of a failed batch is worth trying on its own: yes unless the

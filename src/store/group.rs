@@ -45,27 +45,45 @@ const ATTEMPTS: usize = 3;
 /// second copy of a SID inside the batch is answered as a duplicate of the first, with the
 /// first's reply.
 ///
-/// Two round trips, whatever the batch size, and no explicit transaction:
+/// At most two round trips, whatever the batch size, and no explicit transaction:
 /// 1. one statement reads what the rules need (each contact's conversation, session,
 ///    consent and, with a reply limit, recent replies) and which SIDs are stored already;
 /// 2. after the decisions, one statement writes everything, and commits.
 ///
 /// Nothing is locked in between. The write checks instead, row by row under the locks it
-/// takes, that each conversation's inbound count is what was read plus what the batch adds:
+/// takes, that each conversation is the row that was read (same `created_at`: not erased
+/// and created again) and that its inbound count is what was read plus what the batch adds:
 /// every inbound message of a contact, whatever stored it, bumps that count in the same
 /// transaction as its consent change, session and reply. If another transaction changed a
 /// contact (or stored one of the SIDs) in between, the check fails, the whole statement
 /// rolls back, and the batch is read and decided again.
+///
+/// The read is skipped when `memory` holds every contact of the batch as this writer's
+/// last write left it, and none of its SIDs is one the writer stored: the same check makes
+/// the write roll back if anything changed since, and the batch is then read afresh.
 pub async fn receive_many(
     conn: &mut PgConnection,
     batch: &[Live],
     lookback: Duration,
     archive_media: bool,
+    memory: &mut Memory,
     mut decide: impl FnMut(usize, &Facts) -> Reply,
 ) -> Result<Vec<Received>, StoreError> {
+    memory.rules_look_back(lookback);
     let mut attempt = 1;
     loop {
-        match receive_once(conn, batch, lookback, archive_media, &mut decide).await {
+        let trust_memory = attempt == 1;
+        let result = receive_once(
+            conn,
+            batch,
+            lookback,
+            archive_media,
+            memory,
+            trust_memory,
+            &mut decide,
+        )
+        .await;
+        match result {
             Err(e) if attempt < ATTEMPTS && is_conflict(&e) => {
                 tracing::debug!(
                     attempt,
@@ -90,6 +108,8 @@ async fn receive_once(
     batch: &[Live],
     lookback: Duration,
     archive_media: bool,
+    memory: &mut Memory,
+    trust_memory: bool,
     decide: &mut impl FnMut(usize, &Facts) -> Reply,
 ) -> Result<Vec<Received>, StoreError> {
     // The first copy of each SID; later copies point at it.
@@ -108,93 +128,24 @@ async fn receive_once(
     firsts.sort_unstable_by(|&a, &b| batch[a].msg.sid.cmp(&batch[b].msg.sid));
     let reads = Reads::new(batch, &firsts, lookback);
 
-    // Every lookup below probes a unique index once per key: a plan cached while a table was
-    // small stays in use as it grows, so no statement here leaves the planner a join it could
-    // turn into a scan of a whole table (seen: every batch reading every reply).
-    let read = sqlx::query!(
-        r#"
-        with stored as (
-            select d.sid, d.n
-            from unnest($5::text[]) with ordinality as d (sid, n)
-            where (select m.message_sid from messages m where m.message_sid = d.sid) is not null
-        )
-        select c.first_inbound_at, c.last_inbound_at, c.window_expires_at,
-               c.session_started_at, c.inbound_count as "inbound_count?",
-               (select o.state from consent o
-                where o.business = k.business and o.contact = k.contact) as consent,
-               (select s.inbound_count from sessions s
-                where s.business = k.business and s.contact = k.contact
-                  and s.started_at = c.session_started_at) as session_count,
-               array(select x.rule || '|' || to_char(x.received_at at time zone 'UTC',
-                                                     'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-                     from (select m.received_at,
-                                  (select r.rule from replies r
-                                   where r.message_sid = m.message_sid) as rule
-                           from messages m
-                           where $4::bool and m.business = k.business
-                             and m.contact = k.contact and m.received_at > k.since) as x
-                     where x.rule is not null) as "recent!",
-               -- Not correlated: computed once, the same in every row. (Scalar subqueries,
-               -- not `exists`, which the planner may turn into a join.)
-               array(select x.sid from stored x order by x.n) as "stored!",
-               array(select (select r.twiml from replies r where r.message_sid = x.sid)
-                     from stored x order by x.n) as "stored_twiml!: Vec<Option<String>>"
-        from unnest($1::text[], $2::text[], $3::timestamptz[]) with ordinality
-            as k (business, contact, since, n)
-        -- `limit 1` keeps this a lookup per contact: the planner cannot make it a join.
-        left join lateral (select * from conversations c
-                           where c.business = k.business and c.contact = k.contact
-                           limit 1) as c on true
-        order by k.n
-        "#,
-        &reads.business as &[&str],
-        &reads.contact as &[&str],
-        &reads.since,
-        lookback > Duration::zero(),
-        &reads.sid as &[&str],
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-
-    let stored: HashMap<&str, Option<&str>> = read.first().map_or_else(HashMap::new, |row| {
-        row.stored
-            .iter()
-            .map(String::as_str)
-            .zip(row.stored_twiml.iter().map(Option::as_deref))
-            .collect()
-    });
     let keys = &reads.keys;
     let index: HashMap<(&str, &str), usize> =
         keys.iter().enumerate().map(|(k, &key)| (key, k)).collect();
-    let mut contacts: Vec<Contact> = read
+    let remembered = if trust_memory {
+        memory.recall(batch, &firsts, keys)
+    } else {
+        None
+    };
+    // Forgotten until this batch is stored: if the write fails, nobody knows what it left.
+    memory.forget(keys);
+    let (mut contacts, stored_rows) = match remembered {
+        Some(contacts) => (contacts, Vec::new()),
+        None => read(conn, &reads, lookback).await?,
+    };
+    let stored: HashMap<&str, Option<&str>> = stored_rows
         .iter()
-        .map(|row| {
-            let count = row.inbound_count.unwrap_or(0);
-            Contact {
-                first: row.first_inbound_at,
-                last: row.last_inbound_at,
-                expires: row.window_expires_at,
-                started: row.session_started_at,
-                count,
-                read: count,
-                session_count: row.session_count.unwrap_or(0).into(),
-                consent: ConsentState::from_db(row.consent.as_deref()),
-                recent: row
-                    .recent
-                    .iter()
-                    .filter_map(|r| {
-                        let (rules, at) = r.rsplit_once('|')?;
-                        Some((rules.to_owned(), at.parse().ok()?))
-                    })
-                    .collect(),
-                ..Contact::default()
-            }
-        })
+        .map(|(sid, twiml)| (sid.as_str(), twiml.as_deref()))
         .collect();
-    if contacts.len() != keys.len() {
-        // Not reached: the read returns one row per contact.
-        return Err(StoreError::Other(sqlx::Error::RowNotFound));
-    }
 
     // New messages in arrival order: the order each contact's messages are applied in.
     let new: Vec<usize> = firsts
@@ -306,7 +257,7 @@ async fn receive_once(
                     session_started_at = excluded.session_started_at,
                     inbound_count = c.inbound_count + excluded.inbound_count,
                     updated_at = greatest(c.updated_at, excluded.last_inbound_at)
-                returning c.business, c.contact, c.inbound_count
+                returning c.business, c.contact, c.inbound_count, c.created_at
             ), sess as (
                 insert into sessions as s (
                     business, contact, started_at, last_inbound_at, expires_at, inbound_count)
@@ -337,14 +288,16 @@ async fn receive_once(
                             $66::timestamptz[])
                     as r (message_sid, rule, twiml, bodies, created_at)
             )
-            -- The check: every message new and every count as expected, or a division by
-            -- zero rolls the whole statement back. (Only values known after the writes can
-            -- be divided by, so the planner never evaluates it early.)
+            -- The check: every message new, every conversation the row that was read (the
+            -- same created_at: not erased and created again) and every count as expected,
+            -- or a division by zero rolls the whole statement back. (Only values known
+            -- after the writes can be divided by, so the planner never evaluates it early.)
             select 1 / ((select count(*) from msg) = cardinality($1::text[])
                         and (select count(*)
-                             from conv join unnest($42::text[], $43::text[], $50::int8[])
-                                 as e (business, contact, inbound_count)
-                                 using (business, contact, inbound_count))
+                             from conv join unnest($42::text[], $43::text[], $50::int8[],
+                                                   $67::timestamptz[])
+                                 as e (business, contact, inbound_count, created_at)
+                                 using (business, contact, inbound_count, created_at))
                             = cardinality($42::text[]))::int as "stored!"
             "#,
             &rows.sid as &[&str],
@@ -413,10 +366,12 @@ async fn receive_once(
             &replies.twiml,
             &replies.bodies,
             &replies.at,
+            &updates.created,
         )
         .fetch_one(&mut *conn)
         .await?;
     }
+    memory.remember(keys, contacts, &firsts, batch, lookback);
 
     Ok(batch
         .iter()
@@ -440,6 +395,232 @@ async fn receive_once(
             }
         })
         .collect())
+}
+
+/// Reads what the rules need of each contact of the batch, and which of its SIDs are
+/// stored already (with the reply on record).
+async fn read(
+    conn: &mut PgConnection,
+    reads: &Reads<'_>,
+    lookback: Duration,
+) -> Result<(Vec<Contact>, Vec<(String, Option<String>)>), StoreError> {
+    // Every lookup below probes a unique index once per key: a plan cached while a table was
+    // small stays in use as it grows, so no statement here leaves the planner a join it could
+    // turn into a scan of a whole table (seen: every batch reading every reply).
+    let read = sqlx::query!(
+        r#"
+        with stored as (
+            select d.sid, d.n
+            from unnest($5::text[]) with ordinality as d (sid, n)
+            where (select m.message_sid from messages m where m.message_sid = d.sid) is not null
+        )
+        select c.created_at as "created_at?", c.first_inbound_at, c.last_inbound_at,
+               c.window_expires_at,
+               c.session_started_at, c.inbound_count as "inbound_count?",
+               (select o.state from consent o
+                where o.business = k.business and o.contact = k.contact) as consent,
+               (select s.inbound_count from sessions s
+                where s.business = k.business and s.contact = k.contact
+                  and s.started_at = c.session_started_at) as session_count,
+               array(select x.rule || '|' || to_char(x.received_at at time zone 'UTC',
+                                                     'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+                     from (select m.received_at,
+                                  (select r.rule from replies r
+                                   where r.message_sid = m.message_sid) as rule
+                           from messages m
+                           where $4::bool and m.business = k.business
+                             and m.contact = k.contact and m.received_at > k.since) as x
+                     where x.rule is not null) as "recent!",
+               -- Not correlated: computed once, the same in every row. (Scalar subqueries,
+               -- not `exists`, which the planner may turn into a join.)
+               array(select x.sid from stored x order by x.n) as "stored!",
+               array(select (select r.twiml from replies r where r.message_sid = x.sid)
+                     from stored x order by x.n) as "stored_twiml!: Vec<Option<String>>"
+        from unnest($1::text[], $2::text[], $3::timestamptz[]) with ordinality
+            as k (business, contact, since, n)
+        -- `limit 1` keeps this a lookup per contact: the planner cannot make it a join.
+        left join lateral (select * from conversations c
+                           where c.business = k.business and c.contact = k.contact
+                           limit 1) as c on true
+        order by k.n
+        "#,
+        &reads.business as &[&str],
+        &reads.contact as &[&str],
+        &reads.since,
+        lookback > Duration::zero(),
+        &reads.sid as &[&str],
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+
+    let stored = read.first().map_or_else(Vec::new, |row| {
+        row.stored
+            .iter()
+            .cloned()
+            .zip(row.stored_twiml.iter().cloned())
+            .collect()
+    });
+    let contacts: Vec<Contact> = read
+        .iter()
+        .map(|row| {
+            let count = row.inbound_count.unwrap_or(0);
+            Contact {
+                created: row.created_at,
+                first: row.first_inbound_at,
+                last: row.last_inbound_at,
+                expires: row.window_expires_at,
+                started: row.session_started_at,
+                count,
+                read: count,
+                session_count: row.session_count.unwrap_or(0).into(),
+                consent: ConsentState::from_db(row.consent.as_deref()),
+                recent: row
+                    .recent
+                    .iter()
+                    .filter_map(|r| {
+                        let (rules, at) = r.rsplit_once('|')?;
+                        Some((rules.to_owned(), at.parse().ok()?))
+                    })
+                    .collect(),
+                ..Contact::default()
+            }
+        })
+        .collect();
+    if contacts.len() != reads.keys.len() {
+        // Not reached: the read returns one row per contact.
+        return Err(StoreError::Other(sqlx::Error::RowNotFound));
+    }
+    Ok((contacts, stored))
+}
+
+/// What one writer remembers of the conversations it stored last, so that a batch whose
+/// contacts it holds needs no read, and of the SIDs it stored, so that a redelivery still
+/// gets one (which finds it stored, and the reply on record). Bounded: two generations of
+/// [`MEMORY_CONTACTS`] contacts and [`MEMORY_SIDS`] SIDs.
+///
+/// Remembering is never trusted blindly: the write's check (see [`receive_many`]) rolls it
+/// back if another transaction or process touched a contact since, and the batch is then
+/// read afresh. Entries are keyed by a 64-bit hash; a collision would be caught the same way.
+#[derive(Default)]
+pub struct Memory {
+    /// The rules' lookback the remembered recent replies cover.
+    lookback: Duration,
+    contacts: Generations<Contact>,
+    sids: Generations<()>,
+}
+
+/// Contacts remembered per generation, for each writer (a few hundred bytes each).
+const MEMORY_CONTACTS: usize = 4096;
+/// SIDs remembered per generation, for each writer (their hash only).
+const MEMORY_SIDS: usize = 16_384;
+
+impl Memory {
+    /// Forgets everything if the rules changed how far back they look (a longer lookback
+    /// needs replies that were not kept).
+    fn rules_look_back(&mut self, lookback: Duration) {
+        if lookback != self.lookback {
+            *self = Memory {
+                lookback,
+                ..Memory::default()
+            };
+        }
+    }
+
+    /// Every contact of the batch, if all are remembered, none of its SIDs was stored by
+    /// this writer, and no message is older than what is remembered of its contact (the
+    /// clock went back: replies it should count may not have been kept).
+    fn recall(
+        &mut self,
+        batch: &[Live],
+        firsts: &[usize],
+        keys: &[(&str, &str)],
+    ) -> Option<Vec<Contact>> {
+        if firsts
+            .iter()
+            .any(|&i| self.sids.contains(hash(batch[i].msg.sid.as_str())))
+        {
+            return None;
+        }
+        let contacts: Vec<Contact> = keys
+            .iter()
+            .map(|key| self.contacts.take(hash(key)))
+            .collect::<Option<_>>()?;
+        firsts
+            .iter()
+            .all(|&i| {
+                let msg = &batch[i].msg;
+                let k = keys
+                    .binary_search(&(msg.to.expose(), msg.from.expose()))
+                    .expect("every contact of the batch has a key");
+                contacts[k].last.is_none_or(|last| last <= batch[i].at)
+            })
+            .then_some(contacts)
+    }
+
+    fn forget(&mut self, keys: &[(&str, &str)]) {
+        for key in keys {
+            self.contacts.take(hash(key));
+        }
+    }
+
+    /// After a write: the contacts as it left them, and its SIDs.
+    fn remember(
+        &mut self,
+        keys: &[(&str, &str)],
+        contacts: Vec<Contact>,
+        firsts: &[usize],
+        batch: &[Live],
+        lookback: Duration,
+    ) {
+        for (key, contact) in keys.iter().zip(contacts) {
+            self.contacts
+                .insert(hash(key), contact.settled(lookback), MEMORY_CONTACTS);
+        }
+        for &i in firsts {
+            self.sids
+                .insert(hash(batch[i].msg.sid.as_str()), (), MEMORY_SIDS);
+        }
+    }
+}
+
+fn hash(key: impl std::hash::Hash) -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    // One fixed seed per process: the same key hashes the same in every batch.
+    static SEED: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
+    SEED.get_or_init(RandomState::new).hash_one(key)
+}
+
+/// A map that forgets its oldest half: when the young generation is full it becomes the old
+/// one, and the old one is dropped. What is used again moves back to the young generation.
+struct Generations<V> {
+    young: HashMap<u64, V>,
+    old: HashMap<u64, V>,
+}
+
+impl<V> Default for Generations<V> {
+    fn default() -> Self {
+        Generations {
+            young: HashMap::new(),
+            old: HashMap::new(),
+        }
+    }
+}
+
+impl<V> Generations<V> {
+    fn take(&mut self, key: u64) -> Option<V> {
+        self.young.remove(&key).or_else(|| self.old.remove(&key))
+    }
+
+    fn contains(&self, key: u64) -> bool {
+        self.young.contains_key(&key) || self.old.contains_key(&key)
+    }
+
+    fn insert(&mut self, key: u64, value: V, capacity: usize) {
+        if self.young.len() >= capacity {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.insert(key, value);
+    }
 }
 
 /// The read's keys: the batch's contacts in key order, and its SIDs.
@@ -483,9 +664,12 @@ struct Session {
     added: i32,
 }
 
-/// One conversation during a batch: its row as locked, then as each message leaves it.
+/// One conversation during a batch: its row as read (or remembered), then as each message
+/// leaves it.
 #[derive(Default)]
 struct Contact {
+    /// The row's `created_at`; `None` before the row exists.
+    created: Option<DateTime<Utc>>,
     first: Option<DateTime<Utc>>,
     last: Option<DateTime<Utc>>,
     expires: Option<DateTime<Utc>>,
@@ -508,6 +692,26 @@ struct Contact {
 }
 
 impl Contact {
+    /// The row's `created_at` once this batch is written (a new row takes its first message's
+    /// time).
+    fn created_at(&self) -> DateTime<Utc> {
+        self.created.or(self.first).unwrap_or_default()
+    }
+
+    /// The contact as the next batch starts from it: this one's changes are on record.
+    fn settled(mut self, lookback: Duration) -> Self {
+        self.created = Some(self.created_at());
+        self.read = self.count;
+        self.sessions.clear();
+        self.consent_change = None;
+        self.changed = false;
+        // Replies this old count towards no limit of any later message (see `recall`).
+        let horizon = self.last.map(|last| last - lookback);
+        self.recent
+            .retain(|(_, at)| lookback > Duration::zero() && horizon.is_none_or(|h| *at > h));
+        self
+    }
+
     /// Applies one inbound message received `at`, exactly as the one-at-a-time statement
     /// does: at or after the window's end it opens a new window, earlier it extends the
     /// current one. Returns what the rules see.
@@ -671,6 +875,8 @@ struct ContactUpdates<'a> {
     /// Inbound messages the batch adds, and the count expected after them.
     added: Vec<i64>,
     count: Vec<i64>,
+    /// The row's `created_at` expected after the write: as read, or as this write inserts it.
+    created: Vec<DateTime<Utc>>,
     session_business: Vec<&'a str>,
     session_contact: Vec<&'a str>,
     session_started: Vec<DateTime<Utc>>,
@@ -697,6 +903,7 @@ impl<'a> ContactUpdates<'a> {
             u.started.push(c.started);
             u.added.push(c.count - c.read);
             u.count.push(c.count);
+            u.created.push(c.created_at());
             for s in &c.sessions {
                 u.session_business.push(business);
                 u.session_contact.push(contact);

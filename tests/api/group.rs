@@ -14,7 +14,7 @@ use twilio_receiver::{
     rules::Rules,
     store::{
         self, StoreError,
-        group::{Callback, Live},
+        group::{Callback, Live, Memory},
         inbound::{Delivery, Received, Reply},
         status::Recorded,
     },
@@ -178,6 +178,8 @@ async fn same_rows(
         one_by_one.push((duplicate_or_new(&stored.received), saw));
     }
 
+    // One writer's memory across the whole script: most batches are written without a read.
+    let mut memory = Memory::default();
     let mut batched = Vec::new();
     let mut rest: &[(u64, &str, &str)] = &script;
     let mut rest_times: &[DateTime<Utc>] = &times;
@@ -202,6 +204,7 @@ async fn same_rows(
             &batch,
             lookback,
             false,
+            &mut memory,
             |i, facts| {
                 saw[i] = Some(seen(facts));
                 reply(&batch[i].msg, facts)
@@ -308,11 +311,13 @@ async fn two_copies_of_one_sid_in_a_batch_store_once_and_share_the_reply(pool: P
         ),
     ];
     let mut decisions = 0;
+    let mut memory = Memory::default();
     let received = store::group::receive_many(
         &mut pool.acquire().await.unwrap(),
         &batch,
         Duration::zero(),
         false,
+        &mut memory,
         |i, f| {
             decisions += 1;
             reply(&batch[i].msg, f)
@@ -347,42 +352,48 @@ async fn two_copies_of_one_sid_in_a_batch_store_once_and_share_the_reply(pool: P
         2
     );
 
-    // Delivered again in a later batch: the reply on record, nothing new.
-    let again = store::group::receive_many(
-        &mut pool.acquire().await.unwrap(),
-        &batch[..1],
-        Duration::zero(),
-        false,
-        |_, _| panic!("a stored message is not decided again"),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        again,
-        [Received::Duplicate {
-            twiml: Some(twiml.clone())
-        }]
-    );
+    // Delivered again in a later batch, to the same writer or to another: the reply on
+    // record, nothing new.
+    for mut memory in [memory, Memory::default()] {
+        let again = store::group::receive_many(
+            &mut pool.acquire().await.unwrap(),
+            &batch[..1],
+            Duration::zero(),
+            false,
+            &mut memory,
+            |_, _| panic!("a stored message is not decided again"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            again,
+            [Received::Duplicate {
+                twiml: Some(twiml.clone())
+            }]
+        );
+    }
 }
 
 #[sqlx::test]
 async fn a_batch_that_waited_for_a_contact_sees_what_was_committed_meanwhile(pool: PgPool) {
+    // Read before the other transaction, or remembered from this writer's last batch.
+    waits_and_sees_the_commit(&pool, CONTACTS[0], 0, false).await;
+    waits_and_sees_the_commit(&pool, CONTACTS[1], 10, true).await;
+}
+
+async fn waits_and_sees_the_commit(pool: &PgPool, contact: &'static str, n: u32, remember: bool) {
     let at = Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap();
-    let first = [live(&sid(1), BATCHED, CONTACTS[0], "hello", at)];
-    store::group::receive_many(
-        &mut pool.acquire().await.unwrap(),
-        &first,
-        Duration::zero(),
-        false,
-        |_, f| reply(&first[0].msg, f),
-    )
-    .await
-    .unwrap();
+    let mut memory = Memory::default();
+    let first = live(&sid(n + 1), BATCHED, contact, "hello", at);
+    store_alone(&mut pool.acquire().await.unwrap(), &mut memory, first).await;
+    if !remember {
+        memory = Memory::default();
+    }
 
     // Another replica is storing a STOP from the same contact: it holds the conversation.
     let mut other = pool.begin().await.unwrap();
     sqlx::query("update conversations set inbound_count = inbound_count + 1 where contact = $1")
-        .bind(CONTACTS[0])
+        .bind(contact)
         .execute(&mut *other)
         .await
         .unwrap();
@@ -391,8 +402,8 @@ async fn a_batch_that_waited_for_a_contact_sees_what_was_committed_meanwhile(poo
          values ($1, $2, 'opted_out', $3, $4)",
     )
     .bind(BATCHED)
-    .bind(CONTACTS[0])
-    .bind(sid(2))
+    .bind(contact)
+    .bind(sid(n + 2))
     .bind(at + Duration::seconds(1))
     .execute(&mut *other)
     .await
@@ -400,40 +411,90 @@ async fn a_batch_that_waited_for_a_contact_sees_what_was_committed_meanwhile(poo
 
     let db = pool.clone();
     let batch = tokio::spawn(async move {
-        let next = [live(
-            &sid(3),
+        let next = live(
+            &sid(n + 3),
             BATCHED,
-            CONTACTS[0],
+            contact,
             "hello?",
             at + Duration::seconds(2),
-        )];
-        let mut saw = None;
-        store::group::receive_many(
-            &mut db.acquire().await.unwrap(),
-            &next,
-            Duration::zero(),
-            false,
-            |_, f| {
-                saw = Some(seen(f));
-                reply(&next[0].msg, f)
-            },
-        )
-        .await
-        .unwrap();
-        saw.unwrap()
+        );
+        store_alone(&mut db.acquire().await.unwrap(), &mut memory, next).await
     });
     // The batch reaches the conversation row and waits for it.
-    wait_for_a_lock(&pool).await;
+    wait_for_a_lock(pool).await;
     other.commit().await.unwrap();
 
     let (first_contact, new_session, count, consent, _, _) = batch.await.unwrap();
     assert_eq!(
         consent,
         ConsentState::OptedOut,
-        "the opt-out committed meanwhile"
+        "the opt-out committed meanwhile (remembered: {remember})"
     );
     assert_eq!(count, 3);
     assert!(!first_contact && !new_session);
+}
+
+/// Stores a new message alone in a batch and returns what the rules saw.
+async fn store_alone(conn: &mut sqlx::PgConnection, memory: &mut Memory, l: Live) -> Seen {
+    let batch = [l];
+    let mut saw = None;
+    store::group::receive_many(conn, &batch, Duration::zero(), false, memory, |_, f| {
+        saw = Some(seen(f));
+        reply(&batch[0].msg, f)
+    })
+    .await
+    .unwrap();
+    saw.expect("a new message is decided")
+}
+
+/// A writer remembers a contact; the contact is erased and writes again through another
+/// path (a fallback call): the conversation row has the count the writer remembers, but it
+/// is not the row the writer remembers, and the batch sees the contact as it is now.
+#[sqlx::test]
+async fn a_remembered_contact_that_was_erased_and_came_back_is_read_again(pool: PgPool) {
+    let at = Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap();
+    let mut memory = Memory::default();
+    let mut conn = pool.acquire().await.unwrap();
+    let stop = live(&sid(1), BATCHED, CONTACTS[0], "STOP", at);
+    store_alone(&mut conn, &mut memory, stop).await;
+
+    twilio_receiver::store::erase::contact(&pool, CONTACTS[0])
+        .await
+        .unwrap();
+    let hello = live(
+        &sid(2),
+        BATCHED,
+        CONTACTS[0],
+        "hello",
+        at + Duration::hours(1),
+    );
+    store::inbound::receive(
+        &pool,
+        Delivery {
+            msg: &hello.msg,
+            params: hello.params.clone(),
+            at: hello.at,
+            failure: None,
+            lookback: Duration::zero(),
+            archive_media: false,
+            spool_record: None,
+        },
+        |f| reply(&hello.msg, f),
+    )
+    .await
+    .unwrap();
+
+    let next = live(
+        &sid(3),
+        BATCHED,
+        CONTACTS[0],
+        "hello?",
+        at + Duration::hours(2),
+    );
+    let (first_contact, _, count, consent, _, _) = store_alone(&mut conn, &mut memory, next).await;
+    assert_eq!(consent, ConsentState::Unknown, "the opt-out was erased");
+    assert_eq!(count, 2);
+    assert!(!first_contact);
 }
 
 /// Returns once a session of the test's database waits for a lock.
@@ -476,9 +537,14 @@ async fn a_message_stored_by_another_transaction_meanwhile_is_a_duplicate(pool: 
     let batch = tokio::spawn(async move {
         let copy = [live(&sid(1), BATCHED, CONTACTS[0], "hello", at)];
         let mut conn = db.acquire().await.unwrap();
-        store::group::receive_many(&mut conn, &copy, Duration::zero(), false, |_, f| {
-            reply(&copy[0].msg, f)
-        })
+        store::group::receive_many(
+            &mut conn,
+            &copy,
+            Duration::zero(),
+            false,
+            &mut Memory::default(),
+            |_, f| reply(&copy[0].msg, f),
+        )
         .await
         .unwrap()
     });
@@ -595,9 +661,14 @@ async fn batches_never_scan_whole_tables(pool: PgPool) {
             let contact = format!("whatsapp:+1555000{:04}", first % 24);
             batch.push(live(&sid(first + 1), BATCHED, &contact, "hi", at));
         }
-        store::group::receive_many(conn, &batch, Duration::zero(), false, |i, f| {
-            reply(&batch[i].msg, f)
-        })
+        store::group::receive_many(
+            conn,
+            &batch,
+            Duration::zero(),
+            false,
+            &mut Memory::default(),
+            |i, f| reply(&batch[i].msg, f),
+        )
         .await
         .unwrap();
     };

@@ -104,8 +104,11 @@ pub async fn older_than(
         sqlx::query_scalar!(
             r#"
             with gone as (
+                -- Expired before the cutoff, so started before it: the index on started_at
+                -- finds them (expires_at has no index, so its updates stay HOT).
                 delete from sessions where id in (
-                    select id from sessions where expires_at < $1 limit $2)
+                    select id from sessions where started_at < $1 and expires_at < $1
+                    limit $2)
                 returning 1
             )
             select count(*) as "n!" from gone

@@ -54,6 +54,8 @@ status_kb() { awk -v key="$2:" '$1 == key { print $2 }' "/proc/$1/status"; }
 for workload in $WORKLOADS; do
   psql -q "$PGURL/postgres" -c "drop database if exists $DB with (force)"
   start_server
+  # Every run starts just after a checkpoint, so each pays the same full-page writes.
+  psql -q "$PGURL/$DB" -c checkpoint
   idle_kb=$(status_kb "$server" VmRSS)
   server_before=$(cpu_ticks "$server"); postgres_before=$(postgres_ticks)
   line=$(cargo bench --locked --quiet --bench load -- --addr "127.0.0.1:$PORT" \

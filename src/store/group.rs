@@ -700,7 +700,8 @@ impl Contact {
 
     /// The contact as the next batch starts from it: this one's changes are on record.
     fn settled(mut self, lookback: Duration) -> Self {
-        self.created = Some(self.created_at());
+        // A row this batch did not create or read stays unknown (its next batch reads it).
+        self.created = self.created.or(self.first);
         self.read = self.count;
         self.sessions.clear();
         self.consent_change = None;

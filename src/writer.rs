@@ -267,11 +267,7 @@ where
 /// with an error (the connection is in a clean state between autocommit statements), no
 /// when the connection failed.
 fn connection_survives(e: &StoreError) -> bool {
-    match e {
-        StoreError::Unavailable(inner) | StoreError::TooLarge(inner) | StoreError::Other(inner) => {
-            matches!(inner, sqlx::Error::Database(_))
-        }
-    }
+    matches!(e.sqlx(), sqlx::Error::Database(_))
 }
 
 /// A queued webhook, as a batch sees it.
@@ -308,19 +304,21 @@ impl Job for StatusJob {
 }
 
 /// Starts a batch: drops abandoned jobs, fails the rest if there is no connection, else
-/// marks them taken and returns the connection (with no job left, there is nothing to do).
+/// marks them taken and returns the connection. `None`: nothing to store (with no job left,
+/// the connection goes back to the pool).
 fn start<J: Job>(
     conn: Result<PoolConnection<Postgres>, sqlx::Error>,
     jobs: &mut Vec<J>,
     metrics: &Metrics,
 ) -> Option<PoolConnection<Postgres>> {
     jobs.retain(|job| !job.abandoned());
+    if jobs.is_empty() {
+        return None;
+    }
     match conn {
         Ok(conn) => {
-            if !jobs.is_empty() {
-                jobs.iter().for_each(J::take);
-                metrics.group_size.observe(jobs.len() as f64);
-            }
+            jobs.iter().for_each(J::take);
+            metrics.group_size.observe(jobs.len() as f64);
             Some(conn)
         }
         Err(e) => {
@@ -340,9 +338,6 @@ async fn store_inbound(
     let Some(mut conn) = start(conn, &mut jobs, &cx.metrics) else {
         return (None, memory);
     };
-    if jobs.is_empty() {
-        return (Some(conn), memory);
-    }
     let lookback = jobs
         .iter()
         .map(|job| job.rules.lookback())
@@ -425,9 +420,6 @@ async fn store_status(
     mut jobs: Vec<StatusJob>,
 ) -> Option<PoolConnection<Postgres>> {
     let mut conn = start(conn, &mut jobs, &cx.metrics)?;
-    if jobs.is_empty() {
-        return Some(conn);
-    }
     let (callbacks, dones): (Vec<Callback>, Vec<_>) =
         jobs.into_iter().map(|job| (job.callback, job.done)).unzip();
     let result = store::group::record_many(&mut conn, &callbacks).await;
@@ -475,12 +467,8 @@ fn retry_alone(e: &StoreError) -> bool {
 /// The batch's error, for each of its requests (a `sqlx::Error` cannot be cloned): same
 /// class, so each request spools or answers 503 as it would have alone.
 fn shared(e: &StoreError) -> StoreError {
-    let detail = match e {
-        StoreError::Unavailable(inner) | StoreError::TooLarge(inner) | StoreError::Other(inner) => {
-            inner.to_string()
-        }
-    };
     StoreError::Unavailable(sqlx::Error::Protocol(format!(
-        "group commit failed: {detail}"
+        "group commit failed: {}",
+        e.sqlx()
     )))
 }

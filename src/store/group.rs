@@ -453,13 +453,6 @@ async fn read(
     .fetch_all(&mut *conn)
     .await?;
 
-    let stored = read.first().map_or_else(Vec::new, |row| {
-        row.stored
-            .iter()
-            .cloned()
-            .zip(row.stored_twiml.iter().cloned())
-            .collect()
-    });
     let contacts: Vec<Contact> = read
         .iter()
         .map(|row| {
@@ -490,6 +483,10 @@ async fn read(
         // Not reached: the read returns one row per contact.
         return Err(StoreError::Other(sqlx::Error::RowNotFound));
     }
+    // The same in every row (not correlated): taken from the first.
+    let stored = read.into_iter().next().map_or_else(Vec::new, |row| {
+        row.stored.into_iter().zip(row.stored_twiml).collect()
+    });
     Ok((contacts, stored))
 }
 

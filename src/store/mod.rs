@@ -36,6 +36,15 @@ pub enum StoreError {
     Other(#[source] sqlx::Error),
 }
 
+impl StoreError {
+    /// The database error behind it, whatever its class.
+    pub fn sqlx(&self) -> &sqlx::Error {
+        match self {
+            StoreError::Unavailable(e) | StoreError::TooLarge(e) | StoreError::Other(e) => e,
+        }
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         if is_unavailable(&e) {

@@ -9,10 +9,13 @@
 //! waited about a millisecond for stragglers was measured: batches grew, throughput did not,
 //! and p99 got worse.)
 //!
-//! Each writer owns a share of the conversations (inbound messages, by business and contact)
-//! or of the SIDs (status callbacks): two batches in flight never want the same row, so they
+//! Each writer owns a share of the conversations, by business and contact: an inbound
+//! message by its `To` and `From`, a status callback by its `From` and `To` (so every callback
+//! of a SID goes to the same writer). Two batches in flight never want the same row, so they
 //! never wait for each other's commit. (Sharing rows, they would: a batch holds its
-//! conversation locks until it commits, and most batches share some contact.)
+//! conversation locks until it commits, and most batches share some contact.) A batch holds
+//! both kinds and stores them in one transaction, so a mixed load pays one commit per batch,
+//! not one per kind.
 //!
 //! Waiting for a writer to take a webhook is bounded like waiting for a pooled connection
 //! (`database.acquire_timeout_ms`): a writer stuck on a stalled or restarting database must
@@ -52,8 +55,7 @@ use tokio::sync::{mpsc, oneshot};
 #[derive(Clone, Debug)]
 pub struct Writer {
     /// One queue per writer task.
-    inbound: Arc<[mpsc::Sender<InboundJob>]>,
-    status: Arc<[mpsc::Sender<StatusJob>]>,
+    queues: Arc<[mpsc::Sender<Queued>]>,
     metrics: Arc<Metrics>,
     /// The longest a webhook waits for a writer to take it.
     acquire_timeout: Duration,
@@ -77,6 +79,14 @@ struct StatusJob {
     taken: Arc<AtomicBool>,
 }
 
+/// What a writer's queue holds. (By value: boxing the larger variant would cost an
+/// allocation per webhook to save queue slots that are few and short-lived.)
+#[allow(clippy::large_enum_variant)]
+enum Queued {
+    Inbound(InboundJob),
+    Status(StatusJob),
+}
+
 /// What a writer needs besides its queue.
 #[derive(Clone)]
 pub struct Context {
@@ -89,38 +99,30 @@ pub struct Context {
 /// How writers form batches.
 #[derive(Clone, Copy, Debug)]
 pub struct Grouping {
-    /// Writer tasks for each kind of webhook.
+    /// Writer tasks, each with its share of the conversations.
     pub writers: usize,
     /// Most webhooks in one batch.
     pub size: usize,
 }
 
 impl Writer {
-    /// Starts `writers` tasks for each kind of webhook on the current runtime.
+    /// Starts `writers` tasks on the current runtime.
     pub fn spawn(cx: Context, grouping: Grouping) -> Self {
-        let Grouping { writers, size, .. } = grouping;
+        let Grouping { writers, size } = grouping;
         let metrics = cx.metrics.clone();
-        let mut inbound = Vec::with_capacity(writers);
-        let mut status = Vec::with_capacity(writers);
-        for _ in 0..writers {
-            // Room for a few batches; beyond it senders wait.
-            let (queue, jobs) = mpsc::channel(size * 4);
-            let inbound_cx = cx.clone();
-            tokio::spawn(run(jobs, size, cx.db.clone(), move |conn, jobs, memory| {
-                store_inbound(inbound_cx.clone(), conn, jobs, memory)
-            }));
-            inbound.push(queue);
-            let (queue, jobs) = mpsc::channel(size * 4);
-            let status_cx = cx.clone();
-            tokio::spawn(run(jobs, size, cx.db.clone(), move |conn, jobs, ()| {
-                let cx = status_cx.clone();
-                async move { (store_status(cx, conn, jobs).await, ()) }
-            }));
-            status.push(queue);
-        }
+        let queues = (0..writers)
+            .map(|_| {
+                // Room for a few batches; beyond it senders wait.
+                let (queue, jobs) = mpsc::channel(size * 4);
+                let cx = cx.clone();
+                tokio::spawn(run(jobs, size, cx.db.clone(), move |conn, jobs, memory| {
+                    store_batch(cx.clone(), conn, jobs, memory)
+                }));
+                queue
+            })
+            .collect();
         Writer {
-            inbound: inbound.into(),
-            status: status.into(),
+            queues,
             metrics,
             acquire_timeout: cx.db.options().get_acquire_timeout(),
         }
@@ -143,11 +145,11 @@ impl Writer {
             done,
             taken: taken.clone(),
         };
-        let writer = share(
-            (job.live.msg.to.expose(), job.live.msg.from.expose()),
-            self.inbound.len(),
-        );
-        self.inbound[writer].send(job).await.map_err(|_| gone())?;
+        let writer = self.share(job.live.msg.to.expose(), job.live.msg.from.expose());
+        self.queues[writer]
+            .send(Queued::Inbound(job))
+            .await
+            .map_err(|_| gone())?;
         self.wait(result, &taken).await
     }
 
@@ -156,13 +158,14 @@ impl Writer {
         let _waiting = Waiting::new(&self.metrics);
         let (done, result) = oneshot::channel();
         let taken = Arc::new(AtomicBool::new(false));
-        let writer = share(&callback.cb.sid, self.status.len());
-        self.status[writer]
-            .send(StatusJob {
+        // Outbound: `From` is the business, `To` the contact.
+        let writer = self.share(callback.cb.from.expose(), callback.cb.to.expose());
+        self.queues[writer]
+            .send(Queued::Status(StatusJob {
                 callback,
                 done,
                 taken: taken.clone(),
-            })
+            }))
             .await
             .map_err(|_| gone())?;
         self.wait(result, &taken).await
@@ -207,11 +210,14 @@ fn gone() -> StoreError {
     StoreError::Unavailable(sqlx::Error::PoolClosed)
 }
 
-/// Which of `writers` owns `key`: the same one for as long as the process runs.
-fn share(key: impl Hash, writers: usize) -> usize {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut hasher);
-    (hasher.finish() % writers as u64) as usize
+impl Writer {
+    /// Which writer owns the conversation of `business` and `contact`: the same one for as
+    /// long as the process runs.
+    fn share(&self, business: &str, contact: &str) -> usize {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (business, contact).hash(&mut hasher);
+        (hasher.finish() % self.queues.len() as u64) as usize
+    }
 }
 
 /// One writer: once something is queued, takes a pooled connection, then whatever is
@@ -279,27 +285,25 @@ trait Job {
     fn fail(self, e: StoreError);
 }
 
-impl Job for InboundJob {
+impl Job for Queued {
     fn abandoned(&self) -> bool {
-        self.done.is_closed()
+        match self {
+            Queued::Inbound(job) => job.done.is_closed(),
+            Queued::Status(job) => job.done.is_closed(),
+        }
     }
     fn take(&self) {
-        self.taken.store(true, Ordering::Release);
+        match self {
+            Queued::Inbound(job) => job.taken.store(true, Ordering::Release),
+            Queued::Status(job) => job.taken.store(true, Ordering::Release),
+        }
     }
     fn fail(self, e: StoreError) {
-        let _ = self.done.send(Err(e));
-    }
-}
-
-impl Job for StatusJob {
-    fn abandoned(&self) -> bool {
-        self.done.is_closed()
-    }
-    fn take(&self) {
-        self.taken.store(true, Ordering::Release);
-    }
-    fn fail(self, e: StoreError) {
-        let _ = self.done.send(Err(e));
+        // A request that gave up meanwhile is not waiting for the error.
+        match self {
+            Queued::Inbound(job) => drop(job.done.send(Err(e))),
+            Queued::Status(job) => drop(job.done.send(Err(e))),
+        }
     }
 }
 
@@ -329,32 +333,43 @@ fn start<J: Job>(
     }
 }
 
-async fn store_inbound(
+async fn store_batch(
     cx: Context,
     conn: Result<PoolConnection<Postgres>, sqlx::Error>,
-    mut jobs: Vec<InboundJob>,
+    mut jobs: Vec<Queued>,
     mut memory: Memory,
 ) -> (Option<PoolConnection<Postgres>>, Memory) {
     let Some(mut conn) = start(conn, &mut jobs, &cx.metrics) else {
         return (None, memory);
     };
-    let lookback = jobs
+    let (mut lives, mut pending) = (Vec::new(), Vec::new());
+    let (mut callbacks, mut recording) = (Vec::new(), Vec::new());
+    for job in jobs {
+        match job {
+            Queued::Inbound(job) => {
+                lives.push(job.live);
+                pending.push((job.base, job.rules, job.done));
+            }
+            Queued::Status(job) => {
+                callbacks.push(job.callback);
+                recording.push(job.done);
+            }
+        }
+    }
+    let lookback = pending
         .iter()
-        .map(|job| job.rules.lookback())
+        .map(|(_, rules, _)| rules.lookback())
         .max()
         .unwrap_or_default();
-    let (lives, rest): (Vec<Live>, Vec<_>) = jobs
-        .into_iter()
-        .map(|job| (job.live, (job.base, job.rules, job.done)))
-        .unzip();
-    let result = store::group::receive_many(
+    let result = store::group::store_many(
         &mut conn,
         &lives,
+        &callbacks,
         lookback,
         cx.archive_media,
         &mut memory,
         |i, facts| {
-            let (base, rules, _) = &rest[i];
+            let (base, rules, _) = &pending[i];
             live_reply(
                 &cx.replier,
                 &cx.metrics,
@@ -368,87 +383,84 @@ async fn store_inbound(
     )
     .await;
     let keep = result.as_ref().err().is_none_or(connection_survives);
+    let batch = lives.len() + callbacks.len();
     match result {
-        Ok(received) => {
-            for ((_, _, done), received) in rest.into_iter().zip(received) {
+        Ok((received, recorded)) => {
+            for ((_, _, done), received) in pending.into_iter().zip(received) {
                 let _ = done.send(Ok(received));
+            }
+            for (done, recorded) in recording.into_iter().zip(recorded) {
+                let _ = done.send(Ok(recorded));
             }
         }
         Err(e) if !retry_alone(&e) => {
-            tracing::warn!(error = %e, batch = lives.len(), "group commit failed");
-            for (_, _, done) in rest {
+            tracing::warn!(error = %e, batch, "group commit failed");
+            for (_, _, done) in pending {
+                let _ = done.send(Err(shared(&e)));
+            }
+            for done in recording {
                 let _ = done.send(Err(shared(&e)));
             }
         }
         Err(e) => {
-            tracing::warn!(error = %e, batch = lives.len(), "group commit failed; storing its webhooks one at a time");
-            for (live, (base, rules, done)) in lives.iter().zip(rest) {
-                if done.is_closed() {
-                    continue;
-                }
-                let delivery = Delivery {
-                    msg: &live.msg,
-                    params: live.params.clone(),
-                    at: live.at,
-                    failure: None,
-                    lookback: rules.lookback(),
-                    archive_media: cx.archive_media,
-                    spool_record: None,
-                };
-                let stored = store::inbound::receive(&cx.db, delivery, |facts| {
-                    live_reply(
-                        &cx.replier,
-                        &cx.metrics,
-                        &rules,
-                        &live.msg,
-                        facts,
-                        &base,
-                        false,
-                    )
-                })
-                .await;
-                let _ = done.send(stored.map(|s| s.received));
-            }
+            tracing::warn!(error = %e, batch, "group commit failed; storing its webhooks one at a time");
+            receive_alone(&cx, &lives, pending).await;
+            record_alone(&cx, callbacks, recording).await;
         }
     }
     (keep.then_some(conn), memory)
 }
 
-async fn store_status(
-    cx: Context,
-    conn: Result<PoolConnection<Postgres>, sqlx::Error>,
-    mut jobs: Vec<StatusJob>,
-) -> Option<PoolConnection<Postgres>> {
-    let mut conn = start(conn, &mut jobs, &cx.metrics)?;
-    let (callbacks, dones): (Vec<Callback>, Vec<_>) =
-        jobs.into_iter().map(|job| (job.callback, job.done)).unzip();
-    let result = store::group::record_many(&mut conn, &callbacks).await;
-    let keep = result.as_ref().err().is_none_or(connection_survives);
-    match result {
-        Ok(recorded) => {
-            for (done, recorded) in dones.into_iter().zip(recorded) {
-                let _ = done.send(Ok(recorded));
-            }
+type Pending = (
+    String,
+    Arc<Rules>,
+    oneshot::Sender<Result<Received, StoreError>>,
+);
+
+/// The inbound messages of a failed batch, each in its own transaction.
+async fn receive_alone(cx: &Context, lives: &[Live], pending: Vec<Pending>) {
+    for (live, (base, rules, done)) in lives.iter().zip(pending) {
+        if done.is_closed() {
+            continue;
         }
-        Err(e) if !retry_alone(&e) => {
-            tracing::warn!(error = %e, batch = callbacks.len(), "group commit failed");
-            for done in dones {
-                let _ = done.send(Err(shared(&e)));
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, batch = callbacks.len(), "group commit failed; storing its webhooks one at a time");
-            for (c, done) in callbacks.into_iter().zip(dones) {
-                if done.is_closed() {
-                    continue;
-                }
-                let recorded =
-                    store::status::record(&cx.db, &c.cb, c.link.as_ref(), c.params, c.at).await;
-                let _ = done.send(recorded);
-            }
-        }
+        let delivery = Delivery {
+            msg: &live.msg,
+            params: live.params.clone(),
+            at: live.at,
+            failure: None,
+            lookback: rules.lookback(),
+            archive_media: cx.archive_media,
+            spool_record: None,
+        };
+        let stored = store::inbound::receive(&cx.db, delivery, |facts| {
+            live_reply(
+                &cx.replier,
+                &cx.metrics,
+                &rules,
+                &live.msg,
+                facts,
+                &base,
+                false,
+            )
+        })
+        .await;
+        let _ = done.send(stored.map(|s| s.received));
     }
-    keep.then_some(conn)
+}
+
+/// The status callbacks of a failed batch, each in its own transaction.
+async fn record_alone(
+    cx: &Context,
+    callbacks: Vec<Callback>,
+    recording: Vec<oneshot::Sender<Result<Recorded, StoreError>>>,
+) {
+    for (c, done) in callbacks.into_iter().zip(recording) {
+        if done.is_closed() {
+            continue;
+        }
+        let recorded = store::status::record(&cx.db, &c.cb, c.link.as_ref(), c.params, c.at).await;
+        let _ = done.send(recorded);
+    }
 }
 
 /// Whether each webhook of a failed batch is worth trying on its own: yes unless the

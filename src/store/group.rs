@@ -67,20 +67,77 @@ pub async fn receive_many(
     lookback: Duration,
     archive_media: bool,
     memory: &mut Memory,
-    mut decide: impl FnMut(usize, &Facts) -> Reply,
+    decide: impl FnMut(usize, &Facts) -> Reply,
 ) -> Result<Vec<Received>, StoreError> {
+    let (received, _) =
+        store_many(conn, batch, &[], lookback, archive_media, memory, decide).await?;
+    Ok(received)
+}
+
+/// Stores inbound messages (as [`receive_many`]) and status callbacks (as [`record_many`])
+/// with the same single write, so a batch of both kinds pays one round trip and one commit
+/// (one WAL flush), not one per kind. Either kind may be empty.
+///
+/// A callback for a SID that is also an inbound message of this batch (Twilio sends none)
+/// would have the write touch one row twice; such a batch is stored in two writes instead.
+pub async fn store_many(
+    conn: &mut PgConnection,
+    batch: &[Live],
+    callbacks: &[Callback],
+    lookback: Duration,
+    archive_media: bool,
+    memory: &mut Memory,
+    mut decide: impl FnMut(usize, &Facts) -> Reply,
+) -> Result<(Vec<Received>, Vec<Recorded>), StoreError> {
     memory.rules_look_back(lookback);
+    if !batch.is_empty() && !callbacks.is_empty() {
+        let inbound: std::collections::HashSet<&str> =
+            batch.iter().map(|live| live.msg.sid.as_str()).collect();
+        if callbacks
+            .iter()
+            .any(|c| inbound.contains(c.cb.sid.as_str()))
+        {
+            let none = StatusRows::new(&[]);
+            let args = (lookback, archive_media);
+            let (received, _) = attempts(conn, batch, &none, args, memory, &mut decide).await?;
+            let outbound = StatusRows::new(callbacks);
+            let (_, recorded) = attempts(conn, &[], &outbound, args, memory, &mut decide).await?;
+            return Ok((received, recorded));
+        }
+    }
+    let outbound = StatusRows::new(callbacks);
+    attempts(
+        conn,
+        batch,
+        &outbound,
+        (lookback, archive_media),
+        memory,
+        &mut decide,
+    )
+    .await
+}
+
+/// One write, read and decided again after a conflict, up to [`ATTEMPTS`] times.
+async fn attempts(
+    conn: &mut PgConnection,
+    batch: &[Live],
+    outbound: &StatusRows<'_>,
+    (lookback, archive_media): (Duration, bool),
+    memory: &mut Memory,
+    decide: &mut impl FnMut(usize, &Facts) -> Reply,
+) -> Result<(Vec<Received>, Vec<Recorded>), StoreError> {
     let mut attempt = 1;
     loop {
         let trust_memory = attempt == 1;
-        let result = receive_once(
+        let result = store_once(
             conn,
             batch,
+            outbound,
             lookback,
             archive_media,
             memory,
             trust_memory,
-            &mut decide,
+            decide,
         )
         .await;
         match result {
@@ -103,15 +160,17 @@ fn is_conflict(e: &StoreError) -> bool {
         if matches!(db.code().as_deref(), Some("22012" | "23505")))
 }
 
-async fn receive_once(
+#[allow(clippy::too_many_arguments)]
+async fn store_once(
     conn: &mut PgConnection,
     batch: &[Live],
+    outbound: &StatusRows<'_>,
     lookback: Duration,
     archive_media: bool,
     memory: &mut Memory,
     trust_memory: bool,
     decide: &mut impl FnMut(usize, &Facts) -> Reply,
-) -> Result<Vec<Received>, StoreError> {
+) -> Result<(Vec<Received>, Vec<Recorded>), StoreError> {
     // The first copy of each SID; later copies point at it.
     let mut first_of: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
     let mut copy_of = vec![None; batch.len()];
@@ -182,10 +241,21 @@ async fn receive_once(
         twiml[i] = Some(reply.twiml);
     }
 
-    if !new.is_empty() {
+    // A row this batch creates takes the time of the contact's earliest message, outbound
+    // ones included, as one at a time would. (No conversation row means no message of the
+    // contact is stored, so each of its callbacks creates its message; if a row appeared
+    // meanwhile after all, the write's check fails and the batch is read again.)
+    for (key, c) in keys.iter().zip(contacts.iter_mut()) {
+        if let (None, true, Some(&at)) = (c.created, c.changed, outbound.first_at.get(key)) {
+            c.created = Some(c.created_at().min(at));
+        }
+    }
+    let mut recorded = Vec::new();
+    if !new.is_empty() || !outbound.batch.is_empty() {
         let rows = MessageRows::new(batch, &new);
         let updates = ContactUpdates::new(keys, &contacts, batch);
-        sqlx::query!(
+        let (events, winners) = (&outbound.events, &outbound.winners);
+        let row = sqlx::query!(
             r#"
             with msg as (
                 insert into messages (
@@ -234,29 +304,94 @@ async fn receive_once(
                 from unnest($37::text[], $38::int4[], $39::text[], $40::text[])
                     as m (message_sid, index, url, content_type)
                 join msg using (message_sid)
+            ), ev as (
+                insert into message_status_events (
+                    message_sid, status, error_code, error_message, raw_dlr_done_date,
+                    received_at, params, error_code_raw)
+                select * from unnest($68::text[], $69::text[], $70::int4[], $71::text[],
+                                     $72::text[], $73::timestamptz[], $74::jsonb[],
+                                     $75::text[])
+                on conflict (message_sid, status, error_code_raw, raw_dlr_done_date) do nothing
+                returning id, message_sid, status, error_code_raw, raw_dlr_done_date
+            ), sent as (
+                insert into messages as m (
+                    message_sid, account_sid, messaging_service_sid, direction, channel,
+                    business, contact, body, status, status_rank, error_code, error_message,
+                    in_reply_to, rule, reply_part, received_at, updated_at, params)
+                select u.message_sid, u.account_sid, u.messaging_service_sid, 'outbound',
+                       u.channel, u.business, u.contact,
+                       (select r.bodies[u.reply_part + 1] from replies r
+                        where r.message_sid = u.in_reply_to),
+                       u.status, u.status_rank, u.error_code, u.error_message, u.in_reply_to,
+                       u.rule, u.reply_part, u.received_at, u.updated_at, u.params
+                from unnest($76::text[], $77::text[], $78::text[], $79::text[], $80::text[],
+                            $81::text[], $82::text[], $83::int2[], $84::int4[], $85::text[],
+                            $86::text[], $87::text[], $88::int4[], $89::timestamptz[],
+                            $90::timestamptz[], $91::jsonb[])
+                    as u (message_sid, account_sid, messaging_service_sid, channel, business,
+                          contact, status, status_rank, error_code, error_message,
+                          in_reply_to, rule, reply_part, received_at, updated_at, params)
+                on conflict (message_sid) do update set
+                    -- A higher rank wins; an unknown status (NULL rank) never replaces a
+                    -- known one.
+                    status = case when excluded.status_rank > coalesce(m.status_rank, -1)
+                                  then excluded.status else m.status end,
+                    error_code = case when excluded.status_rank > coalesce(m.status_rank, -1)
+                                      then excluded.error_code else m.error_code end,
+                    error_message =
+                        case when excluded.status_rank > coalesce(m.status_rank, -1)
+                             then excluded.error_message else m.error_message end,
+                    status_rank = greatest(m.status_rank, excluded.status_rank),
+                    messaging_service_sid =
+                        coalesce(m.messaging_service_sid, excluded.messaging_service_sid),
+                    in_reply_to = coalesce(m.in_reply_to, excluded.in_reply_to),
+                    rule = coalesce(m.rule, excluded.rule),
+                    reply_part = coalesce(m.reply_part, excluded.reply_part),
+                    body = coalesce(m.body, excluded.body),
+                    updated_at = greatest(m.updated_at, excluded.updated_at)
+                -- xmax is 0 on a row this statement inserted rather than updated.
+                returning m.message_sid, (m.xmax = 0) as created, m.status, m.business,
+                          m.contact, m.channel, m.received_at
             ), conv as (
-                -- inbound_count grows by what the batch adds, so the row as written shows
-                -- whether anything else added to it since the read.
+                -- One row per contact, whichever kinds of webhook the batch has for it (a
+                -- statement may touch a row only once). Inbound: inbound_count grows by
+                -- what the batch adds, so the row as written shows whether anything else
+                -- added to it since the read; the inbound columns are the batch's (never
+                -- NULL for a contact it has new messages of). Outbound: only a message
+                -- new to the table counts, and it never opens or extends a window.
                 insert into conversations as c (
                     business, contact, channel, first_inbound_at, last_inbound_at,
-                    window_expires_at, session_started_at, inbound_count, created_at,
-                    updated_at)
-                select u.business, u.contact, u.channel, u.first_inbound_at,
-                       u.last_inbound_at, u.window_expires_at, u.session_started_at,
-                       u.added, u.first_inbound_at, u.last_inbound_at
+                    window_expires_at, session_started_at, inbound_count, last_outbound_at,
+                    outbound_count, created_at, updated_at)
+                select coalesce(u.business, o.business), coalesce(u.contact, o.contact),
+                       coalesce(u.channel, o.channel), u.first_inbound_at, u.last_inbound_at,
+                       u.window_expires_at, u.session_started_at, coalesce(u.added, 0),
+                       o.last_outbound_at, coalesce(o.added, 0),
+                       least(u.first_inbound_at, o.first_outbound_at),
+                       greatest(u.last_inbound_at, o.last_outbound_at)
                 from unnest($42::text[], $43::text[], $44::text[], $45::timestamptz[],
                             $46::timestamptz[], $47::timestamptz[], $48::timestamptz[],
                             $49::int8[])
                     as u (business, contact, channel, first_inbound_at, last_inbound_at,
                           window_expires_at, session_started_at, added)
+                full join (select business, contact, min(channel) as channel,
+                                  min(received_at) as first_outbound_at,
+                                  max(received_at) as last_outbound_at, count(*) as added
+                           from sent where sent.created
+                           group by business, contact) as o
+                    on o.business = u.business and o.contact = u.contact
                 order by 1, 2
                 on conflict (business, contact) do update set
-                    first_inbound_at = excluded.first_inbound_at,
-                    last_inbound_at = excluded.last_inbound_at,
-                    window_expires_at = excluded.window_expires_at,
-                    session_started_at = excluded.session_started_at,
+                    first_inbound_at = coalesce(excluded.first_inbound_at, c.first_inbound_at),
+                    last_inbound_at = coalesce(excluded.last_inbound_at, c.last_inbound_at),
+                    window_expires_at =
+                        coalesce(excluded.window_expires_at, c.window_expires_at),
+                    session_started_at =
+                        coalesce(excluded.session_started_at, c.session_started_at),
                     inbound_count = c.inbound_count + excluded.inbound_count,
-                    updated_at = greatest(c.updated_at, excluded.last_inbound_at)
+                    last_outbound_at = greatest(c.last_outbound_at, excluded.last_outbound_at),
+                    outbound_count = c.outbound_count + excluded.outbound_count,
+                    updated_at = greatest(c.updated_at, excluded.updated_at)
                 returning c.business, c.contact, c.inbound_count, c.created_at
             ), sess as (
                 insert into sessions as s (
@@ -298,7 +433,16 @@ async fn receive_once(
                                                    $67::timestamptz[])
                                  as e (business, contact, inbound_count, created_at)
                                  using (business, contact, inbound_count, created_at))
-                            = cardinality($42::text[]))::int as "stored!"
+                            = cardinality($42::text[]))::int as "stored!",
+                   array(select message_sid from ev order by id) as "event_sid!",
+                   array(select status from ev order by id) as "event_status!",
+                   array(select error_code_raw from ev order by id)
+                       as "event_error_code!: Vec<Option<String>>",
+                   array(select raw_dlr_done_date from ev order by id)
+                       as "event_dlr_done!: Vec<Option<String>>",
+                   array(select message_sid from sent) as "message_sid!",
+                   array(select created from sent) as "created!: Vec<bool>",
+                   array(select status from sent) as "status!: Vec<Option<String>>"
             "#,
             &rows.sid as &[&str],
             &rows.account_sid as &[&str],
@@ -367,13 +511,46 @@ async fn receive_once(
             &replies.bodies,
             &replies.at,
             &updates.created,
+            &events.sid as &[&str],
+            &events.status as &[&str],
+            &events.error_code as &[Option<i32>],
+            &events.error_message as &[Option<&str>],
+            &events.raw_dlr_done_date as &[Option<&str>],
+            &events.at,
+            &events.params as &[&serde_json::Value],
+            &events.error_code_raw as &[Option<&str>],
+            &winners.sid as &[&str],
+            &winners.account_sid as &[&str],
+            &winners.messaging_service_sid as &[Option<&str>],
+            &winners.channel,
+            &winners.business as &[&str],
+            &winners.contact as &[&str],
+            &winners.status as &[&str],
+            &winners.status_rank as &[Option<i16>],
+            &winners.error_code as &[Option<i32>],
+            &winners.error_message as &[Option<&str>],
+            &winners.in_reply_to as &[Option<&str>],
+            &winners.rule as &[Option<&str>],
+            &winners.reply_part as &[Option<i32>],
+            &winners.received_at,
+            &winners.updated_at,
+            &winners.params as &[&serde_json::Value],
         )
         .fetch_one(&mut *conn)
         .await?;
+        recorded = outbound.recorded(Written {
+            event_sid: &row.event_sid,
+            event_status: &row.event_status,
+            event_error_code: &row.event_error_code,
+            event_dlr_done: &row.event_dlr_done,
+            message_sid: &row.message_sid,
+            created: &row.created,
+            status: &row.status,
+        });
     }
     memory.remember(keys, contacts, &firsts, batch, lookback);
 
-    Ok(batch
+    let received = batch
         .iter()
         .enumerate()
         .map(|(i, live)| {
@@ -394,7 +571,8 @@ async fn receive_once(
                 },
             }
         })
-        .collect())
+        .collect();
+    Ok((received, recorded))
 }
 
 /// Reads what the rules need of each contact of the batch, and which of its SIDs are
@@ -971,266 +1149,220 @@ pub async fn record_many(
     conn: &mut PgConnection,
     batch: &[Callback],
 ) -> Result<Vec<Recorded>, StoreError> {
-    // Events in SID order; per SID, the callback the message row is offered.
-    let mut order: Vec<usize> = (0..batch.len()).collect();
-    order.sort_by(|&a, &b| batch[a].cb.sid.cmp(&batch[b].cb.sid).then(a.cmp(&b)));
-    let mut events = EventRows::default();
-    let mut winners = MessageUpserts::default();
-    let mut winner_of: HashMap<&str, usize> = HashMap::new();
-    let mut group_start = 0;
-    while group_start < order.len() {
-        let sid = &batch[order[group_start]].cb.sid;
-        let group_end = order[group_start..]
-            .iter()
-            .position(|&i| batch[i].cb.sid != *sid)
-            .map_or(order.len(), |n| group_start + n);
-        let group = &order[group_start..group_end];
-        // Highest rank wins; an unknown status (no rank) only if nothing else is known.
-        let winner = group
-            .iter()
-            .copied()
-            .max_by(|&a, &b| {
-                status::rank(&batch[a].cb.status)
-                    .cmp(&status::rank(&batch[b].cb.status))
-                    // max_by keeps the last of equals: prefer the earlier callback.
-                    .then(b.cmp(&a))
-            })
-            .unwrap_or(group[0]);
-        winners.push(batch, group, winner);
-        winner_of.insert(sid, winner);
-        for &i in group {
-            events.push(&batch[i]);
+    // Called for inbound messages only, and there are none.
+    let no_reply = |_: usize, _: &Facts| Reply {
+        store: false,
+        rule: None,
+        twiml: String::new(),
+        bodies: Vec::new(),
+        consent: None,
+    };
+    let (_, recorded) = store_many(
+        conn,
+        &[],
+        batch,
+        Duration::zero(),
+        false,
+        &mut Memory::default(),
+        no_reply,
+    )
+    .await?;
+    Ok(recorded)
+}
+
+/// The rows a batch of status callbacks writes: every event, and per SID the callback the
+/// message row is offered.
+struct StatusRows<'a> {
+    batch: &'a [Callback],
+    events: EventRows<'a>,
+    winners: MessageUpserts<'a>,
+    /// Per SID, the callback offered to the message row.
+    winner_of: HashMap<&'a str, usize>,
+    /// Per (business, contact), the earliest callback.
+    first_at: HashMap<(&'a str, &'a str), DateTime<Utc>>,
+}
+
+/// What the write returns of a batch's callbacks: the events it inserted (in insertion
+/// order) and the message rows it upserted.
+struct Written<'r> {
+    event_sid: &'r [String],
+    event_status: &'r [String],
+    event_error_code: &'r [Option<String>],
+    event_dlr_done: &'r [Option<String>],
+    message_sid: &'r [String],
+    created: &'r [bool],
+    status: &'r [Option<String>],
+}
+
+impl<'a> StatusRows<'a> {
+    fn new(batch: &'a [Callback]) -> Self {
+        // Events in SID order; per SID, the callback the message row is offered.
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by(|&a, &b| batch[a].cb.sid.cmp(&batch[b].cb.sid).then(a.cmp(&b)));
+        let mut rows = StatusRows {
+            batch,
+            events: EventRows::default(),
+            winners: MessageUpserts::default(),
+            winner_of: HashMap::new(),
+            first_at: HashMap::new(),
+        };
+        for c in batch {
+            rows.first_at
+                .entry((c.cb.from.expose(), c.cb.to.expose()))
+                .and_modify(|at| *at = (*at).min(c.at))
+                .or_insert(c.at);
         }
-        group_start = group_end;
+        for group in order.chunk_by(|&a, &b| batch[a].cb.sid == batch[b].cb.sid) {
+            // Highest rank wins; an unknown status (no rank) only if nothing else is known.
+            let winner = group
+                .iter()
+                .copied()
+                .max_by(|&a, &b| {
+                    status::rank(&batch[a].cb.status)
+                        .cmp(&status::rank(&batch[b].cb.status))
+                        // max_by keeps the last of equals: prefer the earlier callback.
+                        .then(b.cmp(&a))
+                })
+                .unwrap_or(group[0]);
+            rows.winners.push(batch, group, winner);
+            rows.winner_of.insert(&batch[winner].cb.sid, winner);
+            for &i in group {
+                rows.events.push(&batch[i]);
+            }
+        }
+        rows
     }
 
-    let row = sqlx::query!(
-        r#"
-        with ev as (
-            insert into message_status_events (
-                message_sid, status, error_code, error_message, raw_dlr_done_date, received_at,
-                params, error_code_raw)
-            select * from unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::text[],
-                                 $6::timestamptz[], $7::jsonb[], $8::text[])
-            on conflict (message_sid, status, error_code_raw, raw_dlr_done_date) do nothing
-            returning id, message_sid, status, error_code_raw, raw_dlr_done_date
-        ), msg as (
-            insert into messages as m (
-                message_sid, account_sid, messaging_service_sid, direction, channel, business,
-                contact, body, status, status_rank, error_code, error_message, in_reply_to,
-                rule, reply_part, received_at, updated_at, params)
-            select u.message_sid, u.account_sid, u.messaging_service_sid, 'outbound',
-                   u.channel, u.business, u.contact,
-                   (select r.bodies[u.reply_part + 1] from replies r
-                    where r.message_sid = u.in_reply_to),
-                   u.status, u.status_rank, u.error_code, u.error_message, u.in_reply_to,
-                   u.rule, u.reply_part, u.received_at, u.updated_at, u.params
-            from unnest($9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
-                        $14::text[], $15::text[], $16::int2[], $17::int4[], $18::text[],
-                        $19::text[], $20::text[], $21::int4[], $22::timestamptz[],
-                        $23::timestamptz[], $24::jsonb[])
-                as u (message_sid, account_sid, messaging_service_sid, channel, business,
-                      contact, status, status_rank, error_code, error_message, in_reply_to,
-                      rule, reply_part, received_at, updated_at, params)
-            on conflict (message_sid) do update set
-                -- A higher rank wins; an unknown status (NULL rank) never replaces a known one.
-                status = case when excluded.status_rank > coalesce(m.status_rank, -1)
-                              then excluded.status else m.status end,
-                error_code = case when excluded.status_rank > coalesce(m.status_rank, -1)
-                                  then excluded.error_code else m.error_code end,
-                error_message = case when excluded.status_rank > coalesce(m.status_rank, -1)
-                                     then excluded.error_message else m.error_message end,
-                status_rank = greatest(m.status_rank, excluded.status_rank),
-                messaging_service_sid = coalesce(m.messaging_service_sid, excluded.messaging_service_sid),
-                in_reply_to = coalesce(m.in_reply_to, excluded.in_reply_to),
-                rule = coalesce(m.rule, excluded.rule),
-                reply_part = coalesce(m.reply_part, excluded.reply_part),
-                body = coalesce(m.body, excluded.body),
-                updated_at = greatest(m.updated_at, excluded.updated_at)
-            -- xmax is 0 on a row this statement inserted rather than updated.
-            returning m.message_sid, (m.xmax = 0) as created, m.status, m.business, m.contact,
-                      m.channel, m.received_at
-        ), conv as (
-            -- Outbound messages never open or extend a 24-hour window.
-            insert into conversations as c (
-                business, contact, channel, last_outbound_at, outbound_count, created_at,
-                updated_at)
-            select business, contact, min(channel), max(received_at), count(*),
-                   min(received_at), max(received_at)
-            from msg where msg.created
-            group by business, contact
-            order by business, contact
-            on conflict (business, contact) do update set
-                last_outbound_at = greatest(c.last_outbound_at, excluded.last_outbound_at),
-                outbound_count = c.outbound_count + excluded.outbound_count,
-                updated_at = greatest(c.updated_at, excluded.updated_at)
-        )
-        select array(select message_sid from ev order by id) as "event_sid!",
-               array(select status from ev order by id) as "event_status!",
-               array(select error_code_raw from ev order by id)
-                   as "event_error_code!: Vec<Option<String>>",
-               array(select raw_dlr_done_date from ev order by id)
-                   as "event_dlr_done!: Vec<Option<String>>",
-               array(select message_sid from msg) as "message_sid!",
-               array(select created from msg) as "created!: Vec<bool>",
-               array(select status from msg) as "status!: Vec<Option<String>>"
-        "#,
-        &events.sid,
-        &events.status,
-        &events.error_code as &[Option<i32>],
-        &events.error_message as &[Option<String>],
-        &events.raw_dlr_done_date as &[Option<String>],
-        &events.at,
-        &events.params,
-        &events.error_code_raw as &[Option<String>],
-        &winners.sid,
-        &winners.account_sid,
-        &winners.messaging_service_sid as &[Option<String>],
-        &winners.channel,
-        &winners.business,
-        &winners.contact,
-        &winners.status,
-        &winners.status_rank as &[Option<i16>],
-        &winners.error_code as &[Option<i32>],
-        &winners.error_message as &[Option<String>],
-        &winners.in_reply_to as &[Option<String>],
-        &winners.rule as &[Option<String>],
-        &winners.reply_part as &[Option<i32>],
-        &winners.received_at,
-        &winners.updated_at,
-        &winners.params,
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-
-    // Which callbacks stored a new event: the first of each key that came back.
-    type EventKey<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a str>);
-    let mut inserted: HashMap<EventKey<'_>, bool> = row
-        .event_sid
-        .iter()
-        .enumerate()
-        .map(|(k, sid)| {
-            let key = (
-                sid.as_str(),
-                row.event_status[k].as_str(),
-                row.event_error_code[k].as_deref(),
-                row.event_dlr_done[k].as_deref(),
-            );
-            (key, true)
-        })
-        .collect();
-    let messages: HashMap<&str, (bool, Option<&str>)> = row
-        .message_sid
-        .iter()
-        .enumerate()
-        .map(|(k, sid)| (sid.as_str(), (row.created[k], row.status[k].as_deref())))
-        .collect();
-    Ok(batch
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let key = (
-                c.cb.sid.as_str(),
-                c.cb.status.as_str(),
-                c.cb.error_code_raw.as_deref(),
-                c.cb.raw_dlr_done_date.as_deref(),
-            );
-            // Taken by the first callback with this key; a copy in the batch finds it gone.
-            let new_event = inserted.insert(key, false).unwrap_or(false);
-            let winner = winner_of.get(c.cb.sid.as_str()) == Some(&i);
-            let (created, current) = messages
-                .get(c.cb.sid.as_str())
-                .map_or((false, None), |&(created, status)| (created, status));
-            Recorded {
-                new_event,
-                created_message: created && winner,
-                advanced: new_event && winner && current == Some(c.cb.status.as_str()),
-            }
-        })
-        .collect())
+    /// What each callback changed, in the order given.
+    fn recorded(&self, written: Written<'_>) -> Vec<Recorded> {
+        // Which callbacks stored a new event: the first of each key that came back.
+        type EventKey<'k> = (&'k str, &'k str, Option<&'k str>, Option<&'k str>);
+        let mut inserted: HashMap<EventKey<'_>, bool> = (0..written.event_sid.len())
+            .map(|k| {
+                let key = (
+                    written.event_sid[k].as_str(),
+                    written.event_status[k].as_str(),
+                    written.event_error_code[k].as_deref(),
+                    written.event_dlr_done[k].as_deref(),
+                );
+                (key, true)
+            })
+            .collect();
+        let messages: HashMap<&str, (bool, Option<&str>)> = written
+            .message_sid
+            .iter()
+            .enumerate()
+            .map(|(k, sid)| {
+                let current = (written.created[k], written.status[k].as_deref());
+                (sid.as_str(), current)
+            })
+            .collect();
+        self.batch
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let key = (
+                    c.cb.sid.as_str(),
+                    c.cb.status.as_str(),
+                    c.cb.error_code_raw.as_deref(),
+                    c.cb.raw_dlr_done_date.as_deref(),
+                );
+                // Taken by the first callback with this key; a copy in the batch finds it
+                // gone.
+                let new_event = inserted.insert(key, false).unwrap_or(false);
+                let winner = self.winner_of.get(c.cb.sid.as_str()) == Some(&i);
+                let (created, current) = messages
+                    .get(c.cb.sid.as_str())
+                    .map_or((false, None), |&(created, status)| (created, status));
+                Recorded {
+                    new_event,
+                    created_message: created && winner,
+                    advanced: new_event && winner && current == Some(c.cb.status.as_str()),
+                }
+            })
+            .collect()
+    }
 }
 
 /// The events insert: one element per callback, in SID order.
 #[derive(Default)]
-struct EventRows {
-    sid: Vec<String>,
-    status: Vec<String>,
+struct EventRows<'a> {
+    sid: Vec<&'a str>,
+    status: Vec<&'a str>,
     error_code: Vec<Option<i32>>,
-    error_message: Vec<Option<String>>,
-    raw_dlr_done_date: Vec<Option<String>>,
+    error_message: Vec<Option<&'a str>>,
+    raw_dlr_done_date: Vec<Option<&'a str>>,
     at: Vec<DateTime<Utc>>,
-    params: Vec<serde_json::Value>,
-    error_code_raw: Vec<Option<String>>,
+    params: Vec<&'a serde_json::Value>,
+    error_code_raw: Vec<Option<&'a str>>,
 }
 
-impl EventRows {
-    fn push(&mut self, c: &Callback) {
-        self.sid.push(c.cb.sid.clone());
-        self.status.push(c.cb.status.clone());
+impl<'a> EventRows<'a> {
+    fn push(&mut self, c: &'a Callback) {
+        self.sid.push(&c.cb.sid);
+        self.status.push(&c.cb.status);
         self.error_code.push(c.cb.error_code);
-        self.error_message.push(c.cb.error_message.clone());
-        self.raw_dlr_done_date.push(c.cb.raw_dlr_done_date.clone());
+        self.error_message.push(c.cb.error_message.as_deref());
+        self.raw_dlr_done_date
+            .push(c.cb.raw_dlr_done_date.as_deref());
         self.at.push(c.at);
-        self.params.push(c.params.clone());
-        self.error_code_raw.push(c.cb.error_code_raw.clone());
+        self.params.push(&c.params);
+        self.error_code_raw.push(c.cb.error_code_raw.as_deref());
     }
 }
 
 /// The messages upsert: one element per SID.
 #[derive(Default)]
-struct MessageUpserts {
-    sid: Vec<String>,
-    account_sid: Vec<String>,
-    messaging_service_sid: Vec<Option<String>>,
+struct MessageUpserts<'a> {
+    sid: Vec<&'a str>,
+    account_sid: Vec<&'a str>,
+    messaging_service_sid: Vec<Option<&'a str>>,
     channel: Vec<String>,
-    business: Vec<String>,
-    contact: Vec<String>,
-    status: Vec<String>,
+    business: Vec<&'a str>,
+    contact: Vec<&'a str>,
+    status: Vec<&'a str>,
     status_rank: Vec<Option<i16>>,
     error_code: Vec<Option<i32>>,
-    error_message: Vec<Option<String>>,
-    in_reply_to: Vec<Option<String>>,
-    rule: Vec<Option<String>>,
+    error_message: Vec<Option<&'a str>>,
+    in_reply_to: Vec<Option<&'a str>>,
+    rule: Vec<Option<&'a str>>,
     reply_part: Vec<Option<i32>>,
     received_at: Vec<DateTime<Utc>>,
     updated_at: Vec<DateTime<Utc>>,
-    params: Vec<serde_json::Value>,
+    params: Vec<&'a serde_json::Value>,
 }
 
-impl MessageUpserts {
+impl<'a> MessageUpserts<'a> {
     /// `group`: the callbacks of one SID in arrival order; `winner`: the one whose status is
     /// offered. A new row takes the rest from the first callback, as one-by-one would; the
     /// reply link fields from the first that has them (they are only ever filled in).
-    fn push(&mut self, batch: &[Callback], group: &[usize], winner: usize) {
+    fn push(&mut self, batch: &'a [Callback], group: &[usize], winner: usize) {
         let first = &batch[group[0]];
         let best = &batch[winner];
         let link = group.iter().find_map(|&i| batch[i].link.as_ref());
         let failure = status::is_failure(&best.cb.status);
-        self.sid.push(first.cb.sid.clone());
-        self.account_sid.push(first.cb.account_sid.clone());
+        self.sid.push(&first.cb.sid);
+        self.account_sid.push(&first.cb.account_sid);
         self.messaging_service_sid.push(
             group
                 .iter()
-                .find_map(|&i| batch[i].cb.messaging_service_sid.clone()),
+                .find_map(|&i| batch[i].cb.messaging_service_sid.as_deref()),
         );
         self.channel.push(first.cb.from.channel());
-        self.business.push(first.cb.from.expose().to_owned());
-        self.contact.push(first.cb.to.expose().to_owned());
-        self.status.push(best.cb.status.clone());
+        self.business.push(first.cb.from.expose());
+        self.contact.push(first.cb.to.expose());
+        self.status.push(&best.cb.status);
         self.status_rank.push(status::rank(&best.cb.status));
         self.error_code
             .push(if failure { best.cb.error_code } else { None });
-        self.error_message.push(if failure {
-            best.cb.error_message.clone()
-        } else {
-            None
-        });
-        self.in_reply_to.push(link.map(|l| l.reply_to.clone()));
-        self.rule.push(link.and_then(|l| l.rule.clone()));
+        self.error_message
+            .push(best.cb.error_message.as_deref().filter(|_| failure));
+        self.in_reply_to.push(link.map(|l| l.reply_to.as_str()));
+        self.rule.push(link.and_then(|l| l.rule.as_deref()));
         self.reply_part.push(link.map(|l| l.part));
         self.received_at.push(first.at);
         self.updated_at
             .push(group.iter().map(|&i| batch[i].at).max().unwrap_or(first.at));
-        self.params.push(first.params.clone());
+        self.params.push(&first.params);
     }
 }

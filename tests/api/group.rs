@@ -789,3 +789,317 @@ async fn status_callbacks_in_batches_leave_what_one_at_a_time_leaves(pool: PgPoo
     // Five outbound messages created by each run, counted once each.
     assert_eq!(outbound.0, 10);
 }
+
+/// A callback for an outbound message from `business` to `contact`.
+fn sent(sid: &str, business: &str, contact: &str, status: &str, at: DateTime<Utc>) -> Callback {
+    let mut pairs = callback(sid, status, &[]);
+    for (name, value) in &mut pairs {
+        match name.as_str() {
+            "From" => *value = business.to_owned(),
+            "To" => *value = contact.to_owned(),
+            _ => {}
+        }
+    }
+    let params: Params = pairs.into_iter().collect();
+    Callback {
+        cb: StatusCallback::parse(&params).unwrap(),
+        link: None,
+        params: params.to_json(),
+        at,
+    }
+}
+
+/// One webhook of a mixed script: an inbound message (its number, contact and body) or a
+/// callback (its outbound message's number, contact and status).
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    In(u64, &'static str, &'static str),
+    Out(u64, &'static str, &'static str),
+}
+
+/// A step of the script as the store takes it.
+#[allow(clippy::large_enum_variant)]
+enum Hook {
+    In(Live),
+    Out(Callback),
+}
+
+#[sqlx::test]
+async fn inbound_and_status_in_one_write_leave_what_one_at_a_time_leaves(pool: PgPool) {
+    // Three contacts new to both runs. Inbound messages (STOP among them, some delivered
+    // twice) and callbacks for outbound messages to the same contacts (any order, some
+    // twice), interleaved, so most batches hold both kinds for one contact. It opens with
+    // a contact whose first webhook is a callback, and one whose callback comes just before
+    // its first message, in the same batch.
+    let statuses = ["queued", "sent", "delivered", "read", "failed"];
+    let mut rng = Script(0x1234_5678_9abc_def1);
+    let mut at = Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap();
+    let mut script = vec![
+        Step::Out(1, CONTACTS[1], "queued"),
+        Step::In(0, CONTACTS[1], "hello"),
+        Step::Out(0, CONTACTS[0], "sent"),
+        Step::In(1, CONTACTS[2], "hello"),
+    ];
+    for n in 2..200u64 {
+        let step = match rng.next(10) {
+            0 => script[script.len() - 1 - rng.next(4) as usize],
+            1..=5 => {
+                // Outbound messages keep starting: the latest few get callbacks.
+                let sid = n / 8 + rng.next(4);
+                let status = statuses[rng.next(statuses.len() as u64) as usize];
+                Step::Out(sid, CONTACTS[sid as usize % 3], status)
+            }
+            6 => Step::In(n, CONTACTS[rng.next(3) as usize], "STOP"),
+            _ => Step::In(n, CONTACTS[rng.next(3) as usize], "hello"),
+        };
+        script.push(step);
+    }
+    let times: Vec<DateTime<Utc>> = script
+        .iter()
+        .map(|_| {
+            at += Duration::seconds(rng.next(40 * 60) as i64);
+            if rng.next(25) == 0 {
+                at += Duration::hours(25);
+            }
+            at
+        })
+        .collect();
+    let webhook = |step: Step, prefix: char, business: &str, at| match step {
+        Step::In(n, contact, body) => Hook::In(live(
+            &format!("SM{prefix}{n:031x}"),
+            business,
+            contact,
+            body,
+            at,
+        )),
+        Step::Out(n, contact, status) => Hook::Out(sent(
+            &format!("SM{prefix}f{n:030x}"),
+            business,
+            contact,
+            status,
+            at,
+        )),
+    };
+    // What each webhook got: the inbound answer (and what the rules saw), or whether a
+    // callback was a new event.
+    type Outcome = Result<((&'static str, Option<String>), Option<Seen>), bool>;
+
+    let mut one_by_one: Vec<Outcome> = Vec::new();
+    for (&step, &at) in script.iter().zip(&times) {
+        one_by_one.push(match webhook(step, 'a', ONE_BY_ONE, at) {
+            Hook::In(l) => {
+                let mut saw = None;
+                let stored = store::inbound::receive(
+                    &pool,
+                    Delivery {
+                        msg: &l.msg,
+                        params: l.params.clone(),
+                        at,
+                        failure: None,
+                        lookback: Duration::hours(2),
+                        archive_media: false,
+                        spool_record: None,
+                    },
+                    |facts| {
+                        saw = Some(seen(facts));
+                        reply(&l.msg, facts)
+                    },
+                )
+                .await
+                .unwrap();
+                Ok((duplicate_or_new(&stored.received), saw))
+            }
+            Hook::Out(c) => {
+                let r = store::status::record(&pool, &c.cb, None, c.params, c.at)
+                    .await
+                    .unwrap();
+                Err(r.new_event)
+            }
+        });
+    }
+
+    let mut memory = Memory::default();
+    let mut batched: Vec<Outcome> = Vec::new();
+    let mut start = 0;
+    while start < script.len() {
+        let take = if start == 0 {
+            4
+        } else {
+            1 + rng.next(16) as usize
+        };
+        let end = (start + take).min(script.len());
+        let (mut lives, mut callbacks, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
+        for i in start..end {
+            match webhook(script[i], 'b', BATCHED, times[i]) {
+                Hook::In(l) => {
+                    kinds.push(true);
+                    lives.push(l);
+                }
+                Hook::Out(c) => {
+                    kinds.push(false);
+                    callbacks.push(c);
+                }
+            }
+        }
+        let mut saw = vec![None; lives.len()];
+        let (received, recorded) = store::group::store_many(
+            &mut pool.acquire().await.unwrap(),
+            &lives,
+            &callbacks,
+            Duration::hours(2),
+            false,
+            &mut memory,
+            |i, facts| {
+                saw[i] = Some(seen(facts));
+                reply(&lives[i].msg, facts)
+            },
+        )
+        .await
+        .unwrap();
+        let (mut received, mut recorded) = (received.iter().zip(saw), recorded.iter());
+        for inbound in kinds {
+            batched.push(if inbound {
+                let (r, saw) = received.next().unwrap();
+                Ok((duplicate_or_new(r), saw))
+            } else {
+                Err(recorded.next().unwrap().new_event)
+            });
+        }
+        start = end;
+    }
+
+    assert!(one_by_one.contains(&Err(false)), "redelivered events");
+    assert!(
+        one_by_one
+            .iter()
+            .any(|o| matches!(o, Ok((("duplicate", _), _)))),
+        "redelivered messages"
+    );
+    for (i, (a, b)) in one_by_one.iter().zip(&batched).enumerate() {
+        assert_eq!(a, b, "webhook {i}: {:?}", script[i]);
+    }
+
+    type Conversation = (
+        String,
+        String,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+        i64,
+        Option<DateTime<Utc>>,
+        i64,
+        DateTime<Utc>,
+        DateTime<Utc>,
+    );
+    let conversations = |business| {
+        sqlx::query_as::<_, Conversation>(
+            "select contact, channel, first_inbound_at, last_inbound_at, window_expires_at,
+                    session_started_at, inbound_count, last_outbound_at, outbound_count,
+                    created_at, updated_at
+             from conversations where business = $1 order by contact",
+        )
+        .bind(business)
+        .fetch_all(&pool)
+    };
+    let a = conversations(ONE_BY_ONE).await.unwrap();
+    assert_eq!(a.len(), 3);
+    // The contact whose first webhook was a callback: its row dates from that callback.
+    assert_eq!(a[1].9, times[0]);
+    assert_eq!(a, conversations(BATCHED).await.unwrap());
+
+    let sessions = |business| {
+        sqlx::query_as::<_, (String, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>, i32)>(
+            "select contact, started_at, last_inbound_at, expires_at, inbound_count
+             from sessions where business = $1 order by contact, started_at",
+        )
+        .bind(business)
+        .fetch_all(&pool)
+    };
+    let a = sessions(ONE_BY_ONE).await.unwrap();
+    assert!(a.len() > 3, "the script closes some windows: {a:?}");
+    assert_eq!(a, sessions(BATCHED).await.unwrap());
+
+    let consent = |business| {
+        sqlx::query_as::<_, (String, String, String, DateTime<Utc>)>(
+            "select contact, state, substr(message_sid, 4), changed_at
+             from consent where business = $1 order by contact",
+        )
+        .bind(business)
+        .fetch_all(&pool)
+    };
+    let a = consent(ONE_BY_ONE).await.unwrap();
+    assert!(!a.is_empty());
+    assert_eq!(a, consent(BATCHED).await.unwrap());
+
+    type Message = (
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<i16>,
+        Option<i32>,
+        DateTime<Utc>,
+        DateTime<Utc>,
+        Option<String>,
+    );
+    let messages = |business| {
+        sqlx::query_as::<_, Message>(
+            "select substr(m.message_sid, 4), m.direction, m.contact, m.status, m.status_rank,
+                    m.error_code, m.received_at, m.updated_at, r.twiml
+             from messages m left join replies r using (message_sid)
+             where m.business = $1 order by m.message_sid",
+        )
+        .bind(business)
+        .fetch_all(&pool)
+    };
+    let a = messages(ONE_BY_ONE).await.unwrap();
+    assert!(a.iter().any(|m| m.1 == "outbound") && a.iter().any(|m| m.1 == "inbound"));
+    assert_eq!(a, messages(BATCHED).await.unwrap());
+
+    let events = |prefix: &'static str| {
+        sqlx::query_as::<_, (String, String, DateTime<Utc>)>(
+            "select substr(message_sid, 4), status, received_at
+             from message_status_events where message_sid like $1
+             order by message_sid, received_at, status",
+        )
+        .bind(prefix)
+        .fetch_all(&pool)
+    };
+    let a = events("SMa%").await.unwrap();
+    assert!(a.len() > 20);
+    assert_eq!(a, events("SMb%").await.unwrap());
+}
+
+/// Twilio sends no callbacks for inbound messages, but a callback that names one in the same
+/// batch must not make the write touch its row twice: both are stored.
+#[sqlx::test]
+async fn a_callback_for_an_inbound_message_of_the_same_batch_is_stored(pool: PgPool) {
+    let at = Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap();
+    let sid = "SM0000000000000000000000000000000c";
+    let lives = [live(sid, BATCHED, CONTACTS[0], "hello", at)];
+    let callbacks = [sent(sid, BATCHED, CONTACTS[0], "delivered", at)];
+    let (received, recorded) = store::group::store_many(
+        &mut pool.acquire().await.unwrap(),
+        &lives,
+        &callbacks,
+        Duration::zero(),
+        false,
+        &mut Memory::default(),
+        |i, facts| reply(&lives[i].msg, facts),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(received[..], [Received::New { .. }]));
+    assert!(recorded[0].new_event);
+    let (direction, events): (String, i64) = sqlx::query_as(
+        "select m.direction, (select count(*) from message_status_events e
+                              where e.message_sid = m.message_sid)
+         from messages m where m.message_sid = $1",
+    )
+    .bind(sid)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((direction.as_str(), events), ("inbound", 1));
+}

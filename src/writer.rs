@@ -14,8 +14,8 @@
 //! of a SID goes to the same writer). Two batches in flight never want the same row, so they
 //! never wait for each other's commit. (Sharing rows, they would: a batch holds its
 //! conversation locks until it commits, and most batches share some contact.) A batch holds
-//! both kinds and stores them in one transaction, so a mixed load pays one commit per batch,
-//! not one per kind.
+//! both kinds and stores them in one statement, so a mixed load pays one round trip and one
+//! commit per batch, not one per kind.
 //!
 //! Waiting for a writer to take a webhook is bounded like waiting for a pooled connection
 //! (`database.acquire_timeout_ms`): a writer stuck on a stalled or restarting database must
@@ -40,7 +40,6 @@ use crate::{
 };
 use sqlx::{PgPool, Postgres, pool::PoolConnection};
 use std::{
-    future::Future,
     hash::{Hash, Hasher},
     sync::{
         Arc,
@@ -114,10 +113,7 @@ impl Writer {
             .map(|_| {
                 // Room for a few batches; beyond it senders wait.
                 let (queue, jobs) = mpsc::channel(size * 4);
-                let cx = cx.clone();
-                tokio::spawn(run(jobs, size, cx.db.clone(), move |conn, jobs, memory| {
-                    store_batch(cx.clone(), conn, jobs, memory)
-                }));
+                tokio::spawn(run(jobs, size, cx.clone()));
                 queue
             })
             .collect();
@@ -230,16 +226,11 @@ impl Writer {
 /// about a twelfth of the server's CPU under load. Once its queue is empty it gives the
 /// connection back, so a small pool is never held by idle writers.
 ///
-/// `M` is what the writer carries from one batch to the next besides its connection (what
-/// it remembers of its contacts); a batch that panics leaves it fresh.
-async fn run<J, M, F, Fut>(mut queue: mpsc::Receiver<J>, size: usize, db: PgPool, mut store: F)
-where
-    M: Default + Send + 'static,
-    F: FnMut(Result<PoolConnection<Postgres>, sqlx::Error>, Vec<J>, M) -> Fut,
-    Fut: Future<Output = (Option<PoolConnection<Postgres>>, M)> + Send + 'static,
-{
+/// Besides its connection, a writer carries from one batch to the next what it remembers of
+/// its contacts; a batch that panics leaves that fresh.
+async fn run(mut queue: mpsc::Receiver<Queued>, size: usize, cx: Context) {
     let mut held = None;
-    let mut memory = M::default();
+    let mut memory = Memory::default();
     loop {
         let mut jobs = Vec::with_capacity(size);
         if queue.recv_many(&mut jobs, 1).await == 0 {
@@ -247,7 +238,7 @@ where
         }
         let conn = match held.take() {
             Some(conn) => Ok(conn),
-            None => db.acquire().await,
+            None => cx.db.acquire().await,
         };
         // Without a connection only the first job fails: those queued behind it keep their
         // own wait, and the next attempt.
@@ -259,7 +250,8 @@ where
         }
         // A task of its own, so that a bug that panics fails this batch (its requests get
         // 503 and are spooled) rather than ending the writer and every batch after it.
-        match tokio::spawn(store(conn, jobs, std::mem::take(&mut memory))).await {
+        let batch = store_batch(cx.clone(), conn, jobs, std::mem::take(&mut memory));
+        match tokio::spawn(batch).await {
             Ok((conn, kept)) => {
                 held = conn.filter(|_| !queue.is_empty());
                 memory = kept;
@@ -276,28 +268,24 @@ fn connection_survives(e: &StoreError) -> bool {
     matches!(e.sqlx(), sqlx::Error::Database(_))
 }
 
-/// A queued webhook, as a batch sees it.
-trait Job {
+impl Queued {
     /// Its request gave up (its deadline passed, so it was spooled): it needs no write.
-    fn abandoned(&self) -> bool;
-    /// Marks it taken into a batch that has its connection.
-    fn take(&self);
-    fn fail(self, e: StoreError);
-}
-
-impl Job for Queued {
     fn abandoned(&self) -> bool {
         match self {
             Queued::Inbound(job) => job.done.is_closed(),
             Queued::Status(job) => job.done.is_closed(),
         }
     }
+
+    /// Marks it taken into a batch that has its connection.
     fn take(&self) {
-        match self {
-            Queued::Inbound(job) => job.taken.store(true, Ordering::Release),
-            Queued::Status(job) => job.taken.store(true, Ordering::Release),
-        }
+        let taken = match self {
+            Queued::Inbound(job) => &job.taken,
+            Queued::Status(job) => &job.taken,
+        };
+        taken.store(true, Ordering::Release);
     }
+
     fn fail(self, e: StoreError) {
         // A request that gave up meanwhile is not waiting for the error.
         match self {
@@ -310,9 +298,9 @@ impl Job for Queued {
 /// Starts a batch: drops abandoned jobs, fails the rest if there is no connection, else
 /// marks them taken and returns the connection. `None`: nothing to store (with no job left,
 /// the connection goes back to the pool).
-fn start<J: Job>(
+fn start(
     conn: Result<PoolConnection<Postgres>, sqlx::Error>,
-    jobs: &mut Vec<J>,
+    jobs: &mut Vec<Queued>,
     metrics: &Metrics,
 ) -> Option<PoolConnection<Postgres>> {
     jobs.retain(|job| !job.abandoned());
@@ -321,7 +309,7 @@ fn start<J: Job>(
     }
     match conn {
         Ok(conn) => {
-            jobs.iter().for_each(J::take);
+            jobs.iter().for_each(Queued::take);
             metrics.group_size.observe(jobs.len() as f64);
             Some(conn)
         }

@@ -97,11 +97,11 @@ pub async fn store_many(
             .iter()
             .any(|c| inbound.contains(c.cb.sid.as_str()))
         {
-            let none = StatusRows::new(&[]);
-            let args = (lookback, archive_media);
-            let (received, _) = attempts(conn, batch, &none, args, memory, &mut decide).await?;
-            let outbound = StatusRows::new(callbacks);
-            let (_, recorded) = attempts(conn, &[], &outbound, args, memory, &mut decide).await?;
+            let (none, outbound) = (StatusRows::new(&[]), StatusRows::new(callbacks));
+            let options = (lookback, archive_media);
+            let (received, _) = attempts(conn, batch, &none, options, memory, &mut decide).await?;
+            let (_, recorded) =
+                attempts(conn, &[], &outbound, options, memory, &mut decide).await?;
             return Ok((received, recorded));
         }
     }

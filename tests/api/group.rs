@@ -97,6 +97,34 @@ fn duplicate_or_new(r: &Received) -> (&'static str, Option<String>) {
     }
 }
 
+/// Stores `l` through the one-at-a-time path: what it got, and what the rules saw.
+async fn receive_one(
+    pool: &PgPool,
+    l: &Live,
+    lookback: Duration,
+) -> ((&'static str, Option<String>), Option<Seen>) {
+    let mut saw = None;
+    let stored = store::inbound::receive(
+        pool,
+        Delivery {
+            msg: &l.msg,
+            params: l.params.clone(),
+            at: l.at,
+            failure: None,
+            lookback,
+            archive_media: false,
+            spool_record: None,
+        },
+        |facts| {
+            saw = Some(seen(facts));
+            reply(&l.msg, facts)
+        },
+    )
+    .await
+    .unwrap();
+    (duplicate_or_new(&stored.received), saw)
+}
+
 #[sqlx::test]
 async fn a_batch_leaves_what_storing_one_at_a_time_leaves(pool: PgPool) {
     // Without reply limits (the facts are read with the messages' insert) and with them
@@ -156,26 +184,7 @@ async fn same_rows(
             body,
             at,
         );
-        let mut saw = None;
-        let stored = store::inbound::receive(
-            pool,
-            Delivery {
-                msg: &l.msg,
-                params: l.params.clone(),
-                at,
-                failure: None,
-                lookback,
-                archive_media: false,
-                spool_record: None,
-            },
-            |facts| {
-                saw = Some(seen(facts));
-                reply(&l.msg, facts)
-            },
-        )
-        .await
-        .unwrap();
-        one_by_one.push((duplicate_or_new(&stored.received), saw));
+        one_by_one.push(receive_one(pool, &l, lookback).await);
     }
 
     // One writer's memory across the whole script: most batches are written without a read.
@@ -887,28 +896,7 @@ async fn inbound_and_status_in_one_write_leave_what_one_at_a_time_leaves(pool: P
     let mut one_by_one: Vec<Outcome> = Vec::new();
     for (&step, &at) in script.iter().zip(&times) {
         one_by_one.push(match webhook(step, 'a', ONE_BY_ONE, at) {
-            Hook::In(l) => {
-                let mut saw = None;
-                let stored = store::inbound::receive(
-                    &pool,
-                    Delivery {
-                        msg: &l.msg,
-                        params: l.params.clone(),
-                        at,
-                        failure: None,
-                        lookback: Duration::hours(2),
-                        archive_media: false,
-                        spool_record: None,
-                    },
-                    |facts| {
-                        saw = Some(seen(facts));
-                        reply(&l.msg, facts)
-                    },
-                )
-                .await
-                .unwrap();
-                Ok((duplicate_or_new(&stored.received), saw))
-            }
+            Hook::In(l) => Ok(receive_one(&pool, &l, Duration::hours(2)).await),
             Hook::Out(c) => {
                 let r = store::status::record(&pool, &c.cb, None, c.params, c.at)
                     .await

@@ -7,7 +7,9 @@
 # Settings (environment): PGURL (a Postgres server where this user may create databases,
 # default postgres://postgres@127.0.0.1:5432), CONNECTIONS (64), RUN_SECONDS (10), RULES
 # (config/rules.toml, the shipped defaults), WORKLOADS ("inbound status mixed duplicates"),
-# PORT (18080). The database twr_bench is dropped and created for each workload.
+# PORT (18080), REPLICAS (1: that many server processes on PORT, PORT+1, ... share the
+# database and the connections). The database twr_bench is dropped and created for each
+# workload; after each run bench/checks.sql prints its consistency checks (all must be 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,29 +19,41 @@ RUN_SECONDS=${RUN_SECONDS:-10}
 RULES=${RULES:-config/rules.toml}
 WORKLOADS=${WORKLOADS:-inbound status mixed duplicates}
 PORT=${PORT:-18080}
+REPLICAS=${REPLICAS:-1}
 DB=twr_bench
 
 cargo build --release --locked --quiet --bin twilio-receiver
 cargo bench --locked --quiet --no-run --bench load 2>/dev/null
-spool=$(mktemp -d)
-log=$(mktemp)
-trap 'kill "${server:-0}" 2>/dev/null || true; rm -rf "$spool" "$log"' EXIT
+work=$(mktemp -d)
+servers=()
+trap 'kill "${servers[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
+# Starts server number $1 (0, 1, ...) on PORT + $1, each with its own spool, and waits
+# until it accepts connections.
 start_server() {
+  local port=$((PORT + $1)) pid
+  mkdir -p "$work/spool$1"
   TWILIO_AUTH_TOKEN=bench-token \
   TWILIO_RECEIVER__SERVER__PUBLIC_URL=https://hooks.example.com \
-  TWILIO_RECEIVER__SERVER__LISTEN=127.0.0.1:$PORT \
+  TWILIO_RECEIVER__SERVER__LISTEN=127.0.0.1:$port \
   TWILIO_RECEIVER__SERVER__ADMIN_LISTEN=127.0.0.1:0 \
-  TWILIO_RECEIVER__SPOOL__DIR="$spool" \
+  TWILIO_RECEIVER__SPOOL__DIR="$work/spool$1" \
   TWILIO_RECEIVER__RULES__PATH="$RULES" \
   DATABASE_URL="$PGURL/$DB" RUST_LOG=warn \
-    target/release/twilio-receiver serve >"$log" 2>&1 &
-  server=$!
+    target/release/twilio-receiver serve >"$work/log$1" 2>&1 &
+  pid=$!
+  servers+=("$pid")
   # Migrations run before the listener is bound, so an accepted connection means ready.
   # (bash's /dev/tcp: no process per attempt, so the wait measures the server, not us.)
-  until (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do
-    kill -0 "$server" 2>/dev/null || { cat "$log"; exit 1; }
+  until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+    kill -0 "$pid" 2>/dev/null || { cat "$work/log$1"; exit 1; }
   done
+}
+
+stop_servers() {
+  kill -TERM "${servers[@]}"
+  for pid in "${servers[@]}"; do wait "$pid" || true; done
+  servers=()
 }
 
 # utime + stime of a process, in clock ticks.
@@ -49,29 +63,49 @@ postgres_ticks() {
   for pid in $(pgrep -x postgres || true); do sum=$((sum + $(cpu_ticks "$pid"))); done
   echo "$sum"
 }
+servers_ticks() {
+  local sum=0 pid
+  for pid in "${servers[@]}"; do sum=$((sum + $(cpu_ticks "$pid"))); done
+  echo "$sum"
+}
 status_kb() { awk -v key="$2:" '$1 == key { print $2 }' "/proc/$1/status"; }
+# The largest value of a /proc/<pid>/status field over the servers (memory is per process).
+servers_kb() {
+  local max=0 pid kb
+  for pid in "${servers[@]}"; do
+    kb=$(status_kb "$pid" "$1"); ((kb > max)) && max=$kb
+  done
+  echo "$max"
+}
+
+# Clock ticks (1/100 s) as seconds with one decimal.
+tenths() { printf '%d.%d' $(($1 / 100)) $(($1 % 100 / 10)); }
+
+addrs=127.0.0.1:$PORT
+for ((i = 1; i < REPLICAS; i++)); do addrs+=",127.0.0.1:$((PORT + i))"; done
 
 for workload in $WORKLOADS; do
   psql -q "$PGURL/postgres" -c "drop database if exists $DB with (force)"
-  start_server
+  for ((i = 0; i < REPLICAS; i++)); do start_server "$i"; done
   # Every run starts just after a checkpoint, so each pays the same full-page writes.
   psql -q "$PGURL/$DB" -c checkpoint
-  idle_kb=$(status_kb "$server" VmRSS)
-  server_before=$(cpu_ticks "$server"); postgres_before=$(postgres_ticks)
-  line=$(cargo bench --locked --quiet --bench load -- --addr "127.0.0.1:$PORT" \
+  idle_kb=$(servers_kb VmRSS)
+  server_before=$(servers_ticks); postgres_before=$(postgres_ticks)
+  line=$(cargo bench --locked --quiet --bench load -- --addr "$addrs" \
     --workload "$workload" --connections "$CONNECTIONS" --seconds "$RUN_SECONDS" \
     --token bench-token --public-url https://hooks.example.com \
     --database-url "$PGURL/$DB" --label "rules=$RULES" 2>/dev/null)
-  server_cpu=$(( $(cpu_ticks "$server") - server_before ))
+  server_cpu=$(( $(servers_ticks) - server_before ))
   postgres_cpu=$(( $(postgres_ticks) - postgres_before ))
-  peak_kb=$(status_kb "$server" VmHWM)
-  kill -TERM "$server"; wait "$server" || true
-  echo "$line server_cpu_s=$((server_cpu / 100)) postgres_cpu_s=$((postgres_cpu / 100)) server_rss_idle_mb=$((idle_kb / 1024)) server_rss_peak_mb=$((peak_kb / 1024))"
+  peak_kb=$(servers_kb VmHWM)
+  stop_servers
+  checks=$(psql -At "$PGURL/$DB" -F ' ' -f bench/checks.sql)
+  echo "$line replicas=$REPLICAS server_cpu_s=$(tenths "$server_cpu") postgres_cpu_s=$(tenths "$postgres_cpu") server_rss_idle_mb=$((idle_kb / 1024)) server_rss_peak_mb=$((peak_kb / 1024)) $checks"
 done
 
 # Start to ready with migrations already applied (the database of the last run).
 started=$(date +%s%N)
-start_server
+start_server 0
 ready=$(date +%s%N)
-echo "start_to_ready_ms=$(( (ready - started) / 1000000 )) server_rss_idle_mb=$(( $(status_kb "$server" VmRSS) / 1024 ))"
-kill -TERM "$server"; wait "$server" || true
+echo "start_to_ready_ms=$(( (ready - started) / 1000000 )) server_rss_idle_mb=$(( $(servers_kb VmRSS) / 1024 ))"
+stop_servers

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # What this machine's Postgres commits on its own, to set the server's figures against (see
 # BENCHMARKS.md, "The machine"): pgbench, 32 clients, 10 s, each transaction one statement
-# that inserts a message and upserts its conversation, synchronous commit on.
+# that inserts a message and upserts its conversation, synchronous commit on; then, as a
+# measure of the CPU alone (machines of one kind differ, and hosts get noisy), `select 1`
+# from 2 clients: no disk, no locks.
 #
 #   bash bench/baseline.sh
 #
@@ -32,4 +34,8 @@ on conflict (contact) do update
 set inbound_count = conversations.inbound_count + 1, last_inbound_at = excluded.last_inbound_at;
 SQL
 psql -q "$PGURL/$DB" -c checkpoint
+echo "insert and upsert, 32 clients:"
 pgbench -n -c 32 -j 2 -T 10 -f "$script" "$PGURL/$DB" 2>&1 | grep -E "^(tps|latency average)"
+echo 'select 1;' >"$script"
+echo "select 1, 2 clients:"
+pgbench -n -c 2 -j 2 -T 5 -f "$script" "$PGURL/$DB" 2>&1 | grep -E "^tps"

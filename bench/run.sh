@@ -8,7 +8,8 @@
 # default postgres://postgres@127.0.0.1:5432), CONNECTIONS (64), RUN_SECONDS (10), RULES
 # (config/rules.toml, the shipped defaults), WORKLOADS ("inbound status mixed duplicates"),
 # PORT (18080), REPLICAS (1: that many server processes on PORT, PORT+1, ... share the
-# database and the connections). The database twr_bench is dropped and created for each
+# database and the connections; AFFINITY=1 sends each contact to one replica only, as a load
+# balancer hashing on the numbers would). The database twr_bench is dropped and created for each
 # workload; after each run bench/checks.sql prints its consistency checks (all must be 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,7 @@ RULES=${RULES:-config/rules.toml}
 WORKLOADS=${WORKLOADS:-inbound status mixed duplicates}
 PORT=${PORT:-18080}
 REPLICAS=${REPLICAS:-1}
+AFFINITY=${AFFINITY:-0}
 DB=twr_bench
 
 cargo build --release --locked --quiet --bin twilio-receiver
@@ -94,13 +96,14 @@ for workload in $WORKLOADS; do
   line=$(cargo bench --locked --quiet --bench load -- --addr "$addrs" \
     --workload "$workload" --connections "$CONNECTIONS" --seconds "$RUN_SECONDS" \
     --token bench-token --public-url https://hooks.example.com \
-    --database-url "$PGURL/$DB" --label "rules=$RULES" 2>/dev/null)
+    --database-url "$PGURL/$DB" --label "rules=$RULES" \
+    $( ((AFFINITY)) && echo --affinity) 2>/dev/null)
   server_cpu=$(( $(servers_ticks) - server_before ))
   postgres_cpu=$(( $(postgres_ticks) - postgres_before ))
   peak_kb=$(servers_kb VmHWM)
   stop_servers
   checks=$(psql -At "$PGURL/$DB" -F ' ' -f bench/checks.sql)
-  echo "$line replicas=$REPLICAS server_cpu_s=$(tenths "$server_cpu") postgres_cpu_s=$(tenths "$postgres_cpu") server_rss_idle_mb=$((idle_kb / 1024)) server_rss_peak_mb=$((peak_kb / 1024)) $checks"
+  echo "$line replicas=$REPLICAS affinity=$AFFINITY server_cpu_s=$(tenths "$server_cpu") postgres_cpu_s=$(tenths "$postgres_cpu") server_rss_idle_mb=$((idle_kb / 1024)) server_rss_peak_mb=$((peak_kb / 1024)) $checks"
 done
 
 # Start to ready with migrations already applied (the database of the last run).

@@ -41,6 +41,10 @@ struct Args {
     /// The server's address; several, comma-separated, spread the connections over replicas.
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
+    /// With several addresses: send each contact's webhooks to one replica only, as a load
+    /// balancer hashing on `From`/`To` would (otherwise any request goes to any replica).
+    #[arg(long)]
+    affinity: bool,
     /// The public URL the server verifies against (server.public_url).
     #[arg(long, default_value = "https://hooks.example.com")]
     public_url: String,
@@ -78,6 +82,8 @@ enum Key {
 struct Prepared {
     bytes: Vec<u8>,
     key: Key,
+    /// The conversation's contact number (0..contacts), for `--affinity`.
+    contact: usize,
 }
 
 fn inbound(args: &Args, run: &str, n: usize) -> (String, Vec<(String, String)>) {
@@ -162,6 +168,7 @@ fn prepare(args: &Args, run: &str) -> Vec<Prepared> {
         Prepared {
             bytes: http_request(args, "/twilio/messages", &params),
             key: Key::Message(sid),
+            contact: (messages - 1) % args.contacts,
         }
     };
     let mut next_status = |args: &Args| {
@@ -170,6 +177,7 @@ fn prepare(args: &Args, run: &str) -> Vec<Prepared> {
         Prepared {
             bytes: http_request(args, "/twilio/status", &params),
             key: Key::Status(sid, status),
+            contact: (statuses - 1) / 4 % args.contacts,
         }
     };
     (0..args.requests)
@@ -185,6 +193,7 @@ fn prepare(args: &Args, run: &str) -> Vec<Prepared> {
                 Prepared {
                     bytes: http_request(args, "/twilio/messages", &params),
                     key: Key::Message(sid),
+                    contact: (i * 9 / 10 - 7) % args.contacts,
                 }
             }
             Workload::Duplicates => next_message(args),
@@ -192,11 +201,17 @@ fn prepare(args: &Args, run: &str) -> Vec<Prepared> {
         .collect()
 }
 
+/// The requests one group of connections takes from, in order, and the next one to take.
+struct Queue {
+    requests: Vec<usize>,
+    next: AtomicUsize,
+}
+
 /// One keep-alive connection: send, read the answer, repeat until time or requests run out.
 async fn connection(
     addr: String,
     requests: Arc<Vec<Prepared>>,
-    next: Arc<AtomicUsize>,
+    queue: Arc<Queue>,
     until: Instant,
 ) -> (Vec<u32>, Vec<(usize, u16)>) {
     let mut stream = TcpStream::connect(&addr).await.expect("the server accepts");
@@ -205,10 +220,13 @@ async fn connection(
     let mut answers = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     while Instant::now() < until {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        let Some(request) = requests.get(i) else {
+        let Some(&i) = queue
+            .requests
+            .get(queue.next.fetch_add(1, Ordering::Relaxed))
+        else {
             break;
         };
+        let request = &requests[i];
         let started = Instant::now();
         stream.write_all(&request.bytes).await.unwrap();
         let code = read_response(&mut stream, &mut buf).await;
@@ -267,16 +285,32 @@ async fn main() {
             & 0xffff_ffff
     );
     let requests = Arc::new(prepare(&args, &run));
-    let next = Arc::new(AtomicUsize::new(0));
+    let addrs: Vec<&str> = args.addr.split(',').map(str::trim).collect();
+    // One queue for all connections, or with --affinity one per replica holding its contacts.
+    let queues: Vec<Arc<Queue>> = if args.affinity {
+        (0..addrs.len())
+            .map(|replica| Queue {
+                requests: (0..requests.len())
+                    .filter(|&i| requests[i].contact % addrs.len() == replica)
+                    .collect(),
+                next: AtomicUsize::new(0),
+            })
+            .map(Arc::new)
+            .collect()
+    } else {
+        vec![Arc::new(Queue {
+            requests: (0..requests.len()).collect(),
+            next: AtomicUsize::new(0),
+        })]
+    };
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(args.seconds);
-    let addrs: Vec<&str> = args.addr.split(',').map(str::trim).collect();
     let tasks: Vec<_> = (0..args.connections)
         .map(|i| {
             tokio::spawn(connection(
                 addrs[i % addrs.len()].to_owned(),
                 requests.clone(),
-                next.clone(),
+                queues[i % addrs.len() % queues.len()].clone(),
                 until,
             ))
         })

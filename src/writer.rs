@@ -250,7 +250,13 @@ async fn run(mut queue: mpsc::Receiver<Queued>, size: usize, cx: Context) {
         }
         // A task of its own, so that a bug that panics fails this batch (its requests get
         // 503 and are spooled) rather than ending the writer and every batch after it.
-        let batch = store_batch(cx.clone(), conn, jobs, std::mem::take(&mut memory));
+        // Boxed once here: the batch's future is large, and tokio moves it several times.
+        let batch = Box::pin(store_batch(
+            cx.clone(),
+            conn,
+            jobs,
+            std::mem::take(&mut memory),
+        ));
         match tokio::spawn(batch).await {
             Ok((conn, kept)) => {
                 held = conn.filter(|_| !queue.is_empty());

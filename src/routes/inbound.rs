@@ -34,10 +34,12 @@ pub async fn inbound(State(state): State<Shared>, signed: Signed) -> Result<Resp
     let msg = InboundMessage::parse(&signed.params)?;
     Span::current().record("message_sid", msg.sid.as_str());
     let at = state.clock.now();
+    // The paths off the hot one are boxed: their futures are many kilobytes, and inline they
+    // would make every request's future that size, copied each time it moves.
     let stored = within_deadline(&state, signed.arrived, async {
         match &state.writer {
             Some(writer) => store_grouped(&state, writer, msg, &signed, at).await,
-            None => store(&state, Arrival::live(&signed, at), &msg, None).await,
+            None => Box::pin(store(&state, Arrival::live(&signed, at), &msg, None)).await,
         }
     })
     .await;
@@ -46,7 +48,7 @@ pub async fn inbound(State(state): State<Shared>, signed: Signed) -> Result<Resp
             twiml.unwrap_or_else(|| twiml::EMPTY.to_owned()),
         )),
         Err(e) if database_away(&e) => {
-            spool(&state, &signed, Route::Inbound, at, None, None).await;
+            Box::pin(spool(&state, &signed, Route::Inbound, at, None, None)).await;
             Err(e)
         }
         Err(e) => Err(e),

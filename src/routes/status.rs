@@ -38,7 +38,17 @@ pub async fn status(State(state): State<Shared>, signed: Signed) -> Result<Statu
                     })
                     .await?
             }
-            None => store::status::record(&state.db, &callback, link.as_ref(), params, at).await?,
+            // Boxed, as in the inbound route: off the hot path, and a large future.
+            None => {
+                Box::pin(store::status::record(
+                    &state.db,
+                    &callback,
+                    link.as_ref(),
+                    params,
+                    at,
+                ))
+                .await?
+            }
         })
     })
     .await;
@@ -47,7 +57,16 @@ pub async fn status(State(state): State<Shared>, signed: Signed) -> Result<Statu
         Ok(recorded) => recorded,
         Err(e) if outage::database_away(&e) => {
             // Acknowledged only once it is on disk; stored when Postgres answers again.
-            return if outage::spool(&state, &signed, Route::Status, at, None, None).await {
+            return if Box::pin(outage::spool(
+                &state,
+                &signed,
+                Route::Status,
+                at,
+                None,
+                None,
+            ))
+            .await
+            {
                 Ok(StatusCode::NO_CONTENT)
             } else {
                 Err(e)

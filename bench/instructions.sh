@@ -7,40 +7,31 @@
 #
 #   bash bench/instructions.sh [workload]      (inbound by default; status, mixed, duplicates)
 #
-# BIN (target/release/twilio-receiver, built if missing), PGURL as in bench/run.sh, PORT
-# (18180). The database twr_instructions is dropped and created for each run. Note that
+# BIN (target/release/twilio-receiver, built if missing), PGURL and RULES as in
+# bench/run.sh, PORT (18180). The database twr_instructions is dropped and created for each run. Note that
 # valgrind counts a `rep movsb` copy per byte, so large memcpy weighs more here than in time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORKLOAD=${1:-inbound}
 PGURL=${PGURL:-postgres://postgres@127.0.0.1:5432}
 PORT=${PORT:-18180}
-BIN=${BIN:-target/release/twilio-receiver}
+RULES=${RULES:-config/rules.toml}
 DB=twr_instructions
-[ -x "$BIN" ] || cargo build --release --locked --quiet --bin twilio-receiver
+[ -x "${BIN:-target/release/twilio-receiver}" ] ||
+  cargo build --release --locked --quiet --bin twilio-receiver
 cargo bench --locked --quiet --no-run --bench load 2>/dev/null
 work=$(mktemp -d)
-trap 'kill "${server:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill "${servers[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
+# shellcheck source=bench/server.sh
+source bench/server.sh
 
+# The total of instructions for a run of $1 requests, start-up and shutdown included.
 total() {
   psql -q "$PGURL/postgres" -c "drop database if exists $DB with (force)" 2>/dev/null
-  rm -rf "$work/spool"; mkdir -p "$work/spool"
-  TWILIO_AUTH_TOKEN=bench-token \
-  TWILIO_RECEIVER__SERVER__PUBLIC_URL=https://hooks.example.com \
-  TWILIO_RECEIVER__SERVER__LISTEN=127.0.0.1:$PORT \
-  TWILIO_RECEIVER__SERVER__ADMIN_LISTEN=127.0.0.1:0 \
-  TWILIO_RECEIVER__SPOOL__DIR="$work/spool" \
-  DATABASE_URL="$PGURL/$DB" RUST_LOG=warn \
-    valgrind --tool=callgrind --callgrind-out-file="$work/out" "$BIN" serve \
-    >"$work/log" 2>&1 &
-  server=$!
-  until (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do
-    kill -0 "$server" 2>/dev/null || { cat "$work/log"; exit 1; }
-    sleep 0.1
-  done
+  start_server 0 valgrind --tool=callgrind --callgrind-out-file="$work/out"
   cargo bench --locked --quiet --bench load -- --addr "127.0.0.1:$PORT" \
     --workload "$WORKLOAD" --connections 16 --seconds 1000 --requests "$1" >/dev/null 2>&1
-  kill -TERM "$server"; wait "$server" || true
+  stop_servers
   awk '/^summary:/ { print $2 }' "$work/out"
 }
 

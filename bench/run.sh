@@ -27,36 +27,9 @@ DB=twr_bench
 cargo build --release --locked --quiet --bin twilio-receiver
 cargo bench --locked --quiet --no-run --bench load 2>/dev/null
 work=$(mktemp -d)
-servers=()
 trap 'kill "${servers[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
-
-# Starts server number $1 (0, 1, ...) on PORT + $1, each with its own spool, and waits
-# until it accepts connections.
-start_server() {
-  local port=$((PORT + $1)) pid
-  mkdir -p "$work/spool$1"
-  TWILIO_AUTH_TOKEN=bench-token \
-  TWILIO_RECEIVER__SERVER__PUBLIC_URL=https://hooks.example.com \
-  TWILIO_RECEIVER__SERVER__LISTEN=127.0.0.1:$port \
-  TWILIO_RECEIVER__SERVER__ADMIN_LISTEN=127.0.0.1:0 \
-  TWILIO_RECEIVER__SPOOL__DIR="$work/spool$1" \
-  TWILIO_RECEIVER__RULES__PATH="$RULES" \
-  DATABASE_URL="$PGURL/$DB" RUST_LOG=warn \
-    target/release/twilio-receiver serve >"$work/log$1" 2>&1 &
-  pid=$!
-  servers+=("$pid")
-  # Migrations run before the listener is bound, so an accepted connection means ready.
-  # (bash's /dev/tcp: no process per attempt, so the wait measures the server, not us.)
-  until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
-    kill -0 "$pid" 2>/dev/null || { cat "$work/log$1"; exit 1; }
-  done
-}
-
-stop_servers() {
-  kill -TERM "${servers[@]}"
-  for pid in "${servers[@]}"; do wait "$pid" || true; done
-  servers=()
-}
+# shellcheck source=bench/server.sh
+source bench/server.sh
 
 # utime + stime of a process, in clock ticks.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }

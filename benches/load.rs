@@ -160,16 +160,21 @@ fn http_request(args: &Args, path: &str, params: &[(String, String)]) -> Vec<u8>
     .into_bytes()
 }
 
+/// Inbound message number `n` (a redelivery of it has the same bytes).
+fn message(args: &Args, run: &str, n: usize) -> Prepared {
+    let (sid, params) = inbound(args, run, n);
+    Prepared {
+        bytes: http_request(args, "/twilio/messages", &params),
+        key: Key::Message(sid),
+        contact: n % args.contacts,
+    }
+}
+
 fn prepare(args: &Args, run: &str) -> Vec<Prepared> {
     let (mut messages, mut statuses) = (0, 0);
     let mut next_message = |args: &Args| {
-        let (sid, params) = inbound(args, run, messages);
         messages += 1;
-        Prepared {
-            bytes: http_request(args, "/twilio/messages", &params),
-            key: Key::Message(sid),
-            contact: (messages - 1) % args.contacts,
-        }
+        message(args, run, messages - 1)
     };
     let mut next_status = |args: &Args| {
         let (sid, status, params) = status(args, run, statuses);
@@ -187,15 +192,8 @@ fn prepare(args: &Args, run: &str) -> Vec<Prepared> {
             // I S I S I: three in five are inbound.
             Workload::Mixed if i % 5 % 2 == 0 => next_message(args),
             Workload::Mixed => next_status(args),
-            Workload::Duplicates if i % 10 == 9 => {
-                // A redelivery of a message sent a little earlier (same bytes, same SID).
-                let (sid, params) = inbound(args, run, i * 9 / 10 - 7);
-                Prepared {
-                    bytes: http_request(args, "/twilio/messages", &params),
-                    key: Key::Message(sid),
-                    contact: (i * 9 / 10 - 7) % args.contacts,
-                }
-            }
+            // A redelivery of a message sent a little earlier (same bytes, same SID).
+            Workload::Duplicates if i % 10 == 9 => message(args, run, i * 9 / 10 - 7),
             Workload::Duplicates => next_message(args),
         })
         .collect()

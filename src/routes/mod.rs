@@ -87,34 +87,27 @@ impl Clock {
     }
 }
 
-/// Counts each webhook request by route template and status.
-async fn count_requests(
-    axum::extract::State(state): axum::extract::State<Shared>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = next.run(request).await;
-    state.metrics.request(&route, response.status().as_u16());
-    response
-}
-
-/// Sheds a webhook request with 503 when `server.max_concurrent_requests` are in flight:
-/// Twilio then calls the fallback URL, and the server keeps its memory and its database pool
-/// for the requests it has already accepted.
-async fn shed_load(
+/// The outermost webhook middleware: counts each request by route template and status
+/// (timeouts, panics and shed requests too), and sheds it with 503 when
+/// `server.max_concurrent_requests` are in flight: Twilio then calls the fallback URL, and
+/// the server keeps its memory and its database pool for the requests it has already
+/// accepted. Shedding happens before the request span and the body are touched, so it costs
+/// almost nothing. (One middleware, not two: each `from_fn` layer boxes the request's
+/// future once more.)
+async fn admit(
     axum::extract::State(state): axum::extract::State<Shared>,
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     request
         .extensions_mut()
         .insert(signed::Arrived(std::time::Instant::now()));
-    match state.in_flight.clone().try_acquire_owned() {
+    let response = match state.in_flight.clone().try_acquire_owned() {
         Ok(permit) => {
             let response = next.run(request).await;
             drop(permit);
@@ -124,7 +117,9 @@ async fn shed_load(
             state.metrics.requests_shed.inc();
             crate::error::AppError::Overloaded.into_response()
         }
-    }
+    };
+    state.metrics.request(&route, response.status().as_u16());
+    response
 }
 
 /// The admin listener's routes: `GET /metrics`.
@@ -166,10 +161,13 @@ where
 /// 15 s Twilio waits.
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let state: Shared = Arc::new(state);
-    // ServiceBuilder order: first = outermost. The request id exists before the span that
-    // records it; sensitive headers are marked before anything could log them; panics become
-    // 500s inside the span, and the timeout answers 503 so Twilio moves to the fallback URL.
+    // ServiceBuilder order: first = outermost. Admission (counting, shedding) comes first;
+    // the request id exists before the span that records it; sensitive headers are marked
+    // before anything could log them; panics become 500s inside the span, and the timeout
+    // answers 503 so Twilio moves to the fallback URL. One `Router::layer` call: each call
+    // wraps every route in another boxed service, a heap copy of the future per request.
     let middleware = ServiceBuilder::new()
+        .layer(axum::middleware::from_fn_with_state(state.clone(), admit))
         .layer(SetRequestIdLayer::new(
             telemetry::REQUEST_ID,
             MakeRequestUuid,
@@ -198,16 +196,6 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/twilio/fallback", webhook(inbound::fallback))
         .route("/twilio/status", webhook(status::status))
         .layer(middleware)
-        // Before the request span and the body are touched: shedding must cost almost nothing.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            shed_load,
-        ))
-        // Outermost, so timeouts, panics and shed requests are counted too.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            count_requests,
-        ))
         // Health checks are polled every few seconds: kept out of the request log.
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -24,14 +24,15 @@ use crate::{
     twilio::{InboundMessage, ReplyLink, StatusCallback, status},
 };
 use chrono::{DateTime, Duration, Utc};
-use sqlx::PgConnection;
+use serde_json::value::RawValue;
+use sqlx::{PgConnection, types::Json};
 use std::collections::HashMap;
 
 /// One live delivery of an inbound message to the primary URL.
 pub struct Live {
     pub msg: InboundMessage,
     /// Every parameter as received (`Params::to_json`).
-    pub params: serde_json::Value,
+    pub params: Box<RawValue>,
     pub at: DateTime<Utc>,
 }
 
@@ -478,7 +479,7 @@ async fn store_once(
             &rows.channel_metadata as &[Option<&serde_json::Value>],
             &rows.status as &[Option<&str>],
             &rows.received_at,
-            &rows.params as &[&serde_json::Value],
+            &rows.params as &[Json<&RawValue>],
             &rows.status_rank as &[Option<i16>],
             &rows.media_sid as &[&str],
             &rows.media_index,
@@ -517,7 +518,7 @@ async fn store_once(
             &events.error_message as &[Option<&str>],
             &events.raw_dlr_done_date as &[Option<&str>],
             &events.at,
-            &events.params as &[&serde_json::Value],
+            &events.params as &[Json<&RawValue>],
             &events.error_code_raw as &[Option<&str>],
             &winners.sid as &[&str],
             &winners.account_sid as &[&str],
@@ -534,7 +535,7 @@ async fn store_once(
             &winners.reply_part as &[Option<i32>],
             &winners.received_at,
             &winners.updated_at,
-            &winners.params as &[&serde_json::Value],
+            &winners.params as &[Json<&RawValue>],
         )
         .fetch_one(&mut *conn)
         .await?;
@@ -970,7 +971,7 @@ struct MessageRows<'a> {
     channel_metadata: Vec<Option<&'a serde_json::Value>>,
     status: Vec<Option<&'a str>>,
     received_at: Vec<DateTime<Utc>>,
-    params: Vec<&'a serde_json::Value>,
+    params: Vec<Json<&'a RawValue>>,
     status_rank: Vec<Option<i16>>,
     media_sid: Vec<&'a str>,
     media_index: Vec<i32>,
@@ -1024,7 +1025,7 @@ impl<'a> MessageRows<'a> {
             rows.channel_metadata.push(msg.channel_metadata.as_ref());
             rows.status.push(msg.status.as_deref());
             rows.received_at.push(*at);
-            rows.params.push(params);
+            rows.params.push(Json(params));
             rows.status_rank
                 .push(msg.status.as_deref().and_then(status::rank));
             for m in &msg.media {
@@ -1134,7 +1135,7 @@ pub struct Callback {
     pub cb: StatusCallback,
     pub link: Option<ReplyLink>,
     /// Every parameter as received (`Params::to_json`).
-    pub params: serde_json::Value,
+    pub params: Box<RawValue>,
     pub at: DateTime<Utc>,
 }
 
@@ -1293,7 +1294,7 @@ struct EventRows<'a> {
     error_message: Vec<Option<&'a str>>,
     raw_dlr_done_date: Vec<Option<&'a str>>,
     at: Vec<DateTime<Utc>>,
-    params: Vec<&'a serde_json::Value>,
+    params: Vec<Json<&'a RawValue>>,
     error_code_raw: Vec<Option<&'a str>>,
 }
 
@@ -1306,7 +1307,7 @@ impl<'a> EventRows<'a> {
         self.raw_dlr_done_date
             .push(c.cb.raw_dlr_done_date.as_deref());
         self.at.push(c.at);
-        self.params.push(&c.params);
+        self.params.push(Json(&c.params));
         self.error_code_raw.push(c.cb.error_code_raw.as_deref());
     }
 }
@@ -1329,7 +1330,7 @@ struct MessageUpserts<'a> {
     reply_part: Vec<Option<i32>>,
     received_at: Vec<DateTime<Utc>>,
     updated_at: Vec<DateTime<Utc>>,
-    params: Vec<&'a serde_json::Value>,
+    params: Vec<Json<&'a RawValue>>,
 }
 
 impl<'a> MessageUpserts<'a> {
@@ -1363,6 +1364,6 @@ impl<'a> MessageUpserts<'a> {
         self.received_at.push(first.at);
         self.updated_at
             .push(group.iter().map(|&i| batch[i].at).max().unwrap_or(first.at));
-        self.params.push(&first.params);
+        self.params.push(Json(&first.params));
     }
 }

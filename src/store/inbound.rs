@@ -41,7 +41,7 @@ pub struct Reply {
 pub struct Delivery<'a> {
     pub msg: &'a InboundMessage,
     /// Every parameter as received (`Params::to_json`).
-    pub params: serde_json::Value,
+    pub params: Box<serde_json::value::RawValue>,
     pub at: DateTime<Utc>,
     /// For a call to the fallback URL: why the primary URL failed.
     pub failure: Option<&'a Failure>,
@@ -100,7 +100,7 @@ pub async fn receive(
             failure.error_code,
             failure.error_url,
             at,
-            &params,
+            &params as &serde_json::value::RawValue,
             spool_record,
         )
         .fetch_optional(&mut *tx)
@@ -215,7 +215,7 @@ pub async fn receive(
         msg.channel_metadata,
         msg.status,
         at,
-        &params,
+        &params as &serde_json::value::RawValue,
         &media_index,
         &media_url,
         &media_type as &[Option<String>],

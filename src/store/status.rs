@@ -23,7 +23,7 @@ pub async fn record(
     pool: &PgPool,
     cb: &StatusCallback,
     link: Option<&ReplyLink>,
-    params: serde_json::Value,
+    params: Box<serde_json::value::RawValue>,
     at: DateTime<Utc>,
 ) -> Result<Recorded, StoreError> {
     let rank = status::rank(&cb.status);
@@ -85,7 +85,7 @@ pub async fn record(
         cb.error_message,
         cb.raw_dlr_done_date,
         at,
-        &params,
+        &params as &serde_json::value::RawValue,
         cb.account_sid,
         cb.messaging_service_sid,
         cb.from.channel(),

@@ -1,6 +1,7 @@
 //! The parameters of a webhook, exactly as received (order, blanks and repeats kept).
 
-use serde_json::{Map, Value};
+use serde::{Serialize, Serializer, ser::SerializeMap};
+use serde_json::value::RawValue;
 
 /// Every parameter of a request, in the order received. Only [`super::verify`] builds one
 /// from a request, so holding a `Params` means the request passed verification.
@@ -46,26 +47,43 @@ impl Params {
         self.0.is_empty()
     }
 
-    /// A JSON object of every parameter; a repeated name becomes an array of its values in
-    /// the order received, so nothing Twilio sent is lost.
-    pub fn to_json(&self) -> Value {
-        let mut map = Map::with_capacity(self.0.len());
-        for (k, v) in &self.0 {
-            match map.get_mut(k) {
-                None => {
-                    map.insert(k.clone(), Value::String(v.clone()));
-                }
-                Some(Value::Array(values)) => values.push(Value::String(v.clone())),
-                Some(first) => {
-                    let first = first.take();
-                    map.insert(
-                        k.clone(),
-                        Value::Array(vec![first, Value::String(v.clone())]),
-                    );
-                }
+    /// A JSON object of every parameter ([`Serialize`](#impl-Serialize-for-Params)), as
+    /// the text the `params` jsonb column takes: written straight from the pairs, with no
+    /// `serde_json::Value` tree in between.
+    pub fn to_json(&self) -> Box<RawValue> {
+        serde_json::value::to_raw_value(self).expect("string pairs always serialize")
+    }
+}
+
+/// A JSON object of every parameter; a repeated name becomes an array of its values in the
+/// order received, so nothing Twilio sent is lost.
+impl Serialize for Params {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // Pairs grouped by name, each group in the order received (a stable sort); names
+        // are rarely repeated, but a JSON object must name each key once.
+        let mut order: Vec<usize> = (0..self.0.len()).collect();
+        order.sort_by(|&a, &b| self.0[a].0.cmp(&self.0[b].0));
+        let groups: Vec<&[usize]> = order
+            .chunk_by(|&a, &b| self.0[a].0 == self.0[b].0)
+            .collect();
+        let mut map = serializer.serialize_map(Some(groups.len()))?;
+        for group in groups {
+            let name = &self.0[group[0]].0;
+            match group {
+                [one] => map.serialize_entry(name, &self.0[*one].1)?,
+                many => map.serialize_entry(name, &Values(self, many))?,
             }
         }
-        Value::Object(map)
+        map.end()
+    }
+}
+
+/// The values of one repeated name, as a JSON array.
+struct Values<'a>(&'a Params, &'a [usize]);
+
+impl Serialize for Values<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.1.iter().map(|&i| &(self.0).0[i].1))
     }
 }
 
@@ -89,12 +107,19 @@ impl FromIterator<(String, String)> for Params {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     #[test]
     fn json_keeps_blanks_and_turns_repeats_into_arrays() {
         let p = Params::of(&[("A", "1"), ("Empty", ""), ("A", "2"), ("A", "1")]);
-        assert_eq!(p.to_json(), json!({"A": ["1", "2", "1"], "Empty": ""}));
+        let json: Value = serde_json::from_str(p.to_json().get()).unwrap();
+        assert_eq!(json, json!({"A": ["1", "2", "1"], "Empty": ""}));
+    }
+
+    #[test]
+    fn json_escapes_what_json_must() {
+        let p = Params::of(&[("Body", "\"q\" \\ \n \u{1} é")]);
+        assert_eq!(p.to_json().get(), r#"{"Body":"\"q\" \\ \n \u0001 é"}"#);
     }
 
     #[test]
@@ -119,6 +144,33 @@ mod tests {
 mod props {
     use super::*;
     use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// A JSON object's entries as written, so a name written twice would show.
+    struct Entries(Vec<(String, Value)>);
+
+    impl<'de> serde::Deserialize<'de> for Entries {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> serde::de::Visitor<'de> for Visitor {
+                type Value = Entries;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Entries, A::Error> {
+                    let mut entries = Vec::new();
+                    while let Some(entry) = map.next_entry()? {
+                        entries.push(entry);
+                    }
+                    Ok(Entries(entries))
+                }
+            }
+            d.deserialize_map(Visitor)
+        }
+    }
 
     fn pairs() -> impl Strategy<Value = Vec<(String, String)>> {
         let name = prop_oneof![
@@ -135,12 +187,14 @@ mod props {
         #[test]
         fn json_keeps_every_value_in_order(pairs in pairs()) {
             let scrub = |s: &str| s.replace('\0', "\u{FFFD}");
-            let json = Params::new(pairs.clone()).to_json();
-            let object = json.as_object().unwrap();
+            let text = Params::new(pairs.clone()).to_json();
+            let Entries(entries) = serde_json::from_str(text.get()).unwrap();
             let mut names: Vec<String> = pairs.iter().map(|(k, _)| scrub(k)).collect();
             names.sort();
             names.dedup();
-            prop_assert_eq!(object.len(), names.len());
+            // Each name once (jsonb would keep only the last of a repeated key).
+            prop_assert_eq!(entries.len(), names.len());
+            let object: serde_json::Map<String, Value> = entries.into_iter().collect();
             for name in names {
                 let values: Vec<Value> = pairs
                     .iter()

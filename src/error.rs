@@ -59,7 +59,7 @@ impl AppError {
             AppError::Rejected(Rejection::Signature(_)) | AppError::BadSignature { .. } => {
                 StatusCode::FORBIDDEN
             }
-            AppError::Rejected(Rejection::BadJson | Rejection::BadForm)
+            AppError::Rejected(Rejection::BadJson)
             | AppError::MissingParam(_)
             | AppError::BadBody(_) => StatusCode::BAD_REQUEST,
             AppError::BodyTooLarge | AppError::Store(StoreError::TooLarge(_)) => {
@@ -135,7 +135,6 @@ impl IntoResponse for AppError {
                 "expected application/x-www-form-urlencoded or application/json\n"
             }
             AppError::Rejected(Rejection::BadJson) => "the JSON body is not an object\n",
-            AppError::Rejected(Rejection::BadForm) => "the form body could not be parsed\n",
             AppError::NotReady | AppError::DatabaseTooSlow => "service unavailable\n",
             AppError::Unauthorized => "",
             AppError::BadBody(_) => "request body could not be read\n",

@@ -5,6 +5,7 @@
 //! The URL checked is always the public URL Twilio called, never the one this server sees.
 
 pub mod address;
+mod form;
 pub mod inbound;
 pub mod params;
 pub mod signature;

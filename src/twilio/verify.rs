@@ -4,6 +4,7 @@
 //! the command says is exactly what the server would do with the same URL and body.
 
 use super::{
+    form,
     params::Params,
     signature::{self, Algorithm, SignatureError},
 };
@@ -36,8 +37,6 @@ pub enum Rejection {
     Signature(#[from] SignatureError),
     #[error("the JSON body is not an object")]
     BadJson,
-    #[error("the form body could not be parsed")]
-    BadForm,
 }
 
 /// How a POST body is encoded, from its `Content-Type` (parameters such as charset ignored).
@@ -170,8 +169,8 @@ impl Verifier {
         // A JSON body that is not an object still has its signature checked first, so an
         // unsigned request is a 403 whatever its body.
         let (pairs, json_ok) = match kind {
-            None => (query_pairs(req.url)?, true),
-            Some(BodyKind::Form) => (form_pairs(req.body)?, true),
+            None => (query_pairs(req.url), true),
+            Some(BodyKind::Form) => (form::pairs(req.body), true),
             Some(BodyKind::Json) => {
                 if self.enforce {
                     check_body_hash(req.url, req.body)?;
@@ -212,8 +211,6 @@ impl Verifier {
 pub enum SignError {
     #[error("unsupported content type (expected a form or JSON)")]
     UnsupportedMediaType,
-    #[error("the form body could not be parsed")]
-    BadForm,
     #[error("a JSON body is signed with its hash in the URL; use this URL: {url}")]
     NeedsBodyHash { url: String },
     #[error("bodySHA256 in the URL does not match the body; it should be {expected}")]
@@ -229,10 +226,7 @@ pub fn sign(
 ) -> Result<String, SignError> {
     match BodyKind::from_content_type(content_type) {
         None => Err(SignError::UnsupportedMediaType),
-        Some(BodyKind::Form) => {
-            let pairs = form_pairs(body).map_err(|_| SignError::BadForm)?;
-            Ok(signature::compute(token, url, &pairs))
-        }
+        Some(BodyKind::Form) => Ok(signature::compute(token, url, &form::pairs(body))),
         Some(BodyKind::Json) => match check_body_hash(url, body) {
             Ok(()) => Ok(signature::compute(token, url, &[])),
             Err(SignatureError::BodyHashMismatch) => Err(SignError::BodyHashMismatch {
@@ -256,7 +250,6 @@ pub fn sign(
 /// JSON bodies are signed through the URL, which must carry the hex SHA-256 of the raw body.
 fn check_body_hash(url: &str, body: &[u8]) -> Result<(), SignatureError> {
     let expected = query_pairs(url)
-        .map_err(|_| SignatureError::BodyHashMissing)?
         .into_iter()
         .find(|(k, _)| k == "bodySHA256")
         .map(|(_, v)| v)
@@ -286,15 +279,11 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 /// Form pairs with blanks and repeats kept; invalid UTF-8 is decoded lossily. Parsing into
 /// string pairs cannot fail today; if it ever did, the request fails closed (a form signed
 /// over no parameters must never pass).
-fn form_pairs(body: &[u8]) -> Result<Vec<(String, String)>, Rejection> {
-    serde_urlencoded::from_bytes(body).map_err(|_| Rejection::BadForm)
-}
-
-fn query_pairs(url: &str) -> Result<Vec<(String, String)>, Rejection> {
+fn query_pairs(url: &str) -> Vec<(String, String)> {
     let without_fragment = url.split('#').next().unwrap_or_default();
     match without_fragment.split_once('?') {
-        Some((_, query)) => form_pairs(query.as_bytes()),
-        None => Ok(Vec::new()),
+        Some((_, query)) => form::pairs(query.as_bytes()),
+        None => Vec::new(),
     }
 }
 
@@ -465,7 +454,7 @@ mod tests {
     fn shared_keys_sign_with_hmac_sha256_and_unknown_keys_or_algorithms_are_refused() {
         let url = "https://h/x";
         let body = b"MessageSid=SM1&AccountSid=AC1";
-        let pairs = form_pairs(body).unwrap();
+        let pairs = form::pairs(body);
         let sig = signature::compute_with(Algorithm::Sha256, b"secret", url, &pairs);
         let v = verifier(&["auth-token"]).with_shared_keys(HashMap::from([(
             "Key_1".to_owned(),
@@ -595,7 +584,7 @@ mod tests {
 
     #[test]
     fn invalid_utf8_and_bad_escapes_never_fail_parsing() {
-        let pairs = form_pairs(b"Body=%FF%FE&Bad=%zz&%=1&&x").unwrap();
+        let pairs = form::pairs(b"Body=%FF%FE&Bad=%zz&%=1&&x");
         assert_eq!(pairs.len(), 4);
         assert_eq!(pairs[0].1, "\u{FFFD}\u{FFFD}");
     }
@@ -808,7 +797,7 @@ mod props {
         /// form was encoded (`+` or `%20`, upper- or lower-case hex, literal or escaped).
         #[test]
         fn form_parsing_keeps_every_pair(pairs in pairs(), styles in prop::collection::vec(0u8..4, 1..8)) {
-            prop_assert_eq!(form_pairs(encode(&pairs).as_bytes()), Ok(pairs.clone()));
+            prop_assert_eq!(form::pairs(encode(&pairs).as_bytes()), pairs.clone());
             let mut style = styles.iter().cycle();
             let mut escape = |s: &str| -> String {
                 s.bytes()
@@ -825,16 +814,15 @@ mod props {
                 .map(|(k, v)| format!("{}={}", escape(k), escape(v)))
                 .collect::<Vec<_>>()
                 .join("&");
-            prop_assert_eq!(form_pairs(body.as_bytes()), Ok(pairs));
+            prop_assert_eq!(form::pairs(body.as_bytes()), pairs);
         }
 
-        /// Any bytes at all: pairs or an error, never a panic, and parsing what was parsed,
-        /// encoded again, gives the same pairs.
+        /// Any bytes at all parse, never panic, and parsing what was parsed, encoded again,
+        /// gives the same pairs.
         #[test]
         fn any_bytes_parse_stably(body in prop::collection::vec(any::<u8>(), 0..96)) {
-            if let Ok(pairs) = form_pairs(&body) {
-                prop_assert_eq!(form_pairs(encode(&pairs).as_bytes()), Ok(pairs));
-            }
+            let pairs = form::pairs(&body);
+            prop_assert_eq!(form::pairs(encode(&pairs).as_bytes()), pairs);
         }
 
         /// Whatever the headers and body, verification answers; it never panics.

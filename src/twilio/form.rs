@@ -5,9 +5,9 @@
 //! together on arbitrary bytes): pairs split on `&`, empty pieces skipped, the name ending at
 //! the first `=`, `+` as a space, `%XX` as a byte (a `%` without two hex digits kept as it
 //! is), then UTF-8 with invalid sequences as U+FFFD; blanks and repeats kept (TWILIO.md §1.1).
-//! It exists because the crate decodes each value in three passes and three allocations
-//! (plus, percent, UTF-8), about a seventh of the server's instructions per webhook; this
-//! does one pass and one allocation.
+//! It exists because the crate decodes each value in three passes, each with its own copy
+//! (plus signs, percent escapes, UTF-8): an eighth of the server's instructions per inbound
+//! webhook under callgrind. This does one pass and one copy, with a third fewer instructions.
 
 /// Every pair of a form body, in order.
 pub fn pairs(body: &[u8]) -> Vec<(String, String)> {

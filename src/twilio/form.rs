@@ -58,26 +58,21 @@ fn hex(digit: Option<&u8>) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::twilio::Params;
     use proptest::prelude::*;
-
-    fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
 
     #[test]
     fn decodes_plus_percent_and_keeps_blanks_and_repeats() {
         assert_eq!(
             pairs(b"From=whatsapp%3A%2B14155238886&Body=hi+there&ToCity=&A=1&A=2"),
-            owned(&[
+            Params::of(&[
                 ("From", "whatsapp:+14155238886"),
                 ("Body", "hi there"),
                 ("ToCity", ""),
                 ("A", "1"),
                 ("A", "2"),
             ])
+            .pairs()
         );
     }
 
@@ -85,7 +80,7 @@ mod tests {
     fn odd_pieces_parse_as_the_crate_parses_them() {
         assert_eq!(
             pairs(b"&&x&=v&k=a=b&%zz=%4&p=%2b%2B+%C3%A9&bad=%FF"),
-            owned(&[
+            Params::of(&[
                 ("x", ""),
                 ("", "v"),
                 ("k", "a=b"),
@@ -93,6 +88,7 @@ mod tests {
                 ("p", "++ é"),
                 ("bad", "\u{FFFD}"),
             ])
+            .pairs()
         );
     }
 

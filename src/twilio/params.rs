@@ -47,9 +47,9 @@ impl Params {
         self.0.is_empty()
     }
 
-    /// A JSON object of every parameter ([`Serialize`](#impl-Serialize-for-Params)), as
-    /// the text the `params` jsonb column takes: written straight from the pairs, with no
-    /// `serde_json::Value` tree in between.
+    /// Every parameter as a JSON object (see the `Serialize` impl), as the text the `params`
+    /// jsonb column takes: written straight from the pairs, with no `serde_json::Value` tree
+    /// in between.
     pub fn to_json(&self) -> Box<RawValue> {
         serde_json::value::to_raw_value(self).expect("string pairs always serialize")
     }

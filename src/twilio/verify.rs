@@ -276,9 +276,8 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
         })
 }
 
-/// Form pairs with blanks and repeats kept; invalid UTF-8 is decoded lossily. Parsing into
-/// string pairs cannot fail today; if it ever did, the request fails closed (a form signed
-/// over no parameters must never pass).
+/// The query string's pairs, parsed as a form body is (blanks and repeats kept, invalid
+/// UTF-8 decoded lossily); the fragment is never part of it.
 fn query_pairs(url: &str) -> Vec<(String, String)> {
     let without_fragment = url.split('#').next().unwrap_or_default();
     match without_fragment.split_once('?') {

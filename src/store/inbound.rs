@@ -318,7 +318,8 @@ pub async fn receive(
 
 /// Records `twiml` as the answer to a stored message that has none yet (its first delivery
 /// was answered 503 while the database was away), and returns the answer on record: this one,
-/// or the one a concurrent call recorded first.
+/// or the one a concurrent call recorded first. (A message erased meanwhile gets no reply row:
+/// `twiml` is returned and nothing is recorded.)
 pub async fn answer_once(
     pool: &PgPool,
     message_sid: &str,
@@ -329,8 +330,12 @@ pub async fn answer_once(
     let recorded = sqlx::query_scalar!(
         r#"
         with answer as (
+            -- Only while the message is there, and kept there until this commits (replies
+            -- have no foreign key: see migration 7).
             insert into replies (message_sid, rule, twiml, bodies, created_at)
-            values ($1, null, $2, $3, $4)
+            select m.message_sid, null, $2, $3, $4
+            from messages m where m.message_sid = $1
+            for key share
             on conflict (message_sid) do nothing
             returning twiml
         )

@@ -48,7 +48,8 @@ pub async fn older_than(
                 where message_sid in (select message_sid from old)
                 returning 1
             ), gone as (
-                -- message_media and replies follow by their foreign keys' cascade.
+                -- message_media follows by its foreign key's cascade, replies by the
+                -- trigger on messages (migration 7).
                 delete from messages where message_sid in (select message_sid from old)
                 returning 1
             )

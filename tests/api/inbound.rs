@@ -468,3 +468,47 @@ async fn text_full_of_quotes_backslashes_and_sql_is_stored_unchanged(pool: PgPoo
     assert_eq!(row.params["ProfileName"][1], "O'Brien \\ \"quoted\"");
     assert_eq!(app.count("select count(*) from messages").await, 1);
 }
+
+#[sqlx::test]
+async fn deleting_messages_in_sql_deletes_their_replies(pool: PgPool) {
+    let app = TestApp::new(pool);
+    for n in 1..=3 {
+        let params = whatsapp_text(&sid(n), "whatsapp:+15551234567", "hi");
+        assert_eq!(
+            app.post_signed("/twilio/messages", &params).await.status,
+            200
+        );
+    }
+    assert_eq!(app.count("select count(*) from replies").await, 3);
+
+    // What an operator might run: the replies go with their messages, as by a cascade.
+    sqlx::query!(
+        "delete from messages where message_sid = any($1)",
+        &[sid(1), sid(2)]
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    let left = sqlx::query_scalar!("select message_sid from replies")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, [sid(3)]);
+}
+
+#[sqlx::test]
+async fn a_late_reply_for_a_message_that_is_gone_records_nothing(pool: PgPool) {
+    let at = chrono::Utc::now();
+    let twiml =
+        twilio_receiver::store::inbound::answer_once(&pool, &sid(9), "<Response/>", &[], at)
+            .await
+            .unwrap();
+    // Answered as it would have been, but no reply row without its message.
+    assert_eq!(twiml, "<Response/>");
+    let replies = sqlx::query_scalar!("select count(*) from replies")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(replies, Some(0));
+}

@@ -71,6 +71,19 @@ pub struct TestResponse {
     pub body: String,
 }
 
+/// Installs, once, a global subscriber that takes every event and keeps none. tracing
+/// caches each log statement's interest for the whole process; a statement first reached by
+/// a test with no subscriber at all, while another test installs its log capture, can stay
+/// cached as disabled, for the capture too (a race in tracing-core's registration, seen as a
+/// capture missing a line when tests ran in parallel). With this, no statement is ever
+/// disabled, and each event goes to its thread's capture if it has one.
+pub fn every_callsite_has_a_subscriber() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
+    });
+}
+
 impl TestApp {
     pub fn new(pool: PgPool) -> Self {
         Self::with_settings(pool, settings(&[]))
@@ -81,6 +94,7 @@ impl TestApp {
     }
 
     pub fn with_settings(pool: PgPool, settings: Settings) -> Self {
+        every_callsite_has_a_subscriber();
         let now = Arc::new(Mutex::new(
             Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap(),
         ));

@@ -34,6 +34,7 @@ impl<'a> MakeWriter<'a> for Captured {
 
 /// JSON logs at `filter`, as `log.format = "json"` produces them, for the current thread.
 fn capture(filter: &str) -> (Captured, tracing::subscriber::DefaultGuard) {
+    every_callsite_has_a_subscriber();
     let out = Captured::default();
     let subscriber = tracing_subscriber::registry()
         .with(EnvFilter::new(filter))

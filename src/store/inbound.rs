@@ -229,10 +229,7 @@ pub async fn receive(
         // A duplicate: the first delivery committed its reply together with the message.
         // Commit rather than roll back: a fallback call's failure row is new either way.
         tx.commit().await?;
-        let twiml =
-            sqlx::query_scalar!("select twiml from replies where message_sid = $1", msg.sid)
-                .fetch_optional(pool)
-                .await?;
+        let twiml = reply_on_record(pool, &msg.sid).await?;
         return Ok(Stored {
             received: Received::Duplicate { twiml },
             failure_recorded,
@@ -349,5 +346,23 @@ pub async fn answer_once(
     )
     .fetch_one(pool)
     .await?;
-    Ok(recorded.unwrap_or_else(|| twiml.to_owned()))
+    if let Some(recorded) = recorded {
+        return Ok(recorded);
+    }
+    // A concurrent call's reply that committed while this one waited on it is not in this
+    // statement's snapshot; a new statement sees it.
+    Ok(reply_on_record(pool, message_sid)
+        .await?
+        .unwrap_or_else(|| twiml.to_owned()))
+}
+
+/// The TwiML answered to `message_sid`, if one is recorded.
+async fn reply_on_record(pool: &PgPool, message_sid: &str) -> Result<Option<String>, StoreError> {
+    let twiml = sqlx::query_scalar!(
+        "select twiml from replies where message_sid = $1",
+        message_sid
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(twiml)
 }

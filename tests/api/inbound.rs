@@ -470,7 +470,7 @@ async fn text_full_of_quotes_backslashes_and_sql_is_stored_unchanged(pool: PgPoo
 }
 
 #[sqlx::test]
-async fn deleting_messages_in_sql_deletes_their_replies(pool: PgPool) {
+async fn deleting_or_truncating_messages_in_sql_removes_their_replies(pool: PgPool) {
     let app = TestApp::new(pool);
     for n in 1..=3 {
         let params = whatsapp_text(&sid(n), "whatsapp:+15551234567", "hi");
@@ -495,6 +495,12 @@ async fn deleting_messages_in_sql_deletes_their_replies(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(left, [sid(3)]);
+
+    sqlx::query("truncate messages cascade")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(app.count("select count(*) from replies").await, 0);
 }
 
 #[sqlx::test]

@@ -324,33 +324,29 @@ pub async fn answer_once(
     bodies: &[String],
     at: DateTime<Utc>,
 ) -> Result<String, StoreError> {
-    let recorded = sqlx::query_scalar!(
+    // Only while the message is there, and kept there until this commits (replies have no
+    // foreign key: see migration 7).
+    let inserted = sqlx::query_scalar!(
         r#"
-        with answer as (
-            -- Only while the message is there, and kept there until this commits (replies
-            -- have no foreign key: see migration 7).
-            insert into replies (message_sid, rule, twiml, bodies, created_at)
-            select m.message_sid, null, $2, $3, $4
-            from messages m where m.message_sid = $1
-            for key share
-            on conflict (message_sid) do nothing
-            returning twiml
-        )
-        select coalesce((select twiml from answer),
-                        (select twiml from replies where message_sid = $1)) as twiml
+        insert into replies (message_sid, rule, twiml, bodies, created_at)
+        select m.message_sid, null, $2, $3, $4
+        from messages m where m.message_sid = $1
+        for key share
+        on conflict (message_sid) do nothing
+        returning twiml
         "#,
         message_sid,
         twiml,
         bodies,
         at,
     )
-    .fetch_one(pool)
+    .fetch_optional(pool)
     .await?;
-    if let Some(recorded) = recorded {
+    if let Some(recorded) = inserted {
         return Ok(recorded);
     }
-    // A concurrent call's reply that committed while this one waited on it is not in this
-    // statement's snapshot; a new statement sees it.
+    // Recorded already, also by a concurrent call that committed while this one waited on it
+    // (a new statement sees it), or the message is gone.
     Ok(reply_on_record(pool, message_sid)
         .await?
         .unwrap_or_else(|| twiml.to_owned()))

@@ -216,15 +216,23 @@ impl Writer {
     }
 }
 
+/// How long a writer keeps its connection once its queue is empty: far longer than the
+/// gaps between batches under load, far shorter than anything a person would notice.
+const HOLD: Duration = Duration::from_millis(50);
+
 /// One writer: once something is queued, takes a pooled connection, then whatever is
 /// queued by then, up to `size`, and stores it. The connection comes first so that a
 /// webhook's wait for it counts in its bounded wait to be taken ([`Writer::wait`]), as it
 /// would without group commit, instead of following it.
 ///
-/// While more is queued, a writer keeps its connection for the next batch: giving it back
-/// and taking it again costs a ping round trip (sqlx tests each connection it hands out),
-/// about a twelfth of the server's CPU under load. Once its queue is empty it gives the
-/// connection back, so a small pool is never held by idle writers.
+/// A writer keeps its connection for the next batch while webhooks keep coming, and gives
+/// it back once its queue has stayed empty for [`HOLD`], so a small pool is never held by
+/// idle writers. Taking a connection again costs a ping round trip (sqlx tests each
+/// connection it hands out), about a twelfth of the server's CPU under load, and usually
+/// lands on another backend with cold caches. Under load a writer's queue is empty for a few
+/// hundred microseconds after most batches (its webhooks are answered and their next ones
+/// are still on their way), so giving the connection back as soon as the queue was empty
+/// cost that on most batches (BENCHMARKS.md, 2026-12-04 second session).
 ///
 /// Besides its connection, a writer carries from one batch to the next what it remembers of
 /// its contacts; a batch that panics leaves that fresh.
@@ -233,7 +241,17 @@ async fn run(mut queue: mpsc::Receiver<Queued>, size: usize, cx: Context) {
     let mut memory = Memory::default();
     loop {
         let mut jobs = Vec::with_capacity(size);
-        if queue.recv_many(&mut jobs, 1).await == 0 {
+        let received = match held {
+            Some(_) => match tokio::time::timeout(HOLD, queue.recv_many(&mut jobs, 1)).await {
+                Ok(received) => received,
+                Err(_) => {
+                    held = None;
+                    queue.recv_many(&mut jobs, 1).await
+                }
+            },
+            None => queue.recv_many(&mut jobs, 1).await,
+        };
+        if received == 0 {
             return;
         }
         let conn = match held.take() {
@@ -259,7 +277,7 @@ async fn run(mut queue: mpsc::Receiver<Queued>, size: usize, cx: Context) {
         ));
         match tokio::spawn(batch).await {
             Ok((conn, kept)) => {
-                held = conn.filter(|_| !queue.is_empty());
+                held = conn;
                 memory = kept;
             }
             Err(e) => tracing::error!(error = %e, "a group-commit batch panicked"),

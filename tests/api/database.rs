@@ -61,6 +61,33 @@ async fn an_exhausted_pool_is_503_and_recovers_when_connections_free_up(pool: Pg
     assert_eq!(app.count("select count(*) from messages").await, 1);
 }
 
+/// A group-commit writer keeps its connection only while webhooks keep coming for it: with a
+/// single pooled connection, webhooks from contacts of both writers' shares, one after
+/// another, are all stored (each writer waits a moment for the other to give it back), and
+/// readiness still gets it.
+#[sqlx::test]
+async fn idle_writers_give_a_one_connection_pool_back(pool: PgPool) {
+    let app = TestApp::with_own_pool(
+        &pool,
+        &[
+            ("TWILIO_RECEIVER__DATABASE__MAX_CONNECTIONS", "1"),
+            ("TWILIO_RECEIVER__DATABASE__ACQUIRE_TIMEOUT_MS", "1000"),
+        ],
+    );
+    for n in 1..=8 {
+        let contact = format!("whatsapp:+1555000000{n}");
+        let response = app
+            .post_signed("/twilio/messages", &whatsapp_text(&sid(n), &contact, "hi"))
+            .await;
+        assert_eq!(response.status, 200, "webhook {n}");
+    }
+    let ready = app
+        .send(Request::get("/readyz").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(app.count("select count(*) from messages").await, 8);
+}
+
 #[sqlx::test]
 async fn a_statement_timeout_is_503_and_writes_nothing(pool: PgPool) {
     let app = TestApp::with_own_pool(

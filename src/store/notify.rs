@@ -8,7 +8,8 @@
 //! at a time and with `synchronous_commit` off (notifications are not durable anyway), one
 //! lock covers a whole batch and no fsync happens under it.
 //!
-//! A notification follows its commit by a few milliseconds; one can be lost if the process
+//! A notification follows its commit by a few milliseconds (5 ms gathering others, then
+//! its statement); one can be lost if the process
 //! dies in between, or if listeners fall so far behind that the queue fills. Listeners use it
 //! as a wake-up and catch up by query, as with any NOTIFY.
 
@@ -19,6 +20,8 @@ use tokio::sync::mpsc;
 const QUEUE: usize = 65_536;
 /// Notifications per statement.
 const BATCH: usize = 1_024;
+/// How long the first notification of a statement waits for others to join it.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// A handle for announcing commits.
 #[derive(Clone, Debug)]
@@ -46,6 +49,15 @@ impl Notifier {
 async fn send_batches(pool: PgPool, mut pending: mpsc::Receiver<(&'static str, String)>) {
     let mut batch = Vec::with_capacity(BATCH);
     while pending.recv_many(&mut batch, BATCH).await > 0 {
+        // Under load every commit brings notifications: gathering them for a moment sends
+        // one statement for several commits instead of one for each.
+        tokio::time::sleep(GATHER).await;
+        while batch.len() < BATCH {
+            match pending.try_recv() {
+                Ok(notification) => batch.push(notification),
+                Err(_) => break,
+            }
+        }
         let (kinds, sids): (Vec<&str>, Vec<String>) = batch.drain(..).unzip();
         let kinds: Vec<String> = kinds.into_iter().map(str::to_owned).collect();
         let sent = sqlx::query_scalar!(

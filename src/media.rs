@@ -9,7 +9,7 @@
 use crate::{
     config::MediaSettings,
     store::{
-        self,
+        self, StoreError,
         media::{Job, Outcome},
     },
     twilio::Verifier,
@@ -30,6 +30,10 @@ const MAX_REDIRECTS: usize = 5;
 const IDLE_POLL: Duration = Duration::from_millis(500);
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// The first and the longest wait between attempts to record an outcome while the database
+/// is away.
+const FINISH_RETRY: Duration = Duration::from_millis(100);
+const MAX_FINISH_RETRY: Duration = Duration::from_secs(2);
 
 /// The storage named by `media.storage` (`file:///dir` or `s3://bucket/prefix`) and the
 /// prefix inside it. S3 settings come from the usual `AWS_*` variables.
@@ -159,6 +163,7 @@ impl Archiver {
         // The lease outlasts the whole attempt (deadline included), so no other worker can
         // take the job over while this one still works on it.
         let lease = deadline + Duration::from_secs(30);
+        let claimed_at = tokio::time::Instant::now();
         let job = match store::media::claim(&self.db, lease).await {
             Ok(Some(job)) => job,
             Ok(None) => return false,
@@ -167,11 +172,12 @@ impl Archiver {
                 return false;
             }
         };
+        tokio::pin!(stop);
         let outcome = tokio::select! {
             outcome = tokio::time::timeout(deadline, self.archive(&job)) => outcome.unwrap_or_else(|_| {
                 self.retry_or_give_up(&job, format!("not finished within media.timeout_ms ({} ms)", deadline.as_millis()))
             }),
-            () = stop => Outcome::Released,
+            () = &mut stop => Outcome::Released,
         };
         match &outcome {
             Outcome::Stored { bytes, .. } => {
@@ -188,9 +194,31 @@ impl Archiver {
                 message_sid = %job.message_sid, index = job.index, error = %error, "media not archived"
             ),
         }
-        if let Err(e) = store::media::finish(&self.db, &job, &outcome).await {
-            // The lease runs out and another attempt happens: nothing is lost.
-            tracing::warn!(error = %e, "media archive: cannot record the outcome");
+        // With the database away (a restart), the job would stay leased, its photo stored but
+        // not recorded, until the lease runs out: try again until it answers, while the
+        // lease holds and no shutdown is asked for. (Released means the shutdown came.)
+        let lease_ends = claimed_at + lease;
+        let mut wait = FINISH_RETRY;
+        loop {
+            match store::media::finish(&self.db, &job, &outcome).await {
+                Ok(()) => break,
+                Err(StoreError::Unavailable(e))
+                    if !matches!(outcome, Outcome::Released)
+                        && tokio::time::Instant::now() + wait < lease_ends =>
+                {
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "media archive: cannot record the outcome; will retry");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = &mut stop => break,
+                    }
+                    wait = (wait * 2).min(MAX_FINISH_RETRY);
+                }
+                Err(e) => {
+                    // The lease runs out and another attempt happens: nothing is lost.
+                    tracing::warn!(error = %e, "media archive: cannot record the outcome");
+                    break;
+                }
+            }
         }
         true
     }

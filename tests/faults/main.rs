@@ -407,8 +407,10 @@ async fn postgres_stopped_and_restarted_under_load_loses_nothing() {
         if pending == 0 {
             break drain_started.elapsed();
         }
+        // Well inside a job's 90 s lease: a worker whose outcome could not be written during
+        // the outage writes it once Postgres is back, instead of leaving the job leased.
         assert!(
-            drain_started.elapsed() < Duration::from_secs(120),
+            drain_started.elapsed() < Duration::from_secs(30),
             "media still pending"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -226,8 +226,8 @@ const HOLD: Duration = Duration::from_millis(50);
 /// would without group commit, instead of following it.
 ///
 /// A writer keeps its connection for the next batch while webhooks keep coming, and gives
-/// it back once its queue has stayed empty for [`HOLD`], so a small pool is never held by
-/// idle writers. Taking a connection again costs a ping round trip (sqlx tests each
+/// it back once its queue has stayed empty for [`HOLD`], or at once when the pool has no
+/// other connection to give (so a small pool is never held by idle writers). Taking a connection again costs a ping round trip (sqlx tests each
 /// connection it hands out), about a twelfth of the server's CPU under load, and usually
 /// lands on another backend with cold caches. Under load a writer's queue is empty for a few
 /// hundred microseconds after most batches (its webhooks are answered and their next ones
@@ -277,12 +277,19 @@ async fn run(mut queue: mpsc::Receiver<Queued>, size: usize, cx: Context) {
         ));
         match tokio::spawn(batch).await {
             Ok((conn, kept)) => {
-                held = conn;
+                // Kept while webhooks are queued, as ever; kept idle only while the pool
+                // has room, so that a pool no larger than the writers never waits on one.
+                held = conn.filter(|_| !queue.is_empty() || pool_has_room(&cx.db));
                 memory = kept;
             }
             Err(e) => tracing::error!(error = %e, "a group-commit batch panicked"),
         }
     }
+}
+
+/// Whether someone else could take a connection now without waiting for one of ours.
+fn pool_has_room(db: &PgPool) -> bool {
+    db.num_idle() > 0 || db.size() < db.options().get_max_connections()
 }
 
 /// Whether a connection is still worth keeping after `e`: yes when Postgres itself answered

@@ -88,6 +88,42 @@ async fn idle_writers_give_a_one_connection_pool_back(pool: PgPool) {
     assert_eq!(app.count("select count(*) from messages").await, 8);
 }
 
+/// A steady stream of webhooks to one writer does not keep a one-connection pool from the
+/// other: a writer keeps its connection idle only while the pool has another to give.
+#[sqlx::test]
+async fn a_busy_writer_does_not_keep_the_only_connection(pool: PgPool) {
+    let app = TestApp::with_own_pool(
+        &pool,
+        &[
+            ("TWILIO_RECEIVER__DATABASE__MAX_CONNECTIONS", "1"),
+            ("TWILIO_RECEIVER__DATABASE__ACQUIRE_TIMEOUT_MS", "300"),
+        ],
+    );
+    let post = |n: u32, contact: String| {
+        let app = &app;
+        async move {
+            let params = whatsapp_text(&sid(n), &contact, "hi");
+            app.post_signed("/twilio/messages", &params).await.status
+        }
+    };
+    let stream = async {
+        for n in 100..600 {
+            assert_eq!(
+                post(n, "whatsapp:+15550000001".into()).await,
+                200,
+                "stream {n}"
+            );
+        }
+    };
+    let others = async {
+        for n in 2..=8 {
+            let contact = format!("whatsapp:+1555000000{n}");
+            assert_eq!(post(n, contact).await, 200, "contact {n}");
+        }
+    };
+    tokio::join!(stream, others);
+}
+
 #[sqlx::test]
 async fn a_statement_timeout_is_503_and_writes_nothing(pool: PgPool) {
     let app = TestApp::with_own_pool(

@@ -139,12 +139,17 @@ pub struct Application {
     archiver: Option<Archiver>,
     /// The state the spool replays with, when there is a spool.
     spool: Option<(Arc<Spool>, AppState)>,
+    /// Flushed at shutdown: the last commits' notifications would go with the runtime.
+    notifier: store::notify::Notifier,
     http: HttpLimits,
     /// Registered while building, so a SIGHUP during start-up (migrations) is queued rather
     /// than taking its default action, which would end the process.
     #[cfg(unix)]
     hangups: Option<tokio::signal::unix::Signal>,
 }
+
+/// The longest a shutdown waits for the last notifications to go out.
+const NOTIFY_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Application {
     /// Validates settings, connects (lazily), migrates when configured, binds the listener.
@@ -202,6 +207,7 @@ impl Application {
             admin_router: routes::admin_router(state.clone()),
             replier: state.replier.clone(),
             spool: state.spool.clone().map(|spool| (spool, state.clone())),
+            notifier: state.notifier.clone(),
             http: HttpLimits::from_settings(settings),
             router: routes::router(state, settings.server.request_timeout()),
             schema_ready: ready_rx,
@@ -296,6 +302,7 @@ impl Application {
         for worker in workers {
             let _ = worker.await;
         }
+        self.notifier.flush(NOTIFY_FLUSH_LIMIT).await;
         served
     }
 }

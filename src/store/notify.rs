@@ -14,24 +14,32 @@
 //! as a wake-up and catch up by query, as with any NOTIFY.
 
 use sqlx::PgPool;
-use tokio::sync::mpsc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 
 /// How many notifications may wait; beyond it new ones are dropped (and logged).
 const QUEUE: usize = 65_536;
 /// Notifications per statement.
 const BATCH: usize = 1_024;
 /// How long the first notification of a statement waits for others to join it.
-const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
+const GATHER: Duration = Duration::from_millis(5);
 
 /// A handle for announcing commits.
 #[derive(Clone, Debug)]
 pub struct Notifier {
-    queue: mpsc::Sender<(&'static str, String)>,
+    queue: mpsc::Sender<Queued>,
+}
+
+#[derive(Debug)]
+enum Queued {
+    Notice(&'static str, String),
+    /// Send everything queued before it now, then answer.
+    Flush(oneshot::Sender<()>),
 }
 
 impl Notifier {
     /// Starts the sending task on the current tokio runtime; it ends when every handle is
-    /// dropped, after sending what is queued.
+    /// dropped, after sending what is queued, or with the runtime (see [`Notifier::flush`]).
     pub fn spawn(pool: PgPool) -> Self {
         let (queue, pending) = mpsc::channel(QUEUE);
         tokio::spawn(send_batches(pool, pending));
@@ -40,41 +48,77 @@ impl Notifier {
 
     /// Announces `{"kind": kind, "message_sid": sid}`; call it after the commit.
     pub fn send(&self, kind: &'static str, message_sid: &str) {
-        if self.queue.try_send((kind, message_sid.to_owned())).is_err() {
+        if self
+            .queue
+            .try_send(Queued::Notice(kind, message_sid.to_owned()))
+            .is_err()
+        {
             tracing::warn!(kind, "notification queue full; a NOTIFY was dropped");
+        }
+    }
+
+    /// Sends what is queued so far without waiting for more, and returns once it is sent or
+    /// `limit` has passed: at shutdown, before the runtime (and the task) goes.
+    pub async fn flush(&self, limit: Duration) {
+        let (done, sent) = oneshot::channel();
+        let _ = tokio::time::timeout(limit, async {
+            if self.queue.send(Queued::Flush(done)).await.is_ok() {
+                let _ = sent.await;
+            }
+        })
+        .await;
+    }
+}
+
+async fn send_batches(pool: PgPool, mut pending: mpsc::Receiver<Queued>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while pending.recv_many(&mut batch, BATCH).await > 0 {
+        let flushing = |batch: &[Queued]| batch.iter().any(|q| matches!(q, Queued::Flush(_)));
+        if !flushing(&batch) {
+            // Under load every commit brings notifications: gathering them for a moment
+            // sends one statement for several commits instead of one for each.
+            tokio::time::sleep(GATHER).await;
+            while batch.len() < BATCH && !flushing(&batch) {
+                match pending.try_recv() {
+                    Ok(queued) => batch.push(queued),
+                    Err(_) => break,
+                }
+            }
+        }
+        let (mut kinds, mut sids, mut flushed) = (Vec::new(), Vec::new(), Vec::new());
+        for queued in batch.drain(..) {
+            match queued {
+                Queued::Notice(kind, sid) => {
+                    kinds.push(kind.to_owned());
+                    sids.push(sid);
+                }
+                Queued::Flush(done) => flushed.push(done),
+            }
+        }
+        if !sids.is_empty() {
+            send(&pool, &kinds, &sids).await;
+        }
+        for done in flushed {
+            let _ = done.send(());
         }
     }
 }
 
-async fn send_batches(pool: PgPool, mut pending: mpsc::Receiver<(&'static str, String)>) {
-    let mut batch = Vec::with_capacity(BATCH);
-    while pending.recv_many(&mut batch, BATCH).await > 0 {
-        // Under load every commit brings notifications: gathering them for a moment sends
-        // one statement for several commits instead of one for each.
-        tokio::time::sleep(GATHER).await;
-        while batch.len() < BATCH {
-            match pending.try_recv() {
-                Ok(notification) => batch.push(notification),
-                Err(_) => break,
-            }
-        }
-        let (kinds, sids): (Vec<&str>, Vec<String>) = batch.drain(..).unzip();
-        let kinds: Vec<String> = kinds.into_iter().map(str::to_owned).collect();
-        let sent = sqlx::query_scalar!(
-            r#"
+async fn send(pool: &PgPool, kinds: &[String], sids: &[String]) {
+    let sent = sqlx::query_scalar!(
+        r#"
             select count(pg_notify('twilio_receiver',
                                    json_build_object('kind', n.kind, 'message_sid', n.sid)::text))
                    as "sent!"
             from (select set_config('synchronous_commit', 'off', true)) as async_commit,
                  unnest($1::text[], $2::text[]) with ordinality as n (kind, sid, position)
             "#,
-            &kinds,
-            &sids,
-        )
-        .fetch_one(&pool)
-        .await;
-        if let Err(e) = sent {
-            tracing::warn!(error = %e, dropped = sids.len(), "could not send notifications");
-        }
+        kinds,
+        sids,
+    )
+    .fetch_one(pool)
+    .await;
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, dropped = sids.len(), "could not send notifications");
     }
 }

@@ -220,3 +220,49 @@ async fn listeners_are_notified_after_each_commit(pool: PgPool) {
         ]
     );
 }
+
+/// A graceful shutdown sends the notifications still waiting to be gathered before `serve`
+/// returns, so they do not end with the runtime.
+#[sqlx::test]
+async fn the_last_notifications_go_out_before_shutdown_returns(pool: PgPool) {
+    let mut listener = PgListener::connect_with(&pool).await.unwrap();
+    listener.listen("twilio_receiver").await.unwrap();
+    let url = database_url(&pool);
+    let settings = settings(&[
+        ("TWILIO_RECEIVER__DATABASE__URL", url.as_str()),
+        ("TWILIO_RECEIVER__SERVER__LISTEN", "127.0.0.1:0"),
+    ]);
+    // A runtime of its own, dropped with its tasks as soon as the server returns, as the
+    // binary's is.
+    let served = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let app = twilio_receiver::startup::Application::build(&settings)
+                .await
+                .unwrap();
+            let addr = format!("127.0.0.1:{}", app.port());
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let server = tokio::spawn(app.run_until_stopped(async {
+                let _ = stopped.await;
+            }));
+            let params = whatsapp_text(&sid(1), "whatsapp:+15551234567", "hi");
+            let client = reqwest::Client::new();
+            let response = post_over_http(&client, &addr, "/twilio/messages", &params)
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            drop(client);
+            stop.send(()).unwrap();
+            server.await.unwrap().unwrap();
+        });
+    });
+    tokio::task::spawn_blocking(move || served.join().unwrap())
+        .await
+        .unwrap();
+
+    let n = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("a notification")
+        .unwrap();
+    assert!(n.payload().contains(&sid(1)), "{}", n.payload());
+}

@@ -227,12 +227,12 @@ const HOLD: Duration = Duration::from_millis(50);
 ///
 /// A writer keeps its connection for the next batch while webhooks keep coming, and gives
 /// it back once its queue has stayed empty for [`HOLD`], or at once when the pool has no
-/// other connection to give (so a small pool is never held by idle writers). Taking a connection again costs a ping round trip (sqlx tests each
-/// connection it hands out), about a twelfth of the server's CPU under load, and usually
-/// lands on another backend with cold caches. Under load a writer's queue is empty for a few
-/// hundred microseconds after most batches (its webhooks are answered and their next ones
-/// are still on their way), so giving the connection back as soon as the queue was empty
-/// cost that on most batches (BENCHMARKS.md, 2026-12-04 second session).
+/// other connection to give (so a small pool is never held by idle writers). Taking a
+/// connection again costs a ping round trip (sqlx tests each connection it hands out) and
+/// usually lands on another backend with cold caches; under load a writer's queue is empty
+/// for a few hundred microseconds after most batches (its webhooks are answered and their
+/// next ones are on their way), so giving it back whenever the queue was empty paid that on
+/// most batches (BENCHMARKS.md, 2026-12-04 second session).
 ///
 /// Besides its connection, a writer carries from one batch to the next what it remembers of
 /// its contacts; a batch that panics leaves that fresh.

@@ -9,9 +9,9 @@
 //! lock covers a whole batch and no fsync happens under it.
 //!
 //! A notification follows its commit by a few milliseconds (5 ms gathering others, then
-//! its statement); one can be lost if the process
-//! dies in between, or if listeners fall so far behind that the queue fills. Listeners use it
-//! as a wake-up and catch up by query, as with any NOTIFY.
+//! its statement); one can be lost if the process dies in between, or if listeners fall so
+//! far behind that the queue fills. Listeners use it as a wake-up and catch up by query, as
+//! with any NOTIFY.
 
 use sqlx::PgPool;
 use std::time::Duration;
@@ -73,15 +73,19 @@ impl Notifier {
 async fn send_batches(pool: PgPool, mut pending: mpsc::Receiver<Queued>) {
     let mut batch = Vec::with_capacity(BATCH);
     while pending.recv_many(&mut batch, BATCH).await > 0 {
-        let flushing = |batch: &[Queued]| batch.iter().any(|q| matches!(q, Queued::Flush(_)));
-        if !flushing(&batch) {
+        let is_flush = |q: &Queued| matches!(q, Queued::Flush(_));
+        if !batch.iter().any(is_flush) {
             // Under load every commit brings notifications: gathering them for a moment
             // sends one statement for several commits instead of one for each.
             tokio::time::sleep(GATHER).await;
-            while batch.len() < BATCH && !flushing(&batch) {
-                match pending.try_recv() {
-                    Ok(queued) => batch.push(queued),
-                    Err(_) => break,
+            while batch.len() < BATCH {
+                let Ok(queued) = pending.try_recv() else {
+                    break;
+                };
+                let flush = is_flush(&queued);
+                batch.push(queued);
+                if flush {
+                    break;
                 }
             }
         }

@@ -43,13 +43,7 @@ async fn an_unreachable_database_is_503_fast_and_readiness_says_so() {
 
 #[sqlx::test]
 async fn an_exhausted_pool_is_503_and_recovers_when_connections_free_up(pool: PgPool) {
-    let app = TestApp::with_own_pool(
-        &pool,
-        &[
-            ("TWILIO_RECEIVER__DATABASE__MAX_CONNECTIONS", "1"),
-            ("TWILIO_RECEIVER__DATABASE__ACQUIRE_TIMEOUT_MS", "300"),
-        ],
-    );
+    let app = one_connection_app(&pool, "300");
     let held = app.app_db.acquire().await.unwrap();
 
     let response = app.post_text(1).await;
@@ -61,25 +55,39 @@ async fn an_exhausted_pool_is_503_and_recovers_when_connections_free_up(pool: Pg
     assert_eq!(app.count("select count(*) from messages").await, 1);
 }
 
+/// The server's app with a pool of one connection.
+fn one_connection_app(pool: &PgPool, acquire_timeout_ms: &str) -> TestApp {
+    TestApp::with_own_pool(
+        pool,
+        &[
+            ("TWILIO_RECEIVER__DATABASE__MAX_CONNECTIONS", "1"),
+            (
+                "TWILIO_RECEIVER__DATABASE__ACQUIRE_TIMEOUT_MS",
+                acquire_timeout_ms,
+            ),
+        ],
+    )
+}
+
+/// Posts text message `n` from `contact`, and returns the status it got.
+async fn post_from(app: &TestApp, n: u32, contact: &str) -> u16 {
+    let params = whatsapp_text(&sid(n), contact, "hi");
+    app.post_signed("/twilio/messages", &params)
+        .await
+        .status
+        .as_u16()
+}
+
 /// A group-commit writer keeps its connection only while webhooks keep coming for it: with a
 /// single pooled connection, webhooks from contacts of both writers' shares, one after
 /// another, are all stored (each writer waits a moment for the other to give it back), and
 /// readiness still gets it.
 #[sqlx::test]
 async fn idle_writers_give_a_one_connection_pool_back(pool: PgPool) {
-    let app = TestApp::with_own_pool(
-        &pool,
-        &[
-            ("TWILIO_RECEIVER__DATABASE__MAX_CONNECTIONS", "1"),
-            ("TWILIO_RECEIVER__DATABASE__ACQUIRE_TIMEOUT_MS", "1000"),
-        ],
-    );
+    let app = one_connection_app(&pool, "1000");
     for n in 1..=8 {
         let contact = format!("whatsapp:+1555000000{n}");
-        let response = app
-            .post_signed("/twilio/messages", &whatsapp_text(&sid(n), &contact, "hi"))
-            .await;
-        assert_eq!(response.status, 200, "webhook {n}");
+        assert_eq!(post_from(&app, n, &contact).await, 200, "webhook {n}");
     }
     let ready = app
         .send(Request::get("/readyz").body(Body::empty()).unwrap())
@@ -92,33 +100,17 @@ async fn idle_writers_give_a_one_connection_pool_back(pool: PgPool) {
 /// other: a writer keeps its connection idle only while the pool has another to give.
 #[sqlx::test]
 async fn a_busy_writer_does_not_keep_the_only_connection(pool: PgPool) {
-    let app = TestApp::with_own_pool(
-        &pool,
-        &[
-            ("TWILIO_RECEIVER__DATABASE__MAX_CONNECTIONS", "1"),
-            ("TWILIO_RECEIVER__DATABASE__ACQUIRE_TIMEOUT_MS", "300"),
-        ],
-    );
-    let post = |n: u32, contact: String| {
-        let app = &app;
-        async move {
-            let params = whatsapp_text(&sid(n), &contact, "hi");
-            app.post_signed("/twilio/messages", &params).await.status
-        }
-    };
+    let app = one_connection_app(&pool, "300");
     let stream = async {
         for n in 100..600 {
-            assert_eq!(
-                post(n, "whatsapp:+15550000001".into()).await,
-                200,
-                "stream {n}"
-            );
+            let status = post_from(&app, n, "whatsapp:+15550000001").await;
+            assert_eq!(status, 200, "stream {n}");
         }
     };
     let others = async {
         for n in 2..=8 {
             let contact = format!("whatsapp:+1555000000{n}");
-            assert_eq!(post(n, contact).await, 200, "contact {n}");
+            assert_eq!(post_from(&app, n, &contact).await, 200, "contact {n}");
         }
     };
     tokio::join!(stream, others);

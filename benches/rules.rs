@@ -8,8 +8,7 @@
 use chrono::{TimeZone, Utc};
 use std::{fmt::Write, time::Instant};
 use twilio_receiver::{
-    reply::{ConsentState, Facts},
-    rules::Rules,
+    rules::{ConsentState, Facts, Rules},
     twilio::{InboundMessage, Params},
 };
 

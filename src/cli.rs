@@ -350,7 +350,7 @@ async fn delete_archived(settings: &Settings, keys: &[String]) -> ExitCode {
     if keys.is_empty() {
         return ExitCode::SUCCESS;
     }
-    let store = match crate::media::storage(&settings.media.storage) {
+    let store = match crate::storage::open(&settings.media.storage) {
         Ok((store, _)) => store,
         Err(e) => {
             eprintln!(

@@ -399,7 +399,7 @@ impl Settings {
             out.extend(problems);
         }
         if self.media.archive {
-            if let Err(e) = crate::media::storage(&self.media.storage) {
+            if let Err(e) = crate::storage::open(&self.media.storage) {
                 out.push(format!("media.storage: {e}"));
             }
             if self.media.workers == 0 {

@@ -2,31 +2,35 @@
 //! SMS alike). It verifies every request's `X-Twilio-Signature`, stores each message once in
 //! Postgres with its 24-hour customer-service window, and answers with TwiML.
 //!
-//! Layering (DESIGN.md §10): `twilio`, `reply` and `twiml` are the pure core; `store` knows
-//! SQL; `routes` knows HTTP; `startup` and `cli` wire them together.
+//! Layering (DESIGN.md §10, README "Code layout"): `twilio`, `rules`, `reply` and `twiml` are
+//! the pure core; `store` knows SQL; `ingest` takes a verified webhook from any source to a
+//! stored row and an outcome; `routes` knows HTTP and calls ingest; `startup` and `cli` wire
+//! them together. Nothing calls up: `cargo test --test layers` checks it.
 #![forbid(unsafe_code)]
 
 /// The command line and its subcommands.
 pub mod cli;
 /// Settings: layered files and environment, typed, secrets redacted.
 pub mod config;
-/// Errors and their HTTP status codes.
-pub mod error;
+/// From a verified webhook of any kind and source to stored rows and an answer.
+pub mod ingest;
 /// The media archive: background workers that download and store inbound media.
 pub mod media;
 /// Prometheus metrics for the admin listener.
 pub mod metrics;
 /// The reply to an inbound message (where the rules engine plugs in).
 pub mod reply;
-/// Routes, extractors, middleware and shared state.
+/// The HTTP layer: routes, extractors, middleware, errors as status codes.
 pub mod routes;
 /// Reply rules: the rules file, compiled and evaluated.
 pub mod rules;
-/// The local spool: webhooks kept on disk while Postgres is away, replayed when it returns.
+/// The local spool: a durable file queue of webhooks kept while Postgres is away.
 pub mod spool;
 /// Building, running and stopping the server.
 pub mod startup;
-/// Postgres: pool, migrations, queries.
+/// Where archived media is kept (a directory or S3).
+pub mod storage;
+/// Postgres: pool, migrations, the write engine and every query.
 pub mod store;
 /// Logging setup and the per-request span.
 pub mod telemetry;
@@ -34,5 +38,3 @@ pub mod telemetry;
 pub mod twilio;
 /// TwiML rendering.
 pub mod twiml;
-/// Group commit: the writer tasks that store concurrent webhooks together.
-pub mod writer;

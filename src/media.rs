@@ -35,44 +35,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 const FINISH_RETRY: Duration = Duration::from_millis(100);
 const MAX_FINISH_RETRY: Duration = Duration::from_secs(2);
 
-/// The storage named by `media.storage` (`file:///dir` or `s3://bucket/prefix`) and the
-/// prefix inside it. S3 settings come from the usual `AWS_*` variables.
-pub fn storage(url: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath), String> {
-    let aws = std::env::vars().filter_map(|(k, v)| {
-        let k = k.to_ascii_lowercase();
-        k.starts_with("aws_").then_some((k, v))
-    });
-    storage_with_options(url, aws)
-}
-
-/// [`storage`] with S3 options given explicitly (`aws_endpoint`, `aws_region`, ...).
-pub fn storage_with_options(
-    url: &str,
-    aws: impl IntoIterator<Item = (String, String)>,
-) -> Result<(Arc<dyn ObjectStore>, ObjectPath), String> {
-    let parsed = Url::parse(url).map_err(|e| format!("not a URL: {url:?}: {e}"))?;
-    match parsed.scheme() {
-        "file" => {
-            let dir = parsed
-                .to_file_path()
-                .map_err(|_| format!("not a local directory: {url:?}"))?;
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-                .map_err(|e| format!("cannot use {}: {e}", dir.display()))?;
-            Ok((Arc::new(store), ObjectPath::default()))
-        }
-        "s3" => {
-            let (store, prefix) = object_store::parse_url_opts(&parsed, aws)
-                .map_err(|e| format!("cannot use {url:?}: {e}"))?;
-            Ok((Arc::from(store), prefix))
-        }
-        other => Err(format!(
-            "unsupported storage scheme {other:?} (use file:// or s3://)"
-        )),
-    }
-}
-
 /// Downloads queued media and stores it.
 pub struct Archiver {
     db: PgPool,
@@ -86,11 +48,11 @@ pub struct Archiver {
 
 impl Archiver {
     pub fn new(db: PgPool, settings: MediaSettings, verifier: Verifier) -> Result<Self, String> {
-        let storage = storage(&settings.storage)?;
+        let storage = crate::storage::open(&settings.storage)?;
         Self::with_storage(db, settings, verifier, storage)
     }
 
-    /// An archiver writing to `storage` (see [`storage_with_options`]).
+    /// An archiver writing to `storage` (see [`crate::storage::open_with_options`]).
     pub fn with_storage(
         db: PgPool,
         settings: MediaSettings,

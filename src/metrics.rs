@@ -201,6 +201,32 @@ impl Metrics {
             .inc();
     }
 
+    /// A call to the fallback URL, by its `ErrorCode` ("none" without one). Label values
+    /// stay bounded: a number of at most 6 digits, else "other".
+    pub fn fallback_call(&self, error_code: Option<&str>) {
+        let code = error_code.unwrap_or("none").trim();
+        let label = if code == "none" || code.len() <= 6 && code.bytes().all(|b| b.is_ascii_digit())
+        {
+            code
+        } else {
+            "other"
+        };
+        self.fallback_calls
+            .get_or_create(&ErrorCode {
+                error_code: label.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A rule answered a message.
+    pub fn rule_matched(&self, rule: &str) {
+        self.rule_matches
+            .get_or_create(&Rule {
+                rule: rule.to_owned(),
+            })
+            .inc();
+    }
+
     pub fn database_time(&self, took: Duration) {
         self.db_seconds.observe(took.as_secs_f64());
     }

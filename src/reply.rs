@@ -2,65 +2,18 @@
 //! facts the store read back while saving it; the rules (reloadable) decide.
 
 use crate::{
-    rules::{ConsentChange, Rules},
+    rules::{ConsentChange, ConsentState, Facts, Rules},
     twilio::{InboundMessage, ReplyLink},
     twiml,
 };
-use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::sync::{Arc, RwLock};
-
-/// A contact's consent to hear from a business.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ConsentState {
-    #[default]
-    Unknown,
-    OptedIn,
-    OptedOut,
-}
-
-impl ConsentState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConsentState::Unknown => "unknown",
-            ConsentState::OptedIn => "opted_in",
-            ConsentState::OptedOut => "opted_out",
-        }
-    }
-
-    pub fn from_db(value: Option<&str>) -> Self {
-        match value {
-            Some("opted_in") => ConsentState::OptedIn,
-            Some("opted_out") => ConsentState::OptedOut,
-            _ => ConsentState::Unknown,
-        }
-    }
-}
-
-/// What the store knows about the conversation once the message is saved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Facts {
-    /// This is the contact's first inbound message to this business.
-    pub first_contact: bool,
-    /// This message opened a new 24-hour customer-service window.
-    pub new_session: bool,
-    /// Inbound messages from this contact so far, this one included.
-    pub inbound_count: i64,
-    pub window_expires_at: Option<DateTime<Utc>>,
-    pub consent: ConsentState,
-    /// Earlier replies to this contact within the rules' longest `limit.per`: the rules that
-    /// answered (comma-separated) and when.
-    pub recent_replies: Vec<(String, DateTime<Utc>)>,
-    /// When the message was received.
-    pub now: DateTime<Utc>,
-}
 
 /// The answer chosen for a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
-    /// The rules that answered, comma-separated; `None` for the default reply or no reply.
-    pub rule: Option<String>,
+    /// The rules that answered, in order; empty for the default reply or no reply.
+    pub rule: Vec<String>,
     /// Each message with the rule that produced it.
     pub messages: Vec<(Option<String>, twiml::Message)>,
     /// A consent change to record.
@@ -76,8 +29,9 @@ pub struct Replier {
     track_delivery: bool,
 }
 
-/// A decision rendered for Twilio and for storage.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A decision rendered for Twilio and for storage (and, for a request answered while the
+/// database was away, kept with its spool record).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rendered {
     pub twiml: String,
     /// The body of each `<Message>`, in order.
@@ -114,7 +68,7 @@ impl Replier {
         let evaluation = rules.evaluate(message, facts);
         if !evaluation.matched.is_empty() {
             return Decision {
-                rule: Some(evaluation.matched.join(",")),
+                rule: evaluation.matched,
                 messages: evaluation
                     .messages
                     .into_iter()
@@ -127,12 +81,12 @@ impl Replier {
         let default = self
             .default_body
             .iter()
-            .filter(|_| facts.consent != crate::reply::ConsentState::OptedOut)
+            .filter(|_| facts.consent != ConsentState::OptedOut)
             .flat_map(|body| twiml::split_body(body))
             .map(|body| (None, twiml::Message::text(body)))
             .collect();
         Decision {
-            rule: None,
+            rule: Vec::new(),
             messages: default,
             consent: None,
         }
@@ -194,7 +148,7 @@ impl Replier {
     /// unreachable: `reply.fallback_body`, or nothing.
     pub fn fallback_decision(&self) -> Decision {
         Decision {
-            rule: None,
+            rule: Vec::new(),
             messages: self
                 .fallback_body
                 .iter()
@@ -216,7 +170,7 @@ mod tests {
     #[test]
     fn tracked_replies_carry_an_action_per_message_with_its_rule() {
         let decision = Decision {
-            rule: Some("greet,menu".into()),
+            rule: vec!["greet".into(), "menu".into()],
             messages: vec![
                 (Some("greet".into()), twiml::Message::text("one")),
                 (Some("menu".into()), twiml::Message::text("two & more")),
@@ -236,7 +190,7 @@ mod tests {
     fn documents_over_64_kb_drop_their_last_messages() {
         let big = "x".repeat(1500);
         let decision = Decision {
-            rule: Some("huge".into()),
+            rule: vec!["huge".into()],
             messages: (0..60)
                 .map(|_| (Some("huge".into()), twiml::Message::text(big.clone())))
                 .collect(),
@@ -265,7 +219,7 @@ mod tests {
         // Regression (fuzz target rule_templates): dropping one message at a time rendered the
         // document again each time, so thousands of messages took minutes.
         let decision = Decision {
-            rule: Some("huge".into()),
+            rule: vec!["huge".into()],
             messages: (0..5000)
                 .map(|_| (Some("huge".into()), twiml::Message::text("y".repeat(1600))))
                 .collect(),

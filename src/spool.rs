@@ -1,25 +1,17 @@
-//! The local spool: verified webhooks kept on disk while Postgres is unavailable, and replayed
-//! into it when it answers again.
+//! The local spool: a durable file queue of verified webhooks, kept on disk while Postgres is
+//! unavailable. It knows records and files only; `ingest` appends to it and replays it.
 //!
 //! Invariant: a request is answered only after its record is durable. A record is written to
 //! a temporary file, fsynced, renamed into place and the directory fsynced; a crash before the
 //! rename leaves only a temporary file, which was never acknowledged and is removed at start.
-//! Replay stores records in the order they arrived and removes each only after its
-//! transaction committed, so a crash during replay stores a record at most twice, and storing
-//! is idempotent (the same SIDs arrive from Twilio again anyway). A record that cannot be read
-//! or stored for a reason other than the database being away is moved to `failed/` and logged,
-//! so one bad file never blocks the rest.
+//! A record is removed only after it is stored, so a crash during replay stores a record at
+//! most twice, and storing is idempotent. A record that can never be stored is moved to
+//! `failed/` and logged, so one bad file never blocks the rest.
 //!
 //! Files are named `<receive time in µs>-<instance>-<sequence>.json`, so a directory listing
 //! sorted by name is the arrival order.
 
-use crate::{
-    error::AppError,
-    metrics::Metrics,
-    routes::{AppState, inbound},
-    store::{self, StoreError},
-    twilio::{InboundMessage, Params, ReplyLink, StatusCallback},
-};
+use crate::{metrics::Metrics, reply::Rendered, twilio::Kind};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::{
@@ -30,35 +22,18 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
 };
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Which route received the webhook.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Route {
-    Inbound,
-    Fallback,
-    Status,
-}
-
-/// What the request was answered with, when it was answered with TwiML (fallback calls).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Answered {
-    pub twiml: String,
-    pub bodies: Vec<String>,
-}
-
-/// One verified webhook, as the handler saw it.
+/// One verified webhook, as its route saw it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// Unique to this record (its file name); [`Spool::append`] sets it when empty.
     #[serde(default)]
     pub id: String,
-    pub route: Route,
+    /// Which webhook it is (named `route` on disk, as records have always been written).
+    #[serde(rename = "route")]
+    pub kind: Kind,
     /// When it arrived: the receive time stored for it, not the replay time.
     pub received_at: DateTime<Utc>,
     /// Twilio's parameters, in order, repeats kept.
@@ -67,8 +42,15 @@ pub struct Record {
     pub query: Vec<(String, String)>,
     /// The base URL it was verified against, for URLs in replies.
     pub base: String,
-    pub answered: Option<Answered>,
+    /// What the request was answered with, when it was answered with TwiML (fallback calls);
+    /// `None`: answered 503 or 204.
+    pub answered: Option<Rendered>,
 }
+
+/// A record file that can never be stored as it is.
+#[derive(Debug, thiserror::Error)]
+#[error("not a spool record: {0}")]
+pub struct Unreadable(#[source] serde_json::Error);
 
 /// The spool directory and its bookkeeping.
 #[derive(Debug)]
@@ -121,8 +103,8 @@ impl Spool {
         Ok(spool)
     }
 
-    /// A record id, unique in this directory and sorting in arrival order. A handler takes
-    /// one before its first write, so the live attempt and a replay share it.
+    /// A record id, unique in this directory and sorting in arrival order. Taken before a
+    /// webhook's first write, so the live attempt and a replay share it.
     pub fn new_id(&self, received_at: DateTime<Utc>) -> String {
         format!(
             "{:020}-{}-{:010}",
@@ -150,76 +132,50 @@ impl Spool {
         Ok(())
     }
 
+    /// Completes after the next [`Spool::append`] (or at once if one happened unnoticed).
+    pub async fn appended(&self) {
+        self.appended.notified().await;
+    }
+
     /// The records waiting, oldest first.
     pub fn pending(&self) -> io::Result<Vec<PathBuf>> {
         list(&self.dir)
     }
 
-    /// Stores every waiting record, oldest first, until `stop` turns true. Stops at the
-    /// first record the database did not take for a reason that may pass (unavailable, too
-    /// slow, an unexpected database error) and returns that error; a record that can never
-    /// be stored (unreadable, unparsable, too large) is set aside and the rest go on.
-    pub async fn replay_pending(
-        &self,
-        state: &AppState,
-        stop: &watch::Receiver<bool>,
-    ) -> Result<usize, BoxError> {
-        let spool = self.dir.clone();
-        let paths = tokio::task::spawn_blocking(move || list(&spool)).await??;
+    /// [`Spool::pending`] off the async threads, and counted in `spool_pending`.
+    pub async fn waiting(&self) -> io::Result<Vec<PathBuf>> {
+        let dir = self.dir.clone();
+        let paths = tokio::task::spawn_blocking(move || list(&dir))
+            .await
+            .map_err(io::Error::other)??;
         self.metrics.spool_pending.set(paths.len() as i64);
-        let mut stored = 0;
-        for path in paths {
-            if *stop.borrow() {
-                break;
-            }
-            let record = match tokio::fs::read(&path).await {
-                Ok(bytes) => serde_json::from_slice::<Record>(&bytes),
-                // Gone: another process sharing the directory stored it first.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
-            };
-            let record = match record {
-                Ok(record) => record,
-                Err(e) => {
-                    self.set_aside(&path, &format!("not a spool record: {e}"))
-                        .await;
-                    continue;
-                }
-            };
-            // The same bound as a live request: a database that stops answering mid-replay
-            // must not hold the replay (or a shutdown) forever.
-            let outcome =
-                tokio::time::timeout(state.database_deadline, store_record(state, &record))
-                    .await
-                    .unwrap_or(Err(AppError::DatabaseTooSlow));
-            match outcome {
-                Ok(()) => {
-                    match tokio::fs::remove_file(&path).await {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                    stored += 1;
-                    self.metrics.spool_replayed.inc();
-                    self.metrics.spool_pending.dec();
-                }
-                Err(
-                    e @ (AppError::MissingParam(_)
-                    | AppError::Store(StoreError::TooLarge(_))
-                    | AppError::Rejected(_)),
-                ) => self.set_aside(&path, &e.to_string()).await,
-                Err(e) => {
-                    if let AppError::Store(StoreError::Other(sqlx::Error::Database(db))) = &e {
-                        tracing::error!(sqlstate = ?db.code(), file = %path.display(), "a spooled webhook could not be stored; retrying later");
-                    }
-                    return Err(e.into());
-                }
-            }
-        }
-        Ok(stored)
+        Ok(paths)
     }
 
-    async fn set_aside(&self, path: &Path, reason: &str) {
+    /// The record in `path`: `Ok(None)` when it is gone (another process sharing the
+    /// directory stored it first), `Ok(Err(_))` when it can never be read as a record.
+    pub async fn read(&self, path: &Path) -> io::Result<Option<Result<Record, Unreadable>>> {
+        match tokio::fs::read(path).await {
+            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(Unreadable))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes a record once it is stored.
+    pub async fn remove(&self, path: &Path) -> io::Result<()> {
+        match tokio::fs::remove_file(path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.metrics.spool_replayed.inc();
+        self.metrics.spool_pending.dec();
+        Ok(())
+    }
+
+    /// Moves a record that can never be stored to `failed/`, for an operator.
+    pub async fn set_aside(&self, path: &Path, reason: &str) {
         let target = self.failed.join(path.file_name().unwrap_or_default());
         match tokio::fs::rename(path, &target).await {
             Ok(()) => {
@@ -232,86 +188,6 @@ impl Spool {
             }
         }
     }
-
-    /// Replays in the background until `stop` turns true: at start, after each append, every
-    /// few seconds, and with a growing pause while the database stays away.
-    pub async fn run(self: Arc<Self>, state: AppState, mut stop: watch::Receiver<bool>) {
-        const IDLE: Duration = Duration::from_secs(5);
-        let mut pause = Duration::ZERO;
-        loop {
-            if !pause.is_zero() {
-                // Appends during an outage must not turn into one connection attempt each.
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-            }
-            match self.replay_pending(&state, &stop).await {
-                Ok(0) => pause = Duration::ZERO,
-                Ok(stored) => {
-                    pause = Duration::ZERO;
-                    tracing::info!(
-                        stored,
-                        pending = self.metrics.spool_pending.get(),
-                        "stored spooled webhooks in Postgres"
-                    );
-                    continue;
-                }
-                Err(e) => {
-                    pause = (pause * 2).clamp(Duration::from_millis(250), IDLE);
-                    tracing::debug!(error = %e, ?pause, "spool replay waits for the database");
-                    continue;
-                }
-            }
-            tokio::select! {
-                _ = self.appended.notified() => {}
-                _ = tokio::time::sleep(IDLE) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
-        }
-    }
-}
-
-/// Stores one record exactly as its route would have, with its original receive time.
-async fn store_record(state: &AppState, record: &Record) -> Result<(), AppError> {
-    let params: Params = record.params.iter().cloned().collect();
-    match record.route {
-        Route::Status => {
-            state.ensure_schema()?;
-            let callback = StatusCallback::parse(&params)?;
-            let query: Params = record.query.iter().cloned().collect();
-            let link = ReplyLink::from_query(&query);
-            let recorded = store::status::record(
-                &state.db,
-                &callback,
-                link.as_ref(),
-                params.to_json(),
-                record.received_at,
-            )
-            .await?;
-            if recorded.new_event {
-                state.notifier.send("status", &callback.sid);
-            }
-        }
-        Route::Inbound | Route::Fallback => {
-            let msg = InboundMessage::parse(&params)?;
-            let failure = (record.route == Route::Fallback).then(|| inbound::failure(&params));
-            inbound::store(
-                state,
-                inbound::Arrival {
-                    params: &params,
-                    base: &record.base,
-                    at: record.received_at,
-                    answer: inbound::Answer::Given(record.answered.as_ref()),
-                    spool_record: Some(&record.id),
-                },
-                &msg,
-                failure.as_ref(),
-            )
-            .await?;
-        }
-    }
-    Ok(())
 }
 
 /// Deletes the records (waiting or set aside) of webhooks from or to `contact`, for
@@ -392,10 +268,10 @@ fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    fn record(route: Route, sid: &str, at: DateTime<Utc>) -> Record {
+    fn record(kind: Kind, sid: &str, at: DateTime<Utc>) -> Record {
         Record {
             id: String::new(),
-            route,
+            kind,
             received_at: at,
             params: vec![
                 ("MessageSid".into(), sid.into()),
@@ -422,8 +298,8 @@ mod tests {
         let dir = scratch("order");
         let spool = Spool::open(&dir, Arc::new(Metrics::new())).unwrap();
         let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
-        let later = record(Route::Status, "SM2", t0 + chrono::Duration::seconds(1));
-        let earlier = record(Route::Inbound, "SM1", t0);
+        let later = record(Kind::Status, "SM2", t0 + chrono::Duration::seconds(1));
+        let earlier = record(Kind::Inbound, "SM1", t0);
         spool.append(later.clone()).await.unwrap();
         spool.append(earlier.clone()).await.unwrap();
         let paths = spool.pending().unwrap();

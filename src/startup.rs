@@ -4,9 +4,11 @@
 
 use crate::{
     config::{DatabaseSettings, PublicBase, Settings},
+    ingest::{self, Clock, Grouping, Ingest},
     media::Archiver,
+    metrics::Metrics,
     reply::Replier,
-    routes::{self, AppState, Clock, Signing},
+    routes::{self, AppState, Signing},
     rules::Rules,
     spool::Spool,
     store,
@@ -30,8 +32,30 @@ pub enum StartupError {
     Migrate(#[source] sqlx::migrate::MigrateError),
 }
 
-/// The state handlers share, built from settings around an existing pool.
-pub fn app_state(settings: &Settings, db: PgPool) -> Result<AppState, StartupError> {
+/// What the state is built around besides settings: tests pass their own clock, and
+/// `Application::build` a schema gate that opens once migrations are applied.
+pub struct Wiring {
+    pub clock: Clock,
+    /// `true` once migrations are applied; whoever passes `true` vouches for the schema.
+    pub schema_ready: watch::Receiver<bool>,
+}
+
+impl Default for Wiring {
+    fn default() -> Self {
+        Wiring {
+            clock: Clock::system(),
+            schema_ready: watch::channel(true).1,
+        }
+    }
+}
+
+/// The state handlers share, built from settings around an existing pool; starts the
+/// writer tasks on the current runtime.
+pub fn app_state(
+    settings: &Settings,
+    db: PgPool,
+    wiring: Wiring,
+) -> Result<AppState, StartupError> {
     let problems = settings.problems();
     if !problems.is_empty() {
         return Err(StartupError::Config(problems));
@@ -41,33 +65,45 @@ pub fn app_state(settings: &Settings, db: PgPool) -> Result<AppState, StartupErr
         .server
         .public_base()
         .map_err(|e| StartupError::Config(vec![e]))?;
-    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let metrics = Arc::new(Metrics::new());
     let replier = Arc::new(Replier::new(
         rules,
         settings.default_reply(),
         settings.fallback_reply(),
         settings.reply.track_delivery,
     ));
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(
-        settings.server.max_concurrent_requests,
-    ));
-    Ok(AppState {
+    let spool = settings
+        .spool
+        .dir()
+        .map(|dir| {
+            Spool::open(&dir, metrics.clone())
+                .map(Arc::new)
+                .map_err(|e| {
+                    StartupError::Config(vec![format!(
+                        "spool.dir: {} is not a usable directory ({e}); point it at a writable \
+                     volume, or set it to \"\" to run without a spool",
+                        dir.display()
+                    )])
+                })
+        })
+        .transpose()?;
+    let ingest = Ingest::start(ingest::Parts {
         notifier: store::notify::Notifier::spawn(db.clone()),
-        writer: settings.database.group_commit.then(|| {
-            crate::writer::Writer::spawn(
-                crate::writer::Context {
-                    db: db.clone(),
-                    replier: replier.clone(),
-                    metrics: metrics.clone(),
-                    archive_media: settings.media.archive,
-                },
-                crate::writer::Grouping {
-                    writers: settings.database.group_writers,
-                    size: settings.database.group_size,
-                },
-            )
+        db: db.clone(),
+        replier,
+        metrics: metrics.clone(),
+        spool,
+        clock: wiring.clock,
+        schema_ready: wiring.schema_ready,
+        // Leaves a quarter of the request deadline to answer before the timeout layer's 503.
+        deadline: settings.server.request_timeout() * 3 / 4,
+        archive_media: settings.media.archive,
+        grouping: settings.database.group_commit.then_some(Grouping {
+            writers: settings.database.group_writers,
+            size: settings.database.group_size,
         }),
-        db,
+    });
+    Ok(AppState {
         signing: Arc::new(Signing {
             verifier: settings.verifier(),
             base,
@@ -75,30 +111,10 @@ pub fn app_state(settings: &Settings, db: PgPool) -> Result<AppState, StartupErr
             body_read_timeout: settings.server.body_read_timeout(),
             basic_auth: settings.server.basic_auth.header(),
         }),
-        replier,
-        clock: Clock::system(),
-        // Whoever builds state around a pool vouches for its schema; `Application::build`
-        // replaces this when it has to wait for Postgres.
-        schema_ready: watch::channel(true).1,
-        // Leaves a quarter of the request deadline to answer before the timeout layer's 503.
-        database_deadline: settings.server.request_timeout() * 3 / 4,
-        archive_media: settings.media.archive,
-        in_flight,
-        spool: settings
-            .spool
-            .dir()
-            .map(|dir| {
-                Spool::open(&dir, metrics.clone())
-                    .map(Arc::new)
-                    .map_err(|e| {
-                        StartupError::Config(vec![format!(
-                            "spool.dir: {} is not a usable directory ({e}); point it at a writable \
-                         volume, or set it to \"\" to run without a spool",
-                            dir.display()
-                        )])
-                    })
-            })
-            .transpose()?,
+        ingest: Arc::new(ingest),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(
+            settings.server.max_concurrent_requests,
+        )),
         metrics,
     })
 }
@@ -137,10 +153,8 @@ pub struct Application {
     replier: Arc<Replier>,
     rules_file: (PathBuf, bool),
     archiver: Option<Archiver>,
-    /// The state the spool replays with, when there is a spool.
-    spool: Option<(Arc<Spool>, AppState)>,
-    /// Flushed at shutdown: the last commits' notifications would go with the runtime.
-    notifier: store::notify::Notifier,
+    /// Replays the spool in the background; flushes the last notifications at shutdown.
+    ingest: Arc<Ingest>,
     http: HttpLimits,
     /// Registered while building, so a SIGHUP during start-up (migrations) is queued rather
     /// than taking its default action, which would end the process.
@@ -174,14 +188,17 @@ impl Application {
                 Err(e) => return Err(StartupError::Migrate(e)),
             }
         }
-        let mut state = app_state(settings, db.clone())?;
+        let wiring = Wiring {
+            clock: Clock::system(),
+            schema_ready: ready_rx.clone(),
+        };
+        let state = app_state(settings, db.clone(), wiring)?;
         let archiver = settings
             .media
             .archive
-            .then(|| Archiver::new(db, settings.media.clone(), settings.verifier()))
+            .then(|| Archiver::new(db.clone(), settings.media.clone(), settings.verifier()))
             .transpose()
             .map_err(|e| StartupError::Config(vec![format!("media.storage: {e}")]))?;
-        state.schema_ready = ready_rx.clone();
         warn_about_risky_settings(settings, &state);
         let addr = settings
             .server
@@ -204,10 +221,9 @@ impl Application {
         Ok(Application {
             listener,
             admin_listener,
-            admin_router: routes::admin_router(state.clone()),
-            replier: state.replier.clone(),
-            spool: state.spool.clone().map(|spool| (spool, state.clone())),
-            notifier: state.notifier.clone(),
+            admin_router: routes::admin_router(state.metrics.clone(), db),
+            replier: state.ingest.replier().clone(),
+            ingest: state.ingest.clone(),
             http: HttpLimits::from_settings(settings),
             router: routes::router(state, settings.server.request_timeout()),
             schema_ready: ready_rx,
@@ -262,8 +278,10 @@ impl Application {
             .archiver
             .map(|a| a.spawn(workers_stop.clone()))
             .unwrap_or_default();
-        if let Some((spool, state)) = self.spool {
-            workers.push(tokio::spawn(spool.run(state, workers_stop)));
+        if self.ingest.spool().is_some() {
+            workers.push(tokio::spawn(
+                self.ingest.clone().replay_until_stopped(workers_stop),
+            ));
         }
         // One shutdown signal for both listeners.
         let (stopping, stop) = watch::channel(false);
@@ -302,7 +320,7 @@ impl Application {
         for worker in workers {
             let _ = worker.await;
         }
-        self.notifier.flush(NOTIFY_FLUSH_LIMIT).await;
+        self.ingest.notifier().flush(NOTIFY_FLUSH_LIMIT).await;
         served
     }
 }
@@ -424,7 +442,7 @@ fn warn_about_risky_settings(settings: &Settings, state: &AppState) {
             "no rules file: inbound messages get reply.body or an empty answer"
         );
     } else {
-        tracing::info!(rules = state.replier.rules().len(), path = %rules_path.display(), "rules loaded");
+        tracing::info!(rules = state.ingest.replier().rules().len(), path = %rules_path.display(), "rules loaded");
     }
     if !settings.twilio.verify_signatures {
         tracing::warn!(

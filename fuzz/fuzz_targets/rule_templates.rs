@@ -20,8 +20,8 @@ use libfuzzer_sys::fuzz_target;
 use std::collections::HashMap;
 use toml::{Table, Value};
 use twilio_receiver::{
-    reply::{ConsentState, Facts, Replier},
-    rules::Rules,
+    reply::Replier,
+    rules::{ConsentState, Facts, Rules},
     twilio::{InboundMessage, RawRequest, Verifier},
     twiml,
 };

@@ -2,12 +2,8 @@
 //! process itself is stuck, not when Postgres is.
 
 use super::Shared;
-use crate::store;
+use crate::ingest::Readiness;
 use axum::{extract::State, http::StatusCode};
-use std::time::Duration;
-
-/// How long readiness waits for Postgres before saying no.
-const READY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// `GET /healthz`: the process is up. Touches nothing else.
 pub async fn healthz() -> &'static str {
@@ -19,13 +15,12 @@ pub async fn healthz() -> &'static str {
 /// (and says why): taking every replica out of a load balancer during an outage would turn
 /// the spool's 503 + fallback into refused connections, and Twilio does not retry those.
 pub async fn readyz(State(state): State<Shared>) -> (StatusCode, &'static str) {
-    let database = *state.schema_ready.borrow() && store::ping(&state.db, READY_TIMEOUT).await;
-    match (database, state.spool.is_some()) {
-        (true, _) => (StatusCode::OK, "ready\n"),
-        (false, true) => (
+    match state.ingest.readiness().await {
+        Readiness::Ready => (StatusCode::OK, "ready\n"),
+        Readiness::Spooling => (
             StatusCode::OK,
             "ready: database unavailable, webhooks are spooled\n",
         ),
-        (false, false) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),
+        Readiness::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),
     }
 }

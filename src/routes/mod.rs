@@ -1,24 +1,24 @@
-//! The HTTP surface: the table of paths, the middleware stack and the shared state.
+//! The HTTP surface: the table of paths, the middleware stack and the shared state. Handlers
+//! extract and verify (`Signed`), hand the webhook to ingest, and translate its outcome; no
+//! SQL, rules or spool decisions here.
 
+mod error;
 mod health;
-pub(crate) mod inbound;
-mod outage;
 mod signed;
-mod status;
+mod webhooks;
 
+pub use error::AppError;
 pub use signed::{Signed, Signing};
 
-use crate::{metrics::Metrics, reply::Replier, telemetry};
+use crate::{ingest::Ingest, metrics::Metrics, telemetry};
 use axum::{
     Router,
     handler::Handler,
     http::{HeaderName, StatusCode, header::AUTHORIZATION},
     routing::{MethodRouter, get},
 };
-use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use std::{sync::Arc, time::Duration};
-use tokio::sync::watch;
 use tower::ServiceBuilder;
 use tower_http::{
     catch_panic::CatchPanicLayer,
@@ -28,64 +28,22 @@ use tower_http::{
     trace::{DefaultOnResponse, TraceLayer},
 };
 
-/// Everything a handler may need. The router holds it behind one `Arc`
-/// ([`Shared`]): extractors and middleware clone their state for every request, and one
-/// reference count is cheaper than a dozen.
+/// What handlers and middleware need. The router holds it behind one `Arc` ([`Shared`]):
+/// extractors and middleware clone their state for every request, and one reference count
+/// is cheaper than several.
 #[derive(Clone)]
 pub struct AppState {
-    pub db: PgPool,
+    /// How requests are verified.
     pub signing: Arc<Signing>,
-    pub replier: Arc<Replier>,
-    pub clock: Clock,
-    /// `false` until migrations are applied; webhooks answer 503 meanwhile.
-    pub schema_ready: watch::Receiver<bool>,
-    /// How long a webhook waits for the database before it is spooled and answered anyway.
-    pub database_deadline: Duration,
-    /// Queue inbound media for the archive (`media.archive`).
-    pub archive_media: bool,
+    /// Where verified webhooks go.
+    pub ingest: Arc<Ingest>,
     pub metrics: Arc<Metrics>,
     /// One permit per webhook request in flight (`server.max_concurrent_requests`).
     pub in_flight: Arc<tokio::sync::Semaphore>,
-    /// Where verified webhooks go while Postgres is away (`spool.dir`), if anywhere.
-    pub spool: Option<Arc<crate::spool::Spool>>,
-    /// `NOTIFY twilio_receiver` after each commit.
-    pub notifier: crate::store::notify::Notifier,
-    /// Group commit (`database.group_commit`): live webhooks are stored in batches.
-    pub writer: Option<crate::writer::Writer>,
-}
-
-impl AppState {
-    /// Webhooks answer 503 until migrations are applied.
-    pub fn ensure_schema(&self) -> Result<(), crate::error::AppError> {
-        if *self.schema_ready.borrow() {
-            Ok(())
-        } else {
-            Err(crate::error::AppError::NotReady)
-        }
-    }
 }
 
 /// The router's state: [`AppState`] behind one reference count.
 pub type Shared = Arc<AppState>;
-
-/// The time a message is received at. Tests substitute their own to cross a 24-hour window
-/// without waiting for it.
-#[derive(Clone)]
-pub struct Clock(Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>);
-
-impl Clock {
-    pub fn system() -> Self {
-        Clock(Arc::new(Utc::now))
-    }
-
-    pub fn from_fn(f: impl Fn() -> DateTime<Utc> + Send + Sync + 'static) -> Self {
-        Clock(Arc::new(f))
-    }
-
-    pub fn now(&self) -> DateTime<Utc> {
-        (self.0)()
-    }
-}
 
 /// The outermost webhook middleware: counts each request by route template and status
 /// (timeouts, panics and shed requests too), and sheds it with 503 when
@@ -115,31 +73,34 @@ async fn admit(
         }
         Err(_) => {
             state.metrics.requests_shed.inc();
-            crate::error::AppError::Overloaded.into_response()
+            AppError::Overloaded.into_response()
         }
     };
     state.metrics.request(&route, response.status().as_u16());
     response
 }
 
-/// The admin listener's routes: `GET /metrics`.
-pub fn admin_router(state: AppState) -> Router {
+/// The admin listener's routes: `GET /metrics`. The pool is only read for its gauges.
+pub fn admin_router(metrics: Arc<Metrics>, db: PgPool) -> Router {
     Router::new()
         .route(
             "/metrics",
             get(
-                |axum::extract::State(state): axum::extract::State<AppState>| async move {
+                |axum::extract::State((metrics, db)): axum::extract::State<(
+                    Arc<Metrics>,
+                    PgPool,
+                )>| async move {
                     (
                         [(
                             axum::http::header::CONTENT_TYPE,
                             "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         )],
-                        state.metrics.render(&state.db),
+                        metrics.render(&db),
                     )
                 },
             ),
         )
-        .with_state(state)
+        .with_state((metrics, db))
 }
 
 /// A webhook route: GET and POST, the methods Twilio lets users choose. HEAD is refused
@@ -192,9 +153,9 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .layer(CatchPanicLayer::new());
 
     Router::new()
-        .route("/twilio/messages", webhook(inbound::inbound))
-        .route("/twilio/fallback", webhook(inbound::fallback))
-        .route("/twilio/status", webhook(status::status))
+        .route("/twilio/messages", webhook(webhooks::inbound))
+        .route("/twilio/fallback", webhook(webhooks::fallback))
+        .route("/twilio/status", webhook(webhooks::status))
         .layer(middleware)
         // Health checks are polled every few seconds: kept out of the request log.
         .route("/healthz", get(health::healthz))

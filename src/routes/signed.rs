@@ -2,9 +2,9 @@
 //! Twilio called, buffers the raw body, verifies the signature over the raw bytes, and only
 //! then hands out the parameters.
 
+use super::AppError;
 use crate::{
     config::PublicBase,
-    error::AppError,
     twilio::{Params, RawRequest, Rejection, Verifier},
 };
 use axum::{

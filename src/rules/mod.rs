@@ -5,15 +5,13 @@
 //! keeps evaluating. While a contact is opted out, only rules whose conditions say
 //! `consent = "opted_out"` answer them.
 
+mod facts;
 mod hours;
 
+pub use facts::{ConsentState, Facts};
 pub use hours::Hours;
 
-use crate::{
-    reply::{ConsentState, Facts},
-    twilio::InboundMessage,
-    twiml,
-};
+use crate::{twilio::InboundMessage, twiml};
 use chrono::Duration;
 use chrono_tz::Tz;
 use minijinja::{AutoEscape, Environment, Value};
@@ -400,7 +398,7 @@ impl Rule {
         let answered = facts
             .recent_replies
             .iter()
-            .filter(|(rules, at)| *at > since && rules.split(',').any(|r| r == self.name))
+            .filter(|(rule, at)| *at > since && *rule == self.name)
             .count();
         answered >= limit.count as usize
     }

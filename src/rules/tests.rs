@@ -348,14 +348,14 @@ fn limits_count_this_rules_recent_answers_to_this_contact() {
         ["away", "fallthrough"]
     );
     assert_eq!(
-        matched(&r, &text("hi"), &with(&[("away,fallthrough", 1)])),
+        matched(&r, &text("hi"), &with(&[("away", 1), ("fallthrough", 1)])),
         ["away", "fallthrough"]
     );
     assert_eq!(
         matched(
             &r,
             &text("hi"),
-            &with(&[("away,fallthrough", 1), ("away", 11)])
+            &with(&[("away", 1), ("fallthrough", 1), ("away", 11)])
         ),
         ["fallthrough"]
     );

@@ -1,13 +1,12 @@
 //! Postgres: the pool, migrations and the SQL of every write. Knows SQL and core types, never
-//! HTTP; it returns [`StoreError`], and only `routes` turns that into a status code.
+//! HTTP or ingest; it returns [`StoreError`], classified by what the caller must do.
 
 pub mod erase;
-pub mod group;
-pub mod inbound;
 pub mod media;
 pub mod notify;
 pub mod prune;
-pub mod status;
+pub mod replies;
+pub mod write;
 
 use crate::config::DatabaseSettings;
 use sqlx::{
@@ -20,44 +19,86 @@ use std::time::Duration;
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!();
 
-/// A database failure, classified by what the caller should do about it.
-#[derive(Debug, thiserror::Error)]
+/// A database failure, classified by what the caller must do about it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// Postgres is unreachable, the pool is exhausted, or a statement timed out: retryable,
-    /// answered with 503 so Twilio tries the fallback URL.
+    /// Postgres is unreachable, the pool is exhausted, or a statement timed out: retryable
+    /// later (the webhook is spooled and answered 503, so Twilio tries the fallback URL).
     #[error("database unavailable")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] Cause),
     /// A value Postgres cannot store as given: a key longer than an index entry may be
     /// (about 2.7 kB). The request's fault, never worth retrying.
     #[error("a value is too large to store")]
-    TooLarge(#[source] sqlx::Error),
+    TooLarge(#[source] Cause),
+    /// Another transaction changed what a batch read before its write could commit, every
+    /// time it was tried: worth storing again, alone or later.
+    #[error("a concurrent write kept changing the batch's conversations")]
+    Conflict,
     /// Anything else is a bug (ours or the schema's).
     #[error("database error")]
-    Other(#[source] sqlx::Error),
+    Bug(#[source] Cause),
 }
 
-impl StoreError {
-    /// The database error behind it, whatever its class.
-    pub fn sqlx(&self) -> &sqlx::Error {
-        match self {
-            StoreError::Unavailable(e) | StoreError::TooLarge(e) | StoreError::Other(e) => e,
+/// The database error behind a [`StoreError`]. Shared (one failed batch answers all of its
+/// requests with it), and printed without its `Debug`, whose DETAIL can quote a row.
+#[derive(Clone)]
+pub struct Cause(std::sync::Arc<sqlx::Error>);
+
+impl Cause {
+    /// The SQLSTATE, when Postgres answered with an error.
+    pub fn sqlstate(&self) -> Option<String> {
+        match &*self.0 {
+            sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+            _ => None,
         }
+    }
+
+    /// Postgres itself answered (the connection is still in a clean state), as opposed to
+    /// the connection or the pool failing.
+    pub fn database_answered(&self) -> bool {
+        matches!(&*self.0, sqlx::Error::Database(_))
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::fmt::Debug for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Display on purpose: see the type's documentation.
+        write!(f, "Cause({})", self.0)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
     }
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        if is_unavailable(&e) {
-            StoreError::Unavailable(e)
-        } else if matches!(&e, sqlx::Error::Database(db) if db.code().as_deref() == Some("54000")) {
+        let code = match &e {
+            sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+            _ => None,
+        };
+        let cause = Cause(std::sync::Arc::new(e));
+        match code.as_deref() {
+            // The write statement's own check (migration 8's write_check), a serialization
+            // failure or a deadlock: another transaction got in the way; worth trying again.
+            Some("TR409" | "40001" | "40P01") => StoreError::Conflict,
             // 54000 program_limit_exceeded: "index row size exceeds maximum".
-            StoreError::TooLarge(e)
-        } else {
-            StoreError::Other(e)
+            Some("54000") => StoreError::TooLarge(cause),
+            _ if is_unavailable(&cause.0) => StoreError::Unavailable(cause),
+            _ => StoreError::Bug(cause),
         }
     }
 }
 
+/// Postgres cannot be reached or cannot serve now: the same request may work later.
 fn is_unavailable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)
@@ -68,13 +109,8 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
         | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // 08: connection exceptions; 53: insufficient resources (too many connections);
-            // 57: operator intervention (statement timeout 57014, admin shutdown 57P01);
-            // 40001/40P01: serialization failure and deadlock, safe to retry.
-            code.starts_with("08")
-                || code.starts_with("53")
-                || code.starts_with("57")
-                || code == "40001"
-                || code == "40P01"
+            // 57: operator intervention (statement timeout 57014, admin shutdown 57P01).
+            code.starts_with("08") || code.starts_with("53") || code.starts_with("57")
         }),
         _ => false,
     }

@@ -30,9 +30,30 @@ pub struct Notifier {
     queue: mpsc::Sender<Queued>,
 }
 
+/// What a notification announces (its `kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A message was stored (inbound; outbound ones arrive as `Status`).
+    Message,
+    /// A status callback's event was stored.
+    Status,
+    /// A fallback call was stored.
+    Failure,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Message => "message",
+            Kind::Status => "status",
+            Kind::Failure => "failure",
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Queued {
-    Notice(&'static str, String),
+    Notice(Kind, String),
     /// Send everything queued before it now, then answer.
     Flush(oneshot::Sender<()>),
 }
@@ -47,13 +68,16 @@ impl Notifier {
     }
 
     /// Announces `{"kind": kind, "message_sid": sid}`; call it after the commit.
-    pub fn send(&self, kind: &'static str, message_sid: &str) {
+    pub fn send(&self, kind: Kind, message_sid: &str) {
         if self
             .queue
             .try_send(Queued::Notice(kind, message_sid.to_owned()))
             .is_err()
         {
-            tracing::warn!(kind, "notification queue full; a NOTIFY was dropped");
+            tracing::warn!(
+                kind = kind.as_str(),
+                "notification queue full; a NOTIFY was dropped"
+            );
         }
     }
 
@@ -93,7 +117,7 @@ async fn send_batches(pool: PgPool, mut pending: mpsc::Receiver<Queued>) {
         for queued in batch.drain(..) {
             match queued {
                 Queued::Notice(kind, sid) => {
-                    kinds.push(kind.to_owned());
+                    kinds.push(kind.as_str());
                     sids.push(sid);
                 }
                 Queued::Flush(done) => flushed.push(done),
@@ -108,7 +132,7 @@ async fn send_batches(pool: PgPool, mut pending: mpsc::Receiver<Queued>) {
     }
 }
 
-async fn send(pool: &PgPool, kinds: &[String], sids: &[String]) {
+async fn send(pool: &PgPool, kinds: &[&str], sids: &[String]) {
     let sent = sqlx::query_scalar!(
         r#"
             select count(pg_notify('twilio_receiver',
@@ -117,7 +141,7 @@ async fn send(pool: &PgPool, kinds: &[String], sids: &[String]) {
             from (select set_config('synchronous_commit', 'off', true)) as async_commit,
                  unnest($1::text[], $2::text[]) with ordinality as n (kind, sid, position)
             "#,
-        kinds,
+        kinds as &[&str],
         sids,
     )
     .fetch_one(pool)

@@ -18,3 +18,15 @@ pub use params::Params;
 pub use signature::SignatureError;
 pub use status::{ReplyLink, StatusCallback};
 pub use verify::{BodyKind, RawRequest, Rejection, Verifier};
+
+/// The three webhooks of Programmable Messaging, each on its own URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// "A message comes in" (TWILIO.md §3).
+    Inbound,
+    /// The fallback URL, called when the primary failed (TWILIO.md §5).
+    Fallback,
+    /// A delivery status callback (TWILIO.md §4).
+    Status,
+}

@@ -549,7 +549,7 @@ async fn erase_removes_one_contact_everywhere_and_nothing_else(pool: PgPool) {
         spool
             .append(twilio_receiver::spool::Record {
                 id: String::new(),
-                route: twilio_receiver::spool::Route::Inbound,
+                kind: twilio_receiver::twilio::Kind::Inbound,
                 received_at: app.now(),
                 params: whatsapp_text(&sid(n), who, "spooled"),
                 query: vec![],

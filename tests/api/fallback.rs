@@ -159,7 +159,7 @@ async fn fallback_answers_without_the_database(env: &[(&str, &str)], spool: &str
             .contains("<Body>Thanks, we will get back to you</Body>")
     );
     assert_eq!(app.post_text(2).await.status, 503);
-    let spool = app.state.spool.as_ref().unwrap();
+    let spool = app.state.ingest.spool().unwrap();
     assert_eq!(spool.pending().unwrap().len(), 2, "both calls kept on disk");
     std::fs::remove_dir_all(spool_dir).unwrap();
 }

@@ -16,8 +16,8 @@ use std::{
 use tower::ServiceExt;
 use twilio_receiver::{
     config::{Settings, Sources},
-    routes::{self, Clock},
-    startup,
+    ingest::Clock,
+    routes, startup,
     twilio::signature,
 };
 
@@ -98,11 +98,15 @@ impl TestApp {
         let now = Arc::new(Mutex::new(
             Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap(),
         ));
-        let mut state = startup::app_state(&settings, pool.clone()).expect("valid test settings");
         let clock = now.clone();
-        state.clock = Clock::from_fn(move || *clock.lock().unwrap());
+        let wiring = startup::Wiring {
+            clock: Clock::from_fn(move || *clock.lock().unwrap()),
+            ..startup::Wiring::default()
+        };
+        let state =
+            startup::app_state(&settings, pool.clone(), wiring).expect("valid test settings");
         TestApp {
-            admin: routes::admin_router(state.clone()),
+            admin: routes::admin_router(state.metrics.clone(), pool.clone()),
             router: routes::router(state.clone(), settings.server.request_timeout()),
             state,
             app_db: pool.clone(),
@@ -155,9 +159,9 @@ impl TestApp {
 
     /// Stores what the app's spool holds, as the background replay does.
     pub async fn replay_spool(&self) -> usize {
-        let spool = self.state.spool.clone().expect("the app has a spool");
+        assert!(self.state.ingest.spool().is_some(), "the app has a spool");
         let running = tokio::sync::watch::channel(false).1;
-        spool.replay_pending(&self.state, &running).await.unwrap()
+        self.state.ingest.replay_pending(&running).await.unwrap()
     }
 
     /// POSTs `params` to `path`, signed for `BASE` + `path` with the test token.

@@ -507,7 +507,7 @@ async fn deleting_or_truncating_messages_in_sql_removes_their_replies(pool: PgPo
 async fn a_late_reply_for_a_message_that_is_gone_records_nothing(pool: PgPool) {
     let at = chrono::Utc::now();
     let twiml =
-        twilio_receiver::store::inbound::answer_once(&pool, &sid(9), "<Response/>", &[], at)
+        twilio_receiver::store::replies::answer_once(&pool, &sid(9), "<Response/>", &[], at)
             .await
             .unwrap();
     // Answered as it would have been, but no reply row without its message.

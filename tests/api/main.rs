@@ -4,7 +4,6 @@
 mod cli;
 mod database;
 mod fallback;
-mod group;
 mod helpers;
 mod hostile;
 mod inbound;
@@ -21,3 +20,4 @@ mod signature;
 mod spool;
 mod status;
 mod tracking;
+mod write;

@@ -601,7 +601,7 @@ async fn media_is_stored_in_an_s3_compatible_bucket(pool: PgPool) {
     ]
     .map(|(k, v)| (k.to_owned(), v.to_owned()));
     let storage =
-        twilio_receiver::media::storage_with_options(&settings.media.storage, aws).unwrap();
+        twilio_receiver::storage::open_with_options(&settings.media.storage, aws).unwrap();
     let archiver =
         Archiver::with_storage(pool, settings.media.clone(), settings.verifier(), storage).unwrap();
 

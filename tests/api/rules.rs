@@ -64,14 +64,18 @@ async fn a_keyword_menu_and_a_regex_answer_and_the_rule_is_stored(pool: PgPool) 
         ["Checking: Where is ORDER #12345 &lt;now&gt;?"]
     );
     assert_eq!(say(&app, 3, "hello").await, ["default"]);
-    let rules: Vec<Option<String>> =
+    let rules: Vec<Option<Vec<String>>> =
         sqlx::query_scalar!("select rule from replies order by created_at, message_sid")
             .fetch_all(&app.pool)
             .await
             .unwrap();
     assert_eq!(
         rules,
-        [Some("menu".to_owned()), Some("order".to_owned()), None]
+        [
+            Some(vec!["menu".to_owned()]),
+            Some(vec!["order".to_owned()]),
+            None
+        ]
     );
     // Each tracked <Message> names the rule that produced it.
     let r = app
@@ -207,7 +211,7 @@ async fn a_missing_configured_rules_file_stops_the_start(pool: PgPool) {
         problems.contains("/nonexistent/rules.toml: cannot read the rules file"),
         "{problems}"
     );
-    assert!(twilio_receiver::startup::app_state(&settings, pool).is_err());
+    assert!(twilio_receiver::startup::app_state(&settings, pool, Default::default()).is_err());
 }
 
 #[sqlx::test]
@@ -245,7 +249,7 @@ async fn the_fallback_route_keeps_rule_silence_and_opt_outs_silent(pool: PgPool)
         .await;
     assert!(bodies(&r.body).is_empty(), "{}", r.body);
     assert_eq!(
-        app.count("select count(*) from replies where rule = 'quiet'")
+        app.count("select count(*) from replies where rule = array['quiet']")
             .await,
         1
     );

@@ -75,7 +75,7 @@ async fn webhooks_answered_during_an_outage_are_stored_once_when_postgres_return
         204
     );
 
-    let spool = down.state.spool.clone().unwrap();
+    let spool = down.state.ingest.spool().unwrap().clone();
     assert_eq!(spool.pending().unwrap().len(), 4);
     // Still ready: an orchestrator must keep sending traffic to a server that spools.
     let ready = down
@@ -146,7 +146,7 @@ async fn webhooks_answered_during_an_outage_are_stored_once_when_postgres_return
     );
     // The reply rows say what was really answered: the fallback TwiML for message 1 (not the
     // rule's "Bye", never sent); none for message 2, whose only call was answered 503.
-    let replies: Vec<(String, Option<String>, String)> =
+    let replies: Vec<(String, Option<Vec<String>>, String)> =
         sqlx::query_as("select message_sid, rule, twiml from replies order by message_sid")
             .fetch_all(&up.pool)
             .await
@@ -201,7 +201,7 @@ async fn a_record_that_cannot_be_read_is_set_aside_and_the_rest_stored(pool: PgP
     .unwrap();
 
     let up = TestApp::with_env(pool, &env);
-    let spool = up.state.spool.clone().unwrap();
+    let spool = up.state.ingest.spool().unwrap().clone();
     assert_eq!(up.replay_spool().await, 1);
 
     assert_eq!(up.count("select count(*) from messages").await, 1);
@@ -243,7 +243,8 @@ async fn without_a_spool_a_status_callback_during_an_outage_gets_503() {
 async fn an_unusable_spool_directory_is_a_configuration_error() {
     let settings = settings(&[("TWILIO_RECEIVER__SPOOL__DIR", "/proc/no-spool-here")]);
     let pool = sqlx::PgPool::connect_lazy("postgres://postgres@127.0.0.1:1/none").unwrap();
-    let Err(error) = twilio_receiver::startup::app_state(&settings, pool) else {
+    let Err(error) = twilio_receiver::startup::app_state(&settings, pool, Default::default())
+    else {
         panic!("started with an unusable spool");
     };
     assert!(error.to_string().contains("spool.dir"), "{error}");
@@ -286,7 +287,7 @@ async fn a_stalled_database_answers_in_time_and_catches_up_when_the_stall_ends(p
         "{primary_took:?}"
     );
     assert_eq!(
-        app.state.spool.as_ref().unwrap().pending().unwrap().len(),
+        app.state.ingest.spool().unwrap().pending().unwrap().len(),
         2
     );
 
@@ -355,12 +356,12 @@ async fn a_fallback_call_stored_live_and_replayed_is_one_failure_row(pool: PgPoo
 
     // What the handler writes when the deadline passes after the commit went out.
     app.state
-        .spool
-        .as_ref()
+        .ingest
+        .spool()
         .unwrap()
         .append(twilio_receiver::spool::Record {
             id,
-            route: twilio_receiver::spool::Route::Fallback,
+            kind: twilio_receiver::twilio::Kind::Fallback,
             received_at: app.now(),
             params: call,
             query: vec![],

@@ -92,7 +92,7 @@ async fn a_later_part_of_a_reply_links_its_own_body_and_rule(pool: PgPool) {
     app.post_text(1).await;
     // A two-message reply answered by rule "menu" (the rules engine writes such rows).
     sqlx::query!(
-        "update replies set rule = 'menu', bodies = array['Pick one:', '1) hours 2) prices'] where message_sid = $1",
+        "update replies set rule = array['menu'], bodies = array['Pick one:', '1) hours 2) prices'] where message_sid = $1",
         inbound
     )
     .execute(&app.pool)

@@ -1,13 +1,15 @@
 //! Errors and how they become HTTP answers.
 //!
 //! Where error types live: `twilio::SignatureError` / `twilio::Rejection` (protocol, pure),
-//! `store::StoreError` (database, classified as unavailable, too large or other), and
-//! [`AppError`], the only type that knows status codes. Each failure is logged once, here, at
-//! a level that fits who caused it: client mistakes at info/warn, outages at warn, bugs at
-//! error. Bodies carry a short fixed reason, never internals; a 403 says nothing at all.
+//! `store::StoreError` (database, classified by what the caller must do), `ingest::Away` and
+//! `ingest::IngestError` (a webhook kept for later, or refused), and [`AppError`], the only
+//! type that knows status codes. Each failure is logged once, here, at a level that fits who
+//! caused it: client mistakes at info/warn, outages at warn, bugs at error. Bodies carry a
+//! short fixed reason, never internals; a 403 says nothing at all.
 
 use crate::{
-    store::StoreError,
+    ingest::{Away, IngestError},
+    store::Cause,
     twilio::{MissingParam, Rejection},
 };
 use axum::{
@@ -31,23 +33,35 @@ pub enum AppError {
     BodyTooLarge,
     #[error("request body could not be read")]
     BadBody(#[source] axum::Error),
-    /// The database did not finish within the fallback route's deadline.
-    #[error("the database did not answer in time")]
-    DatabaseTooSlow,
     /// The client stopped sending its body for longer than `server.body_read_timeout_ms`.
     #[error("request body arrived too slowly")]
     BodyTimeout,
     /// More webhook requests in flight than `server.max_concurrent_requests`.
     #[error("too many requests in flight")]
     Overloaded,
+    /// The database cannot take the webhook now (it may have been spooled): 503, so Twilio
+    /// calls the fallback URL.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Unavailable(Away),
+    /// A value Postgres cannot store.
+    #[error("a value is too large to store")]
+    TooLarge(#[source] Cause),
+    /// A bug, ours or the schema's.
+    #[error("database error")]
+    Bug(#[source] Cause),
     /// Basic auth is on and the request has no (or wrong) credentials.
     #[error("missing or wrong HTTP Basic credentials")]
     Unauthorized,
-    /// Migrations have not been applied yet (Postgres was unreachable at start).
-    #[error("the database schema is not ready yet")]
-    NotReady,
+}
+
+impl From<IngestError> for AppError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::MissingParam(missing) => AppError::MissingParam(missing),
+            IngestError::TooLarge(cause) => AppError::TooLarge(cause),
+            IngestError::Bug(cause) => AppError::Bug(cause),
+        }
+    }
 }
 
 impl AppError {
@@ -62,16 +76,12 @@ impl AppError {
             AppError::Rejected(Rejection::BadJson)
             | AppError::MissingParam(_)
             | AppError::BadBody(_) => StatusCode::BAD_REQUEST,
-            AppError::BodyTooLarge | AppError::Store(StoreError::TooLarge(_)) => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            AppError::BodyTooLarge | AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             AppError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Unauthorized => StatusCode::UNAUTHORIZED,
-            AppError::Store(StoreError::Unavailable(_))
-            | AppError::NotReady
-            | AppError::DatabaseTooSlow => StatusCode::SERVICE_UNAVAILABLE,
-            AppError::Store(StoreError::Other(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Bug(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -89,26 +99,16 @@ impl IntoResponse for AppError {
             } => {
                 tracing::warn!(%reason, url = %checked_url, "rejected a request: signature not valid");
             }
-            AppError::Store(StoreError::Unavailable(e)) => {
-                tracing::warn!(error = %e, "database unavailable; answering 503");
+            AppError::Unavailable(away) => {
+                tracing::warn!(reason = %away, "database unavailable; answering 503");
             }
-            AppError::Store(StoreError::TooLarge(e)) => {
+            AppError::TooLarge(e) => {
                 tracing::warn!(error = %e, "refused a request: a value too large to store");
             }
-            AppError::Store(StoreError::Other(e)) => {
+            AppError::Bug(e) => {
                 // Display only: a database error's Debug carries its DETAIL and WHERE, which
                 // can quote the row (phone numbers, bodies).
-                let code = match e {
-                    sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
-                    _ => None,
-                };
-                tracing::error!(error = %e, sqlstate = code, "database error");
-            }
-            AppError::NotReady => {
-                tracing::warn!("database schema not migrated yet; answering 503");
-            }
-            AppError::DatabaseTooSlow => {
-                tracing::warn!("database too slow for the deadline; answering 503");
+                tracing::error!(error = %e, sqlstate = e.sqlstate(), "database error");
             }
             // Counted in requests_shed; one line per shed request would flood the log exactly
             // when the server is busiest.
@@ -127,15 +127,14 @@ impl IntoResponse for AppError {
         }
         let body = match &self {
             AppError::Rejected(Rejection::Signature(_)) | AppError::BadSignature { .. } => "",
-            AppError::Store(StoreError::Unavailable(_)) => "service unavailable\n",
-            AppError::Store(StoreError::Other(_)) => "internal error\n",
-            AppError::Store(StoreError::TooLarge(_)) => "a value is too large to store\n",
+            AppError::Unavailable(_) => "service unavailable\n",
+            AppError::Bug(_) => "internal error\n",
+            AppError::TooLarge(_) => "a value is too large to store\n",
             AppError::BodyTooLarge => "request body too large\n",
             AppError::Rejected(Rejection::UnsupportedMediaType) => {
                 "expected application/x-www-form-urlencoded or application/json\n"
             }
             AppError::Rejected(Rejection::BadJson) => "the JSON body is not an object\n",
-            AppError::NotReady | AppError::DatabaseTooSlow => "service unavailable\n",
             AppError::Unauthorized => "",
             AppError::BadBody(_) => "request body could not be read\n",
             AppError::BodyTimeout => "request body arrived too slowly\n",

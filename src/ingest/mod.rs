@@ -1,0 +1,471 @@
+//! Ingest: one verified webhook of any kind (inbound, fallback, status), from any source (a
+//! live route, the spool's replay), in; an outcome the caller only has to translate, out.
+//!
+//! It parses the parameters, decides the reply (the rules over the facts the store reveals),
+//! stores through the writer (group commit) and, when the database is away, keeps the
+//! webhook in the spool itself. It owns the outage policy: a write is bounded by a deadline
+//! counted from the request's arrival, and "away" (unreachable, too slow, not migrated,
+//! contended) means keep it and answer 503. It never sees an HTTP type.
+
+mod decide;
+mod replay;
+mod writer;
+
+pub use replay::ReplayError;
+pub use writer::Grouping;
+
+use crate::{
+    metrics::Metrics,
+    reply::{Rendered, Replier},
+    spool::{Record, Spool},
+    store::{
+        self, Cause, StoreError,
+        notify::{Kind as Notice, Notifier},
+        write::{Callback, Failure, Inbound, Received, Recorded},
+    },
+    twilio::{InboundMessage, Kind, MissingParam, Params, ReplyLink, StatusCallback},
+    twiml,
+};
+use chrono::{DateTime, Utc};
+use decide::{Answer, Decider};
+use sqlx::PgPool;
+use std::{sync::Arc, time::Duration};
+use tokio::sync::watch;
+use tracing::Span;
+use writer::{WriteError, Writer};
+
+/// A verified webhook, as plain data.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub kind: Kind,
+    /// Twilio's parameters, in order, repeats kept.
+    pub params: Params,
+    /// Our own query parameters (a reply's `reply_to`, `rule`, `part`).
+    pub query: Params,
+    /// The base URL it was verified against: reply `action` URLs start with it.
+    pub base: String,
+    /// When it arrived: the receive time stored for it.
+    pub at: DateTime<Utc>,
+    pub source: Source,
+}
+
+/// Where a webhook comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A live request, which arrived at this instant (its deadline counts from there).
+    Live { arrived: std::time::Instant },
+    /// The spool's replay of a record kept while the database was away. `answered` is what
+    /// the request was answered with then (`None`: 503, or 204 for a status callback): the
+    /// rules still run for their effects, but the reply on record is what was answered.
+    Spool {
+        record: String,
+        answered: Option<Rendered>,
+    },
+}
+
+/// What to answer, once ingest is done with a webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answer this TwiML (stored, or kept in the spool and answered anyway: a fallback call).
+    Reply(String),
+    /// Answer nothing (a status callback, stored or kept).
+    Nothing,
+    /// Kept in the spool, stored once Postgres answers; answer 503 so Twilio calls the
+    /// fallback URL meanwhile.
+    Spooled(Away),
+    /// Neither stored nor kept (no spool, or it failed; or a replay that must wait): 503.
+    Unavailable(Away),
+}
+
+/// Why the database could not take a webhook now. Each is worth trying again later.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Away {
+    #[error("database unavailable: {0}")]
+    Database(String),
+    #[error("the database schema is not ready yet")]
+    NotReady,
+    #[error("the database did not answer in time")]
+    TooSlow,
+    #[error("concurrent writes kept changing the conversation")]
+    Contended,
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// A webhook that can never be stored as it is, or a bug.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// Signed by Twilio, but without a parameter every message has (400).
+    #[error(transparent)]
+    MissingParam(#[from] MissingParam),
+    /// A value Postgres cannot store (413).
+    #[error("a value is too large to store")]
+    TooLarge(#[source] Cause),
+    /// Anything else (500).
+    #[error("database error")]
+    Bug(#[source] Cause),
+}
+
+/// Whether the server can take webhooks now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// The database is away, but webhooks are kept in the spool.
+    Spooling,
+    Unavailable,
+}
+
+/// The time a message is received at. Tests substitute their own to cross a 24-hour window
+/// without waiting for it.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Self {
+        Clock(Arc::new(Utc::now))
+    }
+
+    pub fn from_fn(f: impl Fn() -> DateTime<Utc> + Send + Sync + 'static) -> Self {
+        Clock(Arc::new(f))
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.0)()
+    }
+}
+
+/// What ingest is built from (see `startup`).
+pub struct Parts {
+    pub db: PgPool,
+    pub replier: Arc<Replier>,
+    pub metrics: Arc<Metrics>,
+    pub notifier: Notifier,
+    pub spool: Option<Arc<Spool>>,
+    pub clock: Clock,
+    /// `false` until migrations are applied; webhooks are kept or refused meanwhile.
+    pub schema_ready: watch::Receiver<bool>,
+    /// How long a write may take, from the request's arrival, before the webhook is spooled.
+    pub deadline: Duration,
+    /// Queue inbound media for the archive (`media.archive`).
+    pub archive_media: bool,
+    /// `None`: group commit off (`database.group_commit = false`), batches of one.
+    pub grouping: Option<Grouping>,
+}
+
+/// The ingest layer: see the module documentation.
+pub struct Ingest {
+    db: PgPool,
+    writer: Writer,
+    replier: Arc<Replier>,
+    metrics: Arc<Metrics>,
+    notifier: Notifier,
+    spool: Option<Arc<Spool>>,
+    clock: Clock,
+    schema_ready: watch::Receiver<bool>,
+    deadline: Duration,
+}
+
+/// How long readiness waits for Postgres before saying no.
+const READY_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Ingest {
+    /// Starts the writer tasks (group commit) on the current runtime.
+    pub fn start(parts: Parts) -> Self {
+        let writer = Writer::start(
+            writer::Context {
+                db: parts.db.clone(),
+                replier: parts.replier.clone(),
+                metrics: parts.metrics.clone(),
+                archive_media: parts.archive_media,
+            },
+            parts.grouping,
+        );
+        Ingest {
+            db: parts.db,
+            writer,
+            replier: parts.replier,
+            metrics: parts.metrics,
+            notifier: parts.notifier,
+            spool: parts.spool,
+            clock: parts.clock,
+            schema_ready: parts.schema_ready,
+            deadline: parts.deadline,
+        }
+    }
+
+    /// The time a webhook arriving now is received at.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// The reply rules and templates (a SIGHUP reload replaces the rules inside).
+    pub fn replier(&self) -> &Arc<Replier> {
+        &self.replier
+    }
+
+    /// The spool, when there is one.
+    pub fn spool(&self) -> Option<&Arc<Spool>> {
+        self.spool.as_ref()
+    }
+
+    /// The notifier, flushed at shutdown.
+    pub fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+
+    /// Migrations applied and Postgres answering within a second; or, without them, whether
+    /// webhooks are still kept (the spool).
+    pub async fn readiness(&self) -> Readiness {
+        if *self.schema_ready.borrow() && store::ping(&self.db, READY_TIMEOUT).await {
+            Readiness::Ready
+        } else if self.spool.is_some() {
+            Readiness::Spooling
+        } else {
+            Readiness::Unavailable
+        }
+    }
+
+    /// Stores `webhook` once, or keeps it in the spool, and says what to answer.
+    pub async fn receive(&self, webhook: Webhook) -> Result<Outcome, IngestError> {
+        match webhook.kind {
+            Kind::Inbound | Kind::Fallback => self.inbound(webhook).await,
+            Kind::Status => self.status(webhook).await,
+        }
+    }
+
+    /// An inbound message, to the primary or the fallback URL: stored once with its window,
+    /// answered with the TwiML chosen for its first delivery (replayed to every retry).
+    async fn inbound(&self, webhook: Webhook) -> Result<Outcome, IngestError> {
+        let msg = InboundMessage::parse(&webhook.params)?;
+        Span::current().record("message_sid", msg.sid.as_str());
+        let fallback = webhook.kind == Kind::Fallback;
+        let failure = fallback.then(|| Failure::from_params(&webhook.params));
+        if let (Some(failure), Source::Live { .. }) = (&failure, &webhook.source) {
+            tracing::info!(error_code = ?failure.error_code, "fallback call");
+            self.metrics
+                .fallback_call(webhook.params.non_empty("ErrorCode"));
+        }
+        let spool_record = match &webhook.source {
+            Source::Spool { record, .. } => Some(record.clone()),
+            // The id this call's spool record would get, stored with the failure row: a live
+            // write cut off by the deadline after its commit went out, then replayed from the
+            // spool, is still one failure row.
+            Source::Live { .. } => failure
+                .as_ref()
+                .and(self.spool.as_ref())
+                .map(|spool| spool.new_id(webhook.at)),
+        };
+        let (sid, channel, media) = (msg.sid.clone(), msg.to.channel(), msg.media.len());
+        let item = Inbound {
+            msg,
+            params: webhook.params.to_json(),
+            at: webhook.at,
+            failure,
+            spool_record: spool_record.clone(),
+        };
+        let decider = Decider {
+            rules: self.replier.rules(),
+            base: webhook.base.clone(),
+            answer: match &webhook.source {
+                Source::Spool { answered, .. } => Answer::Given(answered.clone()),
+                Source::Live { .. } if fallback => Answer::Fallback,
+                Source::Live { .. } => Answer::Rules,
+            },
+        };
+        let stored = self
+            .within_deadline(&webhook.source, self.writer.receive(item, decider))
+            .await;
+        let stored = match stored {
+            Ok(stored) => stored,
+            Err(Failed::Away(away)) => {
+                return Ok(self.keep(&webhook, &sid, spool_record, away).await);
+            }
+            Err(Failed::Refused(e)) => return Err(e),
+        };
+        if stored.failure_recorded {
+            self.notifier.send(Notice::Failure, &sid);
+        }
+        let twiml = match stored.received {
+            Received::New { twiml } => {
+                self.notifier.send(Notice::Message, &sid);
+                tracing::info!(%channel, media, "stored inbound message");
+                twiml
+            }
+            Received::Duplicate { twiml: Some(twiml) } => self.duplicate(twiml),
+            Received::Duplicate { twiml: None } if fallback => {
+                self.answer_late(&webhook, &sid).await?
+            }
+            Received::Duplicate { twiml: None } => self.duplicate(twiml::EMPTY.to_owned()),
+        };
+        Ok(Outcome::Reply(twiml))
+    }
+
+    fn duplicate(&self, twiml: String) -> String {
+        self.metrics.duplicates.inc();
+        tracing::info!("duplicate delivery; replaying the first reply");
+        twiml
+    }
+
+    /// A fallback call for a message stored without an answer (its primary call was answered
+    /// 503 while the database was away, then replayed from the spool): this call answers it,
+    /// once, and every later call gets the same.
+    async fn answer_late(&self, webhook: &Webhook, sid: &str) -> Result<String, IngestError> {
+        let answer = match &webhook.source {
+            Source::Spool { answered: None, .. } => return Ok(twiml::EMPTY.to_owned()),
+            Source::Spool {
+                answered: Some(answered),
+                ..
+            } => answered.clone(),
+            Source::Live { .. } => self.fallback_reply(&webhook.base, sid),
+        };
+        let recorded =
+            store::replies::answer_once(&self.db, sid, &answer.twiml, &answer.bodies, webhook.at)
+                .await;
+        match recorded.map_err(|e| classify(WriteError::Store(e))) {
+            Ok(twiml) => Ok(twiml),
+            // The message is stored; only the answer could not be recorded: give it anyway.
+            Err(Failed::Away(away)) => {
+                tracing::warn!(reason = %away, "could not record the fallback answer; answering it anyway");
+                Ok(answer.twiml)
+            }
+            Err(Failed::Refused(e)) => Err(e),
+        }
+    }
+
+    /// `reply.fallback_body` as TwiML for `sid` (or an empty answer).
+    fn fallback_reply(&self, base: &str, sid: &str) -> Rendered {
+        self.replier
+            .render(&self.replier.fallback_decision(), base, sid)
+    }
+
+    /// A status callback: the event stored as history, the message's status advanced by
+    /// precedence.
+    async fn status(&self, webhook: Webhook) -> Result<Outcome, IngestError> {
+        let cb = StatusCallback::parse(&webhook.params)?;
+        Span::current().record("message_sid", cb.sid.as_str());
+        let link = ReplyLink::from_query(&webhook.query);
+        // What is logged afterwards; the callback itself moves into the write.
+        let (sid, status, reply) = (cb.sid.clone(), cb.status.clone(), link.is_some());
+        let callback = Callback {
+            cb,
+            link,
+            params: webhook.params.to_json(),
+            at: webhook.at,
+        };
+        let recorded: Recorded = match self
+            .within_deadline(&webhook.source, self.writer.record(callback))
+            .await
+        {
+            Ok(recorded) => recorded,
+            Err(Failed::Away(away)) => return Ok(self.keep(&webhook, &sid, None, away).await),
+            Err(Failed::Refused(e)) => return Err(e),
+        };
+        if recorded.new_event {
+            self.notifier.send(Notice::Status, &sid);
+        }
+        if !recorded.advanced {
+            self.metrics.status_not_advanced.inc();
+        }
+        tracing::info!(
+            %status,
+            new_event = recorded.new_event,
+            new_message = recorded.created_message,
+            reply,
+            "stored status callback"
+        );
+        Ok(Outcome::Nothing)
+    }
+
+    /// Bounds a write below the request deadline (counted from a live request's arrival, so
+    /// a slow body cannot eat the time left to spool), so a database that stops answering
+    /// mid-request still leaves time to spool the request and answer. A write cut off here
+    /// rolls back unless its commit already went out; replaying the spooled copy is
+    /// idempotent either way.
+    async fn within_deadline<T>(
+        &self,
+        source: &Source,
+        write: impl Future<Output = Result<T, WriteError>>,
+    ) -> Result<T, Failed> {
+        if !*self.schema_ready.borrow() {
+            return Err(Failed::Away(Away::NotReady));
+        }
+        let started = tokio::time::Instant::now();
+        let deadline = match source {
+            Source::Live { arrived } => tokio::time::Instant::from_std(*arrived + self.deadline),
+            Source::Spool { .. } => started + self.deadline,
+        };
+        let written = tokio::time::timeout_at(deadline, write).await;
+        self.metrics.database_time(started.elapsed());
+        match written {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(classify(e)),
+            Err(_) => Err(Failed::Away(Away::TooSlow)),
+        }
+    }
+
+    /// Keeps a webhook the database could not take, and says what to answer. Only a live
+    /// request is spooled (a replayed one is in the spool already); without a usable spool
+    /// it is lost to this server, and the log says so.
+    async fn keep(
+        &self,
+        webhook: &Webhook,
+        sid: &str,
+        record: Option<String>,
+        away: Away,
+    ) -> Outcome {
+        let Source::Live { .. } = webhook.source else {
+            return Outcome::Unavailable(away);
+        };
+        // A fallback call is answered with the fallback reply even now: its record says so.
+        let answered =
+            (webhook.kind == Kind::Fallback).then(|| self.fallback_reply(&webhook.base, sid));
+        let Some(spool) = &self.spool else {
+            tracing::error!(
+                "database unavailable and no spool (spool.dir): this webhook is NOT stored"
+            );
+            return Outcome::Unavailable(away);
+        };
+        let kept = spool
+            .append(Record {
+                id: record.unwrap_or_default(),
+                kind: webhook.kind,
+                received_at: webhook.at,
+                params: webhook.params.pairs().to_vec(),
+                query: webhook.query.pairs().to_vec(),
+                base: webhook.base.clone(),
+                answered: answered.clone(),
+            })
+            .await;
+        if let Err(e) = kept {
+            tracing::error!(error = %e, "database unavailable and the spool failed: this webhook is NOT stored");
+            return Outcome::Unavailable(away);
+        }
+        tracing::warn!(reason = %away, "database unavailable: webhook spooled, stored once Postgres answers");
+        match (webhook.kind, answered) {
+            (Kind::Status, _) => Outcome::Nothing,
+            (Kind::Fallback, Some(answered)) => Outcome::Reply(answered.twiml),
+            _ => Outcome::Spooled(away),
+        }
+    }
+}
+
+/// Why a write did not store a webhook: worth keeping for later, or never storable as is.
+enum Failed {
+    Away(Away),
+    Refused(IngestError),
+}
+
+fn classify(e: WriteError) -> Failed {
+    match e {
+        WriteError::NotTaken => Failed::Away(Away::TooSlow),
+        WriteError::Stopped => Failed::Away(Away::ShuttingDown),
+        WriteError::Store(StoreError::Unavailable(cause)) => {
+            Failed::Away(Away::Database(cause.to_string()))
+        }
+        WriteError::Store(StoreError::Conflict) => Failed::Away(Away::Contended),
+        WriteError::Store(StoreError::TooLarge(cause)) => {
+            Failed::Refused(IngestError::TooLarge(cause))
+        }
+        WriteError::Store(StoreError::Bug(cause)) => Failed::Refused(IngestError::Bug(cause)),
+    }
+}

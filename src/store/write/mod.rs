@@ -1,0 +1,416 @@
+//! The write engine: every webhook, live or replayed, alone or with others, is stored here,
+//! by the same two statements. A batch of any size (one, when the server is idle or group
+//! commit is off) shares its round trips and its commit (the WAL flush).
+//!
+//! The guarantees are Postgres's: the unique SID decides which delivery is first, whichever
+//! batch or process it is in, and a batch's write commits only if no other transaction
+//! changed its contacts since it read them (see [`write`]). Inside a batch, the messages of
+//! one contact are applied in arrival order in Rust ([`contact`]): each sees the window,
+//! consent and reply history the earlier ones left, as if they had been stored one after
+//! another. That arithmetic exists only there; the SQL writes what it computed.
+//!
+//! `ON CONFLICT DO UPDATE` may touch a row only once per statement, so rows are first
+//! aggregated per SID and per (business, contact); rows are written in key order so that two
+//! batches lock the rows they share in the same order.
+
+mod contact;
+mod memory;
+mod read;
+mod rows;
+mod statement;
+
+pub use memory::Memory;
+
+use super::StoreError;
+use crate::{
+    rules::{ConsentState, Facts},
+    twilio::{InboundMessage, Params, ReplyLink, StatusCallback},
+};
+use chrono::{DateTime, Duration, Utc};
+use contact::{Contact, Reads};
+use rows::{ContactUpdates, FailureRows, MessageRows, ReplyRows, StatusRows};
+use serde_json::value::RawValue;
+use sqlx::PgConnection;
+use std::collections::{HashMap, HashSet};
+
+/// One delivery of an inbound message (to the primary or the fallback URL).
+pub struct Inbound {
+    pub msg: InboundMessage,
+    /// Every parameter as received (`Params::to_json`).
+    pub params: Box<RawValue>,
+    pub at: DateTime<Utc>,
+    /// For a call to the fallback URL: why the primary URL failed. Its row is stored whether
+    /// or not the message is new.
+    pub failure: Option<Failure>,
+    /// The spool record this delivery is (or would be) kept as: its failure row is stored
+    /// once however often the record is replayed.
+    pub spool_record: Option<String>,
+}
+
+/// A call to the fallback URL: why Twilio could not use the primary URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// `ErrorCode` when it is an integer (11200, 11205, ...).
+    pub error_code: Option<i32>,
+    /// `ErrorUrl`: the primary URL that failed.
+    pub error_url: Option<String>,
+}
+
+impl Failure {
+    /// Why the primary URL failed, from a fallback call's parameters.
+    pub fn from_params(params: &Params) -> Self {
+        Failure {
+            error_code: params.get("ErrorCode").and_then(|v| v.trim().parse().ok()),
+            error_url: params.non_empty("ErrorUrl").map(str::to_owned),
+        }
+    }
+}
+
+/// One status callback to record.
+pub struct Callback {
+    pub cb: StatusCallback,
+    pub link: Option<ReplyLink>,
+    /// Every parameter as received (`Params::to_json`).
+    pub params: Box<RawValue>,
+    pub at: DateTime<Utc>,
+}
+
+/// The reply chosen for a new message, from the facts the read revealed.
+pub struct Reply {
+    /// `false`: store no reply row (nothing was answered; a later call may still answer).
+    pub store: bool,
+    /// The rules that answered, in order; empty when none did.
+    pub rule: Vec<String>,
+    pub twiml: String,
+    /// The body of each `<Message>`, in order.
+    pub bodies: Vec<String>,
+    pub consent: Option<ConsentState>,
+}
+
+/// What happened to a delivery of an inbound message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// First delivery: stored, and answered with this TwiML.
+    New { twiml: String },
+    /// Twilio delivered this SID before: nothing new stored; the TwiML answered then, if any.
+    Duplicate { twiml: Option<String> },
+}
+
+/// What storing one inbound delivery did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub received: Received,
+    /// A fallback call's failure row was stored (not a replay of one already stored).
+    pub failure_recorded: bool,
+}
+
+/// What a status callback changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// `false` for a redelivery of an event already stored.
+    pub new_event: bool,
+    /// The callback named a SID we had not stored: an outbound row was created.
+    pub created_message: bool,
+    /// This event set the message's current status (a new event that won on precedence).
+    pub advanced: bool,
+}
+
+/// What a write stored: one entry per item, in the order given.
+#[derive(Debug, Default)]
+pub struct Written {
+    pub inbound: Vec<Stored>,
+    pub callbacks: Vec<Recorded>,
+}
+
+/// What a batch asks of the write besides its items.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// How far back the rules look at a contact's earlier replies (their longest limit).
+    pub lookback: Duration,
+    /// Queue new messages' media for the archive.
+    pub archive_media: bool,
+}
+
+/// How many times a batch is read and written again after another transaction changed one
+/// of its contacts in between; after that the write reports [`StoreError::Conflict`].
+const ATTEMPTS: usize = 3;
+
+/// Stores every item once, in one transaction, and returns what each got, in the order
+/// given. `decide(i, facts)` chooses the reply to `inbound[i]`; it is called once per new
+/// message, in arrival order within each contact (again, if the batch is read again). A
+/// second copy of a SID inside the batch is answered as a duplicate of the first, with the
+/// first's reply.
+///
+/// At most two round trips, whatever the batch size, and no explicit transaction:
+/// 1. one statement reads what the rules need (each contact's conversation, session,
+///    consent and, with a reply limit, recent replies) and which SIDs are stored already;
+/// 2. after the decisions, one statement writes everything, and commits.
+///
+/// Nothing is locked in between. The write checks instead, row by row under the locks it
+/// takes, that each conversation is the row that was read (same `created_at`: not erased
+/// and created again) and that its inbound count is what was read plus what the batch adds:
+/// every inbound message of a contact, whatever stored it, bumps that count in the same
+/// statement as its consent change, session and reply. If another transaction changed a
+/// contact (or stored one of the SIDs) in between, the check fails, the whole statement
+/// rolls back, and the batch is read and decided again.
+///
+/// The read is skipped when `memory` holds every contact of the batch as this writer's
+/// last write left it, and none of its SIDs is one the writer stored: the same check makes
+/// the write roll back if anything changed since, and the batch is then read afresh.
+///
+/// A callback for a SID that is also an inbound message of this batch (Twilio sends none)
+/// would have the write touch one row twice; such a batch is stored in two writes instead.
+pub async fn write(
+    conn: &mut PgConnection,
+    inbound: &[Inbound],
+    callbacks: &[Callback],
+    options: Options,
+    memory: &mut Memory,
+    mut decide: impl FnMut(usize, &Facts) -> Reply,
+) -> Result<Written, StoreError> {
+    memory.rules_look_back(options.lookback);
+    let shared_sid = !inbound.is_empty() && !callbacks.is_empty() && {
+        let sids: HashSet<&str> = inbound.iter().map(|m| m.msg.sid.as_str()).collect();
+        callbacks.iter().any(|c| sids.contains(c.cb.sid.as_str()))
+    };
+    if shared_sid {
+        let (none, outbound) = (StatusRows::new(&[]), StatusRows::new(callbacks));
+        let first = attempts(conn, inbound, &none, options, memory, &mut decide).await?;
+        let second = attempts(conn, &[], &outbound, options, memory, &mut decide).await?;
+        return Ok(Written {
+            inbound: first.inbound,
+            callbacks: second.callbacks,
+        });
+    }
+    let outbound = StatusRows::new(callbacks);
+    attempts(conn, inbound, &outbound, options, memory, &mut decide).await
+}
+
+/// One write, read and decided again after a conflict, up to [`ATTEMPTS`] times.
+async fn attempts(
+    conn: &mut PgConnection,
+    inbound: &[Inbound],
+    outbound: &StatusRows<'_>,
+    options: Options,
+    memory: &mut Memory,
+    decide: &mut impl FnMut(usize, &Facts) -> Reply,
+) -> Result<Written, StoreError> {
+    let mut attempt = 1;
+    loop {
+        let batch = Batch {
+            inbound,
+            outbound,
+            options,
+            trust_memory: attempt == 1,
+        };
+        match store_once(conn, &batch, memory, decide).await {
+            Err(StoreError::Conflict) if attempt < ATTEMPTS => {
+                tracing::debug!(
+                    attempt,
+                    "a batch's contact changed while it was decided; again"
+                );
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// One attempt's input.
+struct Batch<'a> {
+    inbound: &'a [Inbound],
+    outbound: &'a StatusRows<'a>,
+    options: Options,
+    /// Whether the writer's memory may stand in for the read (not after a conflict).
+    trust_memory: bool,
+}
+
+/// Which deliveries carry a SID first seen in the batch, and which are later copies.
+struct Copies {
+    /// The first delivery of each SID, in SID order (the order the write locks them in).
+    firsts: Vec<usize>,
+    /// For each later copy, the delivery it copies.
+    copy_of: Vec<Option<usize>>,
+}
+
+impl Copies {
+    fn new(batch: &[Inbound]) -> Self {
+        let mut first_of: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
+        let mut copy_of = vec![None; batch.len()];
+        for (i, item) in batch.iter().enumerate() {
+            match first_of.get(item.msg.sid.as_str()) {
+                Some(&first) => copy_of[i] = Some(first),
+                None => {
+                    first_of.insert(&item.msg.sid, i);
+                }
+            }
+        }
+        let mut firsts: Vec<usize> = first_of.into_values().collect();
+        firsts.sort_unstable_by(|&a, &b| batch[a].msg.sid.cmp(&batch[b].msg.sid));
+        Copies { firsts, copy_of }
+    }
+}
+
+/// The decisions for a batch's new messages, and what they add to each contact.
+struct Decided {
+    /// New messages, in SID order.
+    new: Vec<usize>,
+    /// The TwiML chosen for each new message.
+    twiml: Vec<Option<String>>,
+    replies: ReplyRows,
+}
+
+async fn store_once(
+    conn: &mut PgConnection,
+    batch: &Batch<'_>,
+    memory: &mut Memory,
+    decide: &mut impl FnMut(usize, &Facts) -> Reply,
+) -> Result<Written, StoreError> {
+    let inbound = batch.inbound;
+    let copies = Copies::new(inbound);
+    let reads = Reads::new(inbound, &copies.firsts, batch.options.lookback);
+    let keys = &reads.keys;
+    let remembered = batch
+        .trust_memory
+        .then(|| memory.recall(inbound, &copies.firsts, keys))
+        .flatten();
+    // Forgotten until this batch is stored: if the write fails, nobody knows what it left.
+    memory.forget(keys);
+    let (mut contacts, stored_rows) = match remembered {
+        Some(contacts) => (contacts, Vec::new()),
+        None => read::read(conn, &reads, batch.options.lookback).await?,
+    };
+    let stored: HashMap<&str, Option<&str>> = stored_rows
+        .iter()
+        .map(|(sid, twiml)| (sid.as_str(), twiml.as_deref()))
+        .collect();
+    let decided = decide_new(batch, &copies, &stored, keys, &mut contacts, decide);
+    settle_outbound_creation(keys, &mut contacts, batch.outbound);
+
+    let failures = FailureRows::new(inbound);
+    let mut written = Written::default();
+    let mut recorded_failures = HashSet::new();
+    if !decided.new.is_empty() || !batch.outbound.batch.is_empty() || !failures.is_empty() {
+        let rows = statement::Rows {
+            messages: &MessageRows::new(inbound, &decided.new),
+            updates: &ContactUpdates::new(keys, &contacts, inbound),
+            replies: &decided.replies,
+            outbound: batch.outbound,
+            failures: &failures,
+            archive_media: batch.options.archive_media,
+        };
+        let result = statement::execute(conn, &rows).await?;
+        written.callbacks = batch.outbound.recorded(&result);
+        recorded_failures = result.failure_records.into_iter().collect();
+    }
+    memory.remember(
+        keys,
+        contacts,
+        &copies.firsts,
+        inbound,
+        batch.options.lookback,
+    );
+    written.inbound = inbound
+        .iter()
+        .enumerate()
+        .map(|(i, item)| Stored {
+            received: received(i, &copies, &decided, &stored, item),
+            failure_recorded: item.failure.is_some()
+                && item
+                    .spool_record
+                    .as_ref()
+                    .is_none_or(|id| recorded_failures.contains(id)),
+        })
+        .collect();
+    Ok(written)
+}
+
+/// Applies each new message to its contact in arrival order and asks for its reply.
+fn decide_new(
+    batch: &Batch<'_>,
+    copies: &Copies,
+    stored: &HashMap<&str, Option<&str>>,
+    keys: &[(&str, &str)],
+    contacts: &mut [Contact],
+    decide: &mut impl FnMut(usize, &Facts) -> Reply,
+) -> Decided {
+    let inbound = batch.inbound;
+    let index: HashMap<(&str, &str), usize> =
+        keys.iter().enumerate().map(|(k, &key)| (key, k)).collect();
+    let new: Vec<usize> = copies
+        .firsts
+        .iter()
+        .copied()
+        .filter(|&i| !stored.contains_key(inbound[i].msg.sid.as_str()))
+        .collect();
+    // Arrival order: the order each contact's messages are applied in.
+    let mut arrivals = new.clone();
+    arrivals.sort_by_key(|&i| (inbound[i].at, i));
+    let mut twiml: Vec<Option<String>> = vec![None; inbound.len()];
+    let mut replies = ReplyRows::default();
+    for &i in &arrivals {
+        let item = &inbound[i];
+        let c = &mut contacts[index[&(item.msg.to.expose(), item.msg.from.expose())]];
+        let facts = c.receive(item.at, batch.options.lookback);
+        c.latest = i;
+        let reply = decide(i, &facts);
+        if let Some(state) = reply.consent {
+            c.consent = state;
+            c.consent_change = Some((state, i));
+        }
+        if reply.store {
+            c.recent
+                .extend(reply.rule.iter().map(|rule| (rule.clone(), item.at)));
+            replies.push(&item.msg.sid, &reply, item.at);
+        }
+        twiml[i] = Some(reply.twiml);
+    }
+    Decided {
+        new,
+        twiml,
+        replies,
+    }
+}
+
+/// A conversation row this batch creates takes the time of the contact's earliest message,
+/// outbound ones included, as one at a time would. (No row means no message of the contact
+/// is stored, so each of its callbacks creates its message; if a row appeared meanwhile
+/// after all, the write's check fails and the batch is read again.)
+fn settle_outbound_creation(
+    keys: &[(&str, &str)],
+    contacts: &mut [Contact],
+    outbound: &StatusRows<'_>,
+) {
+    for (key, c) in keys.iter().zip(contacts.iter_mut()) {
+        if let (None, true, Some(&at)) = (c.created, c.changed, outbound.first_at.get(key)) {
+            c.created = Some(c.created_at().min(at));
+        }
+    }
+}
+
+/// What delivery `i` got: its own new reply, the reply of the copy it repeats, or the reply
+/// on record for a SID stored before.
+fn received(
+    i: usize,
+    copies: &Copies,
+    decided: &Decided,
+    stored: &HashMap<&str, Option<&str>>,
+    item: &Inbound,
+) -> Received {
+    let first = copies.copy_of[i].unwrap_or(i);
+    match (&decided.twiml[first], copies.copy_of[i]) {
+        (Some(twiml), None) => Received::New {
+            twiml: twiml.clone(),
+        },
+        (Some(twiml), Some(_)) => Received::Duplicate {
+            twiml: Some(twiml.clone()),
+        },
+        (None, _) => Received::Duplicate {
+            twiml: stored
+                .get(item.msg.sid.as_str())
+                .copied()
+                .flatten()
+                .map(str::to_owned),
+        },
+    }
+}

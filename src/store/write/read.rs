@@ -1,0 +1,97 @@
+//! The read before a write: what the rules need of each contact, and which SIDs are stored.
+
+use super::contact::{Contact, Reads};
+use crate::{rules::ConsentState, store::StoreError};
+use chrono::Duration;
+use sqlx::PgConnection;
+
+/// Reads what the rules need of each contact of the batch, and which of its SIDs are
+/// stored already (with the reply on record).
+pub(super) async fn read(
+    conn: &mut PgConnection,
+    reads: &Reads<'_>,
+    lookback: Duration,
+) -> Result<(Vec<Contact>, Vec<(String, Option<String>)>), StoreError> {
+    // Every lookup below probes a unique index once per key: a plan cached while a table was
+    // small stays in use as it grows, so no statement here leaves the planner a join it could
+    // turn into a scan of a whole table (seen: every batch reading every reply).
+    let read = sqlx::query!(
+        r#"
+        with stored as (
+            select d.sid, d.n
+            from unnest($5::text[]) with ordinality as d (sid, n)
+            where (select m.message_sid from messages m where m.message_sid = d.sid) is not null
+        )
+        select c.created_at as "created_at?", c.first_inbound_at, c.last_inbound_at,
+               c.window_expires_at,
+               c.session_started_at, c.inbound_count as "inbound_count?",
+               (select o.state from consent o
+                where o.business = k.business and o.contact = k.contact) as consent,
+               (select s.inbound_count from sessions s
+                where s.business = k.business and s.contact = k.contact
+                  and s.started_at = c.session_started_at) as session_count,
+               coalesce(recent.rules, '{}') as "recent_rules!",
+               coalesce(recent.times, '{}') as "recent_times!",
+               -- Not correlated: computed once, the same in every row. (Scalar subqueries,
+               -- not `exists`, which the planner may turn into a join.)
+               array(select x.sid from stored x order by x.n) as "stored!",
+               array(select (select r.twiml from replies r where r.message_sid = x.sid)
+                     from stored x order by x.n) as "stored_twiml!: Vec<Option<String>>"
+        from unnest($1::text[], $2::text[], $3::timestamptz[]) with ordinality
+            as k (business, contact, since, n)
+        -- `limit 1` keeps this a lookup per contact: the planner cannot make it a join.
+        left join lateral (select * from conversations c
+                           where c.business = k.business and c.contact = k.contact
+                           limit 1) as c on true
+        -- Each rule that answered a recent message, with the message's time: one
+        -- aggregate over the same rows, so the two arrays pair up element by element.
+        left join lateral (select array_agg(u.rule) as rules, array_agg(x.received_at) as times
+                           from (select m.received_at,
+                                        (select r.rule from replies r
+                                         where r.message_sid = m.message_sid) as rule
+                                 from messages m
+                                 where $4::bool and m.business = k.business
+                                   and m.contact = k.contact and m.received_at > k.since) as x
+                           cross join unnest(x.rule) as u (rule)) as recent on true
+        order by k.n
+        "#,
+        &reads.business as &[&str],
+        &reads.contact as &[&str],
+        &reads.since,
+        lookback > Duration::zero(),
+        &reads.sid as &[&str],
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+
+    // The same in every row (not correlated): taken from the first.
+    let stored = read.first().map_or_else(Vec::new, |row| {
+        row.stored
+            .iter()
+            .cloned()
+            .zip(row.stored_twiml.iter().cloned())
+            .collect()
+    });
+    let contacts: Vec<Contact> = read
+        .into_iter()
+        .map(|row| {
+            let count = row.inbound_count.unwrap_or(0);
+            Contact {
+                created: row.created_at,
+                first: row.first_inbound_at,
+                last: row.last_inbound_at,
+                expires: row.window_expires_at,
+                started: row.session_started_at,
+                count,
+                read: count,
+                session_count: row.session_count.unwrap_or(0).into(),
+                consent: ConsentState::from_db(row.consent.as_deref()),
+                recent: row.recent_rules.into_iter().zip(row.recent_times).collect(),
+                ..Contact::default()
+            }
+        })
+        .collect();
+    // One row per contact, always: `unnest` of the keys drives the read.
+    debug_assert_eq!(contacts.len(), reads.keys.len());
+    Ok((contacts, stored))
+}

@@ -4,6 +4,7 @@ use crate::helpers::*;
 use chrono::{Duration, TimeZone, Utc};
 use sqlx::PgPool;
 use std::path::PathBuf;
+use twilio_receiver::twiml;
 
 const ANA: &str = "whatsapp:+15551234567";
 
@@ -36,6 +37,24 @@ async fn say(app: &TestApp, n: u32, body: &str) -> Vec<String> {
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     bodies(&r.body)
+}
+
+/// Posts message `n` and checks that nothing is answered: a 200 with exactly the empty TwiML
+/// document (an error status or a malformed body is not silence; Twilio would retry or call
+/// the fallback URL).
+async fn assert_silent(app: &TestApp, n: u32, body: &str) {
+    let r = app
+        .post_signed("/twilio/messages", &whatsapp_text(&sid(n), ANA, body))
+        .await;
+    assert_silence(&r, body);
+}
+
+fn assert_silence(r: &TestResponse, context: &str) {
+    assert_eq!(
+        (r.status.as_u16(), r.body.as_str()),
+        (200, twiml::EMPTY),
+        "{context}"
+    );
 }
 
 #[sqlx::test]
@@ -103,7 +122,7 @@ async fn first_contact_and_new_session_greetings(pool: PgPool) {
     );
     assert_eq!(say(&app, 1, "hi").await, ["Welcome, Ana!"]);
     app.set_now(app.now() + Duration::hours(2));
-    assert!(say(&app, 2, "still here").await.is_empty());
+    assert_silent(&app, 2, "still here").await;
     app.set_now(app.now() + Duration::hours(30));
     assert_eq!(say(&app, 3, "back").await, ["Welcome back (3)"]);
 }
@@ -123,7 +142,7 @@ async fn business_hours_decide_by_the_clock(pool: PgPool) {
     );
     // Monday 2026-03-02 15:00 UTC is 10:00 in New York (EST): open.
     app.set_now(Utc.with_ymd_and_hms(2026, 3, 2, 15, 0, 0).unwrap());
-    assert!(say(&app, 1, "hi").await.is_empty());
+    assert_silent(&app, 1, "hi").await;
     // 22:45 UTC is 17:45 in New York: closed.
     app.set_now(Utc.with_ymd_and_hms(2026, 3, 2, 22, 45, 0).unwrap());
     assert_eq!(say(&app, 2, "hi").await, ["We are closed"]);
@@ -131,7 +150,7 @@ async fn business_hours_decide_by_the_clock(pool: PgPool) {
     app.set_now(Utc.with_ymd_and_hms(2026, 3, 9, 21, 45, 0).unwrap());
     assert_eq!(say(&app, 3, "hi").await, ["We are closed"]);
     app.set_now(Utc.with_ymd_and_hms(2026, 3, 9, 13, 0, 0).unwrap());
-    assert!(say(&app, 4, "hi").await.is_empty());
+    assert_silent(&app, 4, "hi").await;
 }
 
 #[sqlx::test]
@@ -159,8 +178,8 @@ async fn opt_out_then_silence_then_opt_in(pool: PgPool) {
         ("opted_out", sid(2))
     );
     // Opted out: nothing answers, not even the default reply; the message is still stored.
-    assert!(say(&app, 3, "hello?").await.is_empty());
-    assert!(say(&app, 4, "stop").await.is_empty());
+    assert_silent(&app, 3, "hello?").await;
+    assert_silent(&app, 4, "stop").await;
     assert_eq!(app.count("select count(*) from messages").await, 4);
     assert_eq!(
         say(&app, 5, "start").await,
@@ -189,8 +208,8 @@ async fn loop_protection_limits_a_rule_per_contact(pool: PgPool) {
     );
     assert_eq!(say(&app, 1, "hi").await, ["We are away"]);
     app.set_now(app.now() + Duration::hours(1));
-    assert!(say(&app, 2, "hello?").await.is_empty());
-    assert!(say(&app, 3, "HELLO??").await.is_empty());
+    assert_silent(&app, 2, "hello?").await;
+    assert_silent(&app, 3, "HELLO??").await;
     // Another contact has a limit of their own.
     let other = app
         .post_signed(
@@ -247,19 +266,21 @@ async fn the_fallback_route_keeps_rule_silence_and_opt_outs_silent(pool: PgPool)
             &fallback(2, "", &[("MessageType", "location")]),
         )
         .await;
-    assert!(bodies(&r.body).is_empty(), "{}", r.body);
+    assert_silence(&r, "a rule that answers nothing");
     assert_eq!(
         app.count("select count(*) from replies where rule = array['quiet']")
             .await,
         1
     );
     // Opted out: silence, not the fallback body.
-    app.post_signed("/twilio/messages", &whatsapp_text(&sid(3), ANA, "STOP"))
+    let stop = app
+        .post_signed("/twilio/messages", &whatsapp_text(&sid(3), ANA, "STOP"))
         .await;
+    assert_eq!(stop.status, 200, "{}", stop.body);
     let r = app
         .post_signed("/twilio/fallback", &fallback(4, "anyone?", &[]))
         .await;
-    assert!(bodies(&r.body).is_empty(), "{}", r.body);
+    assert_silence(&r, "opted out");
 }
 
 #[sqlx::test]
@@ -275,7 +296,7 @@ async fn the_shipped_rules_only_opt_out_on_the_keyword_alone(pool: PgPool) {
         (2, "End of day works"),
         (3, "stop sending the catalogue?"),
     ] {
-        assert!(say(&app, n, body).await.is_empty(), "{body}");
+        assert_silent(&app, n, body).await;
     }
     assert_eq!(app.count("select count(*) from consent").await, 0);
     assert_eq!(say(&app, 4, "  Stop! ").await.len(), 1);

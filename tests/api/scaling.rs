@@ -8,30 +8,100 @@ use crate::{
     status::callback,
 };
 use sqlx::PgPool;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
+/// Every answer is a reply that names its message (the tracked `<Message>`'s action URL
+/// carries the SID) and the contact's count: a duplicate answered with another message's
+/// reply, or with a reply decided afresh, shows.
+const RULES: &str = r#"
+[[rules]]
+name = "welcome"
+when = { first_contact = true }
+reply = { body = "Welcome, {{ profile_name }}" }
+[[rules]]
+name = "count"
+reply = { body = "Message {{ inbound_count }} from you" }
+"#;
+
+/// POSTs and returns the status and the body.
 async fn post(
     client: &reqwest::Client,
     addr: &str,
     path: &str,
     params: &[(String, String)],
-) -> u16 {
+) -> (u16, String) {
     let response = post_over_http(client, addr, path, params).await.unwrap();
-    response.status().as_u16()
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+/// Delivers `message` to both processes at the same moment (a retry racing the original) and
+/// returns both answers, each checked to be a 200 with TwiML.
+async fn deliver_to_both(
+    client: &reqwest::Client,
+    (a, b): (&str, &str),
+    message: &[(String, String)],
+) -> [String; 2] {
+    let (first, second) = tokio::join!(
+        post(client, a, "/twilio/messages", message),
+        post(client, b, "/twilio/messages", message),
+    );
+    [first, second].map(|(status, body)| {
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("<Response>"), "{body}");
+        body
+    })
+}
+
+/// The stored reply of every message, by SID.
+async fn stored_replies(pool: &PgPool) -> HashMap<String, String> {
+    sqlx::query_as::<_, (String, String)>("select message_sid, twiml from replies")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// `twilio_receiver_duplicate_deliveries_total` on a server's admin listener.
+async fn duplicates(client: &reqwest::Client, admin: &str) -> u64 {
+    let metrics = client
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("twilio_receiver_duplicate_deliveries_total "))
+        .unwrap_or_else(|| panic!("no duplicate counter in:\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 #[sqlx::test]
 async fn two_processes_on_one_database_store_everything_once(pool: PgPool) {
+    let rules = crate::rules::rules_file("scaling", RULES);
+    let env = [("TWILIO_RECEIVER__RULES__PATH", rules.to_str().unwrap())];
     let Server {
         child: first,
         addr: a,
+        admin: admin_a,
         ..
-    } = spawn_server(&pool, &[]);
+    } = spawn_server(&pool, &env);
     let _first = Stop(first);
     let Server {
         child: second,
         addr: b,
+        admin: admin_b,
         ..
-    } = spawn_server(&pool, &[]);
+    } = spawn_server(&pool, &env);
     let _second = Stop(second);
     let client = reqwest::Client::new();
     const MESSAGES: u32 = 200;
@@ -40,18 +110,18 @@ async fn two_processes_on_one_database_store_everything_once(pool: PgPool) {
 
     // Every message is delivered to both processes at once (a retry racing the original),
     // and each outbound message's four callbacks are spread over both, newest first on one.
-    let mut requests = Vec::new();
+    let mut inbound = Vec::new();
+    let mut callbacks = Vec::new();
     for n in 0..MESSAGES {
         let contact = format!("whatsapp:+1555{:07}", n % 20);
         let message = whatsapp_text(&sid(n), &contact, "hi");
-        for addr in [&a, &b] {
-            let (client, addr, message) = (client.clone(), addr.clone(), message.clone());
-            let slot = load.clone();
-            requests.push(tokio::spawn(async move {
-                let _slot = slot.acquire().await.unwrap();
-                post(&client, &addr, "/twilio/messages", &message).await
-            }));
-        }
+        inbound.push(tokio::spawn({
+            let (client, a, b, slots) = (client.clone(), a.clone(), b.clone(), load.clone());
+            async move {
+                let _slots = slots.acquire_many(2).await.unwrap();
+                (sid(n), deliver_to_both(&client, (&a, &b), &message).await)
+            }
+        }));
         let outbound = format!("SM{:032x}", u64::from(n) + (1 << 40));
         for (i, status) in ["read", "delivered", "sent", "queued"]
             .into_iter()
@@ -60,17 +130,34 @@ async fn two_processes_on_one_database_store_everything_once(pool: PgPool) {
             let addr = if i % 2 == 0 { a.clone() } else { b.clone() };
             let (client, params) = (client.clone(), callback(&outbound, status, &[]));
             let slot = load.clone();
-            requests.push(tokio::spawn(async move {
+            callbacks.push(tokio::spawn(async move {
                 let _slot = slot.acquire().await.unwrap();
                 post(&client, &addr, "/twilio/status", &params).await
             }));
         }
     }
-    for request in requests {
-        let code = request.await.unwrap();
-        assert!(code == 200 || code == 204, "{code}");
+    let mut answers = Vec::new();
+    for request in inbound {
+        answers.push(request.await.unwrap());
+    }
+    for request in callbacks {
+        let (status, body) = request.await.unwrap();
+        assert_eq!((status, body.as_str()), (204, ""));
     }
     drop(load);
+
+    // Both deliveries of a SID, whichever process took which, got the reply stored for it,
+    // byte for byte.
+    let replies = stored_replies(&pool).await;
+    for (sid, bodies) in &answers {
+        let stored = replies
+            .get(sid)
+            .unwrap_or_else(|| panic!("no reply for {sid}"));
+        assert!(stored.contains(sid.as_str()), "{sid}: {stored}");
+        for body in bodies {
+            assert_eq!(body, stored, "{sid}");
+        }
+    }
 
     let count = |sql: &'static str| {
         let pool = pool.clone();
@@ -106,6 +193,83 @@ async fn two_processes_on_one_database_store_everything_once(pool: PgPool) {
     assert_eq!(
         count("select sum(inbound_count)::int8 from conversations").await,
         messages
+    );
+    // Each SID was new to one process and a duplicate to the other.
+    assert_eq!(
+        duplicates(&client, &admin_a).await + duplicates(&client, &admin_b).await,
+        u64::from(MESSAGES)
+    );
+
+    // Copies that are certainly in flight together, in two transactions: the table every
+    // inbound write takes is held until both processes' writes wait for it, so each decides
+    // its reply before the other's commit, and one of them must find the other's.
+    const RACES: u32 = 4;
+    for round in 0..RACES {
+        let n = MESSAGES + round;
+        // A contact seen before, and (in the last round) a first contact.
+        let contact = format!(
+            "whatsapp:+1555{:07}",
+            if round + 1 == RACES { 99 } else { round }
+        );
+        let message = whatsapp_text(&sid(n), &contact, "hi");
+        let mut lock = pool.begin().await.unwrap();
+        sqlx::query("lock table conversations in exclusive mode")
+            .execute(&mut *lock)
+            .await
+            .unwrap();
+        let race = tokio::spawn({
+            let (client, a, b) = (client.clone(), a.clone(), b.clone());
+            async move { deliver_to_both(&client, (&a, &b), &message).await }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            // Nothing else is in flight: two statements waiting for a lock are one write
+            // from each process.
+            let waiting: i64 = sqlx::query_scalar(
+                "select count(*) from pg_stat_activity
+                 where datname = current_database() and wait_event_type = 'Lock'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if waiting >= 2 {
+                break;
+            }
+            assert!(
+                !race.is_finished(),
+                "round {round}: answered while the lock was held"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the two writes never reached the database together"
+            );
+        }
+        lock.commit().await.unwrap();
+        let bodies = race.await.unwrap();
+        let stored = stored_replies(&pool).await.remove(&sid(n)).unwrap();
+        assert!(stored.contains(&sid(n)), "{stored}");
+        assert_eq!(bodies[0], stored, "round {round}");
+        assert_eq!(bodies[1], stored, "round {round}");
+    }
+    assert!(
+        stored_replies(&pool)
+            .await
+            .get(&sid(MESSAGES + RACES - 1))
+            .unwrap()
+            .contains("Welcome, Ana"),
+        "the racing first contact is welcomed (both copies got that one reply)"
+    );
+    assert_eq!(
+        count("select count(*) from messages where direction = 'inbound'").await,
+        messages + i64::from(RACES)
+    );
+    assert_eq!(
+        count("select sum(inbound_count)::int8 from conversations").await,
+        messages + i64::from(RACES)
+    );
+    assert_eq!(
+        duplicates(&client, &admin_a).await + duplicates(&client, &admin_b).await,
+        u64::from(MESSAGES + RACES)
     );
 }
 

@@ -34,13 +34,20 @@ async fn current(app: &TestApp, sid: &str) -> (String, Option<i32>, Option<Strin
     (m.status.unwrap_or_default(), m.error_code, m.error_message)
 }
 
+/// POSTs one status callback; every callback, stored or not advancing, is acknowledged with
+/// an empty 204.
+async fn post_status(app: &TestApp, params: &[(String, String)]) {
+    let r = app.post_signed("/twilio/status", params).await;
+    assert_eq!(
+        (r.status.as_u16(), r.body.as_str()),
+        (204, ""),
+        "{params:?}"
+    );
+}
+
 async fn post_statuses(app: &TestApp, sid: &str, statuses: &[&str]) {
     for s in statuses {
-        let r = app
-            .post_signed("/twilio/status", &callback(sid, s, &[]))
-            .await;
-        assert_eq!(r.status, 204, "{s}");
-        assert_eq!(r.body, "");
+        post_status(app, &callback(sid, s, &[])).await;
     }
 }
 
@@ -109,8 +116,7 @@ async fn failures_are_terminal_and_carry_their_error(pool: PgPool) {
             } else {
                 &[]
             };
-            app.post_signed("/twilio/status", &callback(&sid, s, extra))
-                .await;
+            post_status(&app, &callback(&sid, s, extra)).await;
         }
         assert_eq!(
             current(&app, &sid).await,
@@ -120,13 +126,8 @@ async fn failures_are_terminal_and_carry_their_error(pool: PgPool) {
     }
     // read after failed changes nothing: failed means the message never left Twilio.
     let sid = sid(2100);
-    app.post_signed(
-        "/twilio/status",
-        &callback(&sid, "failed", &[("ErrorCode", "30008")]),
-    )
-    .await;
-    app.post_signed("/twilio/status", &callback(&sid, "read", &[]))
-        .await;
+    post_status(&app, &callback(&sid, "failed", &[("ErrorCode", "30008")])).await;
+    post_status(&app, &callback(&sid, "read", &[])).await;
     assert_eq!(current(&app, &sid).await.0, "failed");
 }
 
@@ -144,8 +145,7 @@ async fn a_later_delivery_receipt_overrides_undelivered(pool: PgPool) {
             } else {
                 &[]
             };
-            app.post_signed("/twilio/status", &callback(&sid, s, extra))
-                .await;
+            post_status(&app, &callback(&sid, s, extra)).await;
         }
         // delivered wins, and the message no longer carries the failure's error.
         assert_eq!(
@@ -156,8 +156,8 @@ async fn a_later_delivery_receipt_overrides_undelivered(pool: PgPool) {
     }
     let sid = sid(3100);
     post_statuses(&app, &sid, &["sent"]).await;
-    app.post_signed(
-        "/twilio/status",
+    post_status(
+        &app,
         &callback(&sid, "undelivered", &[("ErrorCode", "30003")]),
     )
     .await;
@@ -178,11 +178,11 @@ async fn redelivered_callbacks_are_stored_once(pool: PgPool) {
         );
     }
     let undelivered = callback(SENT_SID, "undelivered", &[("ErrorCode", "30003")]);
-    app.post_signed("/twilio/status", &undelivered).await;
-    app.post_signed("/twilio/status", &undelivered).await;
+    post_status(&app, &undelivered).await;
+    post_status(&app, &undelivered).await;
     // Same status with another error code is another event.
-    app.post_signed(
-        "/twilio/status",
+    post_status(
+        &app,
         &callback(SENT_SID, "undelivered", &[("ErrorCode", "30005")]),
     )
     .await;
@@ -202,8 +202,8 @@ async fn redelivered_callbacks_are_stored_once(pool: PgPool) {
 async fn unknown_statuses_and_odd_error_codes_are_kept_as_history(pool: PgPool) {
     let app = TestApp::new(pool);
     post_statuses(&app, SENT_SID, &["sent", "teleported"]).await;
-    app.post_signed(
-        "/twilio/status",
+    post_status(
+        &app,
         &callback(SENT_SID, "undelivered", &[("ErrorCode", "E-42")]),
     )
     .await;

@@ -421,12 +421,14 @@ async fn no_secret_reaches_the_logs_during_a_database_outage_or_the_spool_replay
         let r = spooled.send(authorized_post(path, params)).await;
         assert_eq!(r.status, code, "{path}: {}", r.body);
     }
-    let spool = spooled.state.spool.clone().unwrap();
+    let spool = spooled.state.ingest.spool().unwrap().clone();
     assert_eq!(spool.pending().unwrap().len(), 3);
     // A replay while the database is still away fails; the replay loop logs why.
     let running = tokio::sync::watch::channel(false).1;
-    let error = spool
-        .replay_pending(&spooled.state, &running)
+    let error = spooled
+        .state
+        .ingest
+        .replay_pending(&running)
         .await
         .unwrap_err();
     tracing::debug!(error = %error, "spool replay waits for the database");

@@ -122,6 +122,19 @@ pub struct Written {
     pub callbacks: Vec<Recorded>,
 }
 
+/// What the write returns: the status events it inserted (in insertion order), the message
+/// rows the callbacks upserted, and the spool records whose fallback call it stored.
+struct Output {
+    event_sid: Vec<String>,
+    event_status: Vec<String>,
+    event_error_code: Vec<Option<String>>,
+    event_dlr_done: Vec<Option<String>>,
+    message_sid: Vec<String>,
+    created: Vec<bool>,
+    status: Vec<Option<String>>,
+    failure_records: Vec<String>,
+}
+
 /// What a batch asks of the write besides its items.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {

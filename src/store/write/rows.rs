@@ -1,7 +1,7 @@
 //! The column arrays the write statement unnests into rows: one struct per table, one
 //! element per row. A new column is a field here, a bind and a name in the statement.
 
-use super::{Callback, Inbound, Recorded, Reply, contact::Contact, statement::Output};
+use super::{Callback, Inbound, Output, Recorded, Reply, contact::Contact};
 use crate::twilio::status;
 use chrono::{DateTime, Duration, Utc};
 use serde_json::value::RawValue;

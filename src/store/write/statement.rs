@@ -2,7 +2,10 @@
 //! statement (one round trip, one commit). Each table is written by one CTE, from column
 //! arrays ([`super::rows`]) unnested into rows.
 
-use super::rows::{ContactUpdates, FailureRows, MessageRows, ReplyRows, StatusRows};
+use super::{
+    Output,
+    rows::{ContactUpdates, FailureRows, MessageRows, ReplyRows, StatusRows},
+};
 use crate::store::StoreError;
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
@@ -18,19 +21,6 @@ pub(super) struct Rows<'a> {
     pub archive_media: bool,
 }
 
-/// What the write returns: the status events it inserted (in insertion order), the message
-/// rows the callbacks upserted, and the spool records whose fallback call it stored.
-pub(super) struct Output {
-    pub event_sid: Vec<String>,
-    pub event_status: Vec<String>,
-    pub event_error_code: Vec<Option<String>>,
-    pub event_dlr_done: Vec<Option<String>>,
-    pub message_sid: Vec<String>,
-    pub created: Vec<bool>,
-    pub status: Vec<Option<String>>,
-    pub failure_records: Vec<String>,
-}
-
 /// Runs the write. Its length is the statement's: the SQL text and one bind per column
 /// array; there is no logic here to split off.
 pub(super) async fn execute(
@@ -41,8 +31,10 @@ pub(super) async fn execute(
     let (e, w) = (&rows.outbound.events, &rows.outbound.winners);
     let row = sqlx::query!(
         r#"
-        with msg as (
-            insert into messages (
+        with upserted as (
+            -- Every message row the batch adds or changes, in one insert: new inbound
+            -- messages, and the outbound messages its status callbacks name.
+            insert into messages as m (
                 message_sid, account_sid, messaging_service_sid, direction, channel,
                 business, contact, body, num_media, num_segments, profile_name, wa_id,
                 external_user_id, message_type, latitude, longitude, location_address,
@@ -50,7 +42,8 @@ pub(super) async fn execute(
                 replied_to_sender, forwarded, frequently_forwarded, referral_source_type,
                 referral_source_id, referral_source_url, referral_headline, referral_body,
                 referral_ctwa_clid, from_country, to_country, channel_metadata, status,
-                received_at, updated_at, params, status_rank)
+                status_rank, error_code, error_message, in_reply_to, rule, reply_part,
+                received_at, updated_at, params)
             select t.message_sid, t.account_sid, t.messaging_service_sid, 'inbound',
                    t.channel, t.business, t.contact, t.body, t.num_media, t.num_segments,
                    t.profile_name, t.wa_id, t.external_user_id, t.message_type,
@@ -59,8 +52,9 @@ pub(super) async fn execute(
                    t.forwarded, t.frequently_forwarded, t.referral_source_type,
                    t.referral_source_id, t.referral_source_url, t.referral_headline,
                    t.referral_body, t.referral_ctwa_clid, t.from_country, t.to_country,
-                   t.channel_metadata, t.status, t.received_at, t.received_at, t.params,
-                   t.status_rank
+                   t.channel_metadata, t.status, t.status_rank, null::int4, null::text,
+                   null::text, null::text, null::int4, t.received_at, t.received_at,
+                   t.params
             from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                         $6::text[], $7::text[], $8::int4[], $9::int4[], $10::text[],
                         $11::text[], $12::text[], $13::text[], $14::float8[],
@@ -78,36 +72,16 @@ pub(super) async fn execute(
                       referral_headline, referral_body, referral_ctwa_clid, from_country,
                       to_country, channel_metadata, status, received_at, params,
                       status_rank)
-            on conflict (message_sid) do nothing
-            returning message_sid
-        ), media as (
-            insert into message_media (
-                message_sid, index, url, content_type, archive_state, archive_next_at)
-            select m.message_sid, m.index, m.url, m.content_type,
-                   case when $41 then 'pending' end, case when $41 then now() end
-            from unnest($37::text[], $38::int4[], $39::text[], $40::text[])
-                as m (message_sid, index, url, content_type)
-            join msg using (message_sid)
-        ), ev as (
-            insert into message_status_events (
-                message_sid, status, error_code, error_message, raw_dlr_done_date,
-                received_at, params, error_code_raw)
-            select * from unnest($68::text[], $69::text[], $70::int4[], $71::text[],
-                                 $72::text[], $73::timestamptz[], $74::jsonb[],
-                                 $75::text[])
-            on conflict (message_sid, status, error_code_raw, raw_dlr_done_date) do nothing
-            returning id, message_sid, status, error_code_raw, raw_dlr_done_date
-        ), sent as (
-            insert into messages as m (
-                message_sid, account_sid, messaging_service_sid, direction, channel,
-                business, contact, body, status, status_rank, error_code, error_message,
-                in_reply_to, rule, reply_part, received_at, updated_at, params)
+            union all
             select u.message_sid, u.account_sid, u.messaging_service_sid, 'outbound',
                    u.channel, u.business, u.contact,
                    (select r.bodies[u.reply_part + 1] from replies r
                     where r.message_sid = u.in_reply_to),
-                   u.status, u.status_rank, u.error_code, u.error_message, u.in_reply_to,
-                   u.rule, u.reply_part, u.received_at, u.updated_at, u.params
+                   null, null, null, null, null, null, null, null, null, null, null, null,
+                   null, null, null, null, null, null, null, null, null, null, null, null,
+                   null, u.status, u.status_rank, u.error_code, u.error_message,
+                   u.in_reply_to, u.rule, u.reply_part, u.received_at, u.updated_at,
+                   u.params
             from unnest($76::text[], $77::text[], $78::text[], $79::text[], $80::text[],
                         $81::text[], $82::text[], $83::int2[], $84::int4[], $85::text[],
                         $86::text[], $87::text[], $88::int4[], $89::timestamptz[],
@@ -133,9 +107,35 @@ pub(super) async fn execute(
                 reply_part = coalesce(m.reply_part, excluded.reply_part),
                 body = coalesce(m.body, excluded.body),
                 updated_at = greatest(m.updated_at, excluded.updated_at)
+            -- An inbound message stored before is a duplicate: left as it is (and not
+            -- returned, so the check sees it was not new).
+            where excluded.direction = 'outbound'
             -- xmax is 0 on a row this statement inserted rather than updated.
-            returning m.message_sid, (m.xmax = 0) as created, m.status, m.business,
-                      m.contact, m.channel, m.received_at
+            returning m.message_sid, (m.xmax = 0) as created, m.direction, m.status,
+                      m.business, m.contact, m.channel, m.received_at
+        ), msg as (
+            -- The inbound messages new to the table.
+            select message_sid from upserted where created and direction = 'inbound'
+        ), sent as (
+            -- The messages the batch's status callbacks created or changed.
+            select * from upserted where not (created and direction = 'inbound')
+        ), media as (
+            insert into message_media (
+                message_sid, index, url, content_type, archive_state, archive_next_at)
+            select m.message_sid, m.index, m.url, m.content_type,
+                   case when $41 then 'pending' end, case when $41 then now() end
+            from unnest($37::text[], $38::int4[], $39::text[], $40::text[])
+                as m (message_sid, index, url, content_type)
+            join msg using (message_sid)
+        ), ev as (
+            insert into message_status_events (
+                message_sid, status, error_code, error_message, raw_dlr_done_date,
+                received_at, params, error_code_raw)
+            select * from unnest($68::text[], $69::text[], $70::int4[], $71::text[],
+                                 $72::text[], $73::timestamptz[], $74::jsonb[],
+                                 $75::text[])
+            on conflict (message_sid, status, error_code_raw, raw_dlr_done_date) do nothing
+            returning id, message_sid, status, error_code_raw, raw_dlr_done_date
         ), conv as (
             -- One row per contact, whichever kinds of webhook the batch has for it (a
             -- statement may touch a row only once). Inbound: inbound_count grows by

@@ -226,6 +226,13 @@ impl Archiver {
     }
 
     async fn download(&self, job: &Job) -> Result<Outcome, Failure> {
+        let response = self.fetch(job).await?;
+        self.keep(job, response).await
+    }
+
+    /// The media's response, credentials sent to the first (allowed) host only, redirects
+    /// followed by hand to allowed hosts; anything but a success is a failure.
+    async fn fetch(&self, job: &Job) -> Result<reqwest::Response, Failure> {
         let mut url =
             Url::parse(&job.url).map_err(|e| Failure::Refused(format!("not a URL: {e}")))?;
         if !self.allowed(&url, &self.settings.credential_hosts) {
@@ -292,6 +299,11 @@ impl Archiver {
                 },
             );
         }
+        Ok(response)
+    }
+
+    /// Streams `response` into storage, at most `media.max_bytes`, hashing as it goes.
+    async fn keep(&self, job: &Job, response: reqwest::Response) -> Result<Outcome, Failure> {
         let max = self.settings.max_bytes;
         if response.content_length().is_some_and(|len| len > max) {
             return Err(Failure::Permanent(format!(

@@ -542,7 +542,37 @@ fn compile(raw: RawRule, templates: &mut Environment<'static>) -> Result<Rule, V
     if !valid_name(&raw.name) {
         errors.push("the name may only hold letters, digits, - and _ (at most 64)".to_owned());
     }
-    let w = raw.when;
+    let when = compile_when(raw.when, &mut errors);
+    let limit = compile_limit(raw.limit, &mut errors);
+    // WhatsApp delivers one media item per message; SMS (MMS) up to ten.
+    let max_media = if when.channel.as_deref() == Some("sms") {
+        10
+    } else {
+        1
+    };
+    let reply = raw
+        .reply
+        .into_vec()
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| compile_reply(&raw.name, i + 1, r, max_media, templates, &mut errors))
+        .collect();
+    if errors.is_empty() {
+        Ok(Rule {
+            name: raw.name,
+            when,
+            reply,
+            consent: raw.consent,
+            limit,
+            cont: raw.cont,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+/// The conditions, with regexes and hour ranges compiled; problems go to `errors`.
+fn compile_when(w: RawWhen, errors: &mut Vec<String>) -> When {
     let case_sensitive = w.case_sensitive.unwrap_or(false);
     let body_matches = w.body_matches.and_then(|pattern| {
         let source = if case_sensitive {
@@ -568,7 +598,6 @@ fn compile(raw: RawRule, templates: &mut Environment<'static>) -> Result<Rule, V
     };
     let within_hours = hours(w.within_hours, "within_hours");
     let outside_hours = hours(w.outside_hours, "outside_hours");
-    let channel = w.channel.map(|c| c.to_ascii_lowercase());
     if let Some(OneOrMany::Many(words)) = &w.keywords
         && (words.is_empty() || words.iter().any(|k| k.trim().is_empty()))
     {
@@ -579,81 +608,7 @@ fn compile(raw: RawRule, templates: &mut Environment<'static>) -> Result<Rule, V
     {
         errors.push("keywords: empty keyword".into());
     }
-    let max_media = if channel.as_deref() == Some("sms") {
-        10
-    } else {
-        1
-    };
-
-    let limit = raw.limit.and_then(|l| {
-        let per = parse_duration(&l.per)
-            .map_err(|e| errors.push(format!("limit.per: {e}")))
-            .ok()?;
-        if l.count == 0 {
-            errors.push(
-                "limit.count must be at least 1 (to silence a rule, give it reply = [])".into(),
-            );
-        }
-        Some(Limit {
-            count: l.count,
-            per,
-        })
-    });
-
-    let mut reply = Vec::new();
-    for (i, r) in raw.reply.into_vec().into_iter().enumerate() {
-        if r.body.trim().is_empty() && r.media.is_none() {
-            errors.push(format!(
-                "reply #{}: neither a body nor media (use reply = [] to answer nothing)",
-                i + 1
-            ));
-        }
-        let media = r.media.map(OneOrMany::into_vec).unwrap_or_default();
-        if media.len() > max_media {
-            errors.push(format!(
-                "reply #{}: {} media items; WhatsApp delivers one per message (up to 10 only for rules with channel = \"sms\")",
-                i + 1,
-                media.len()
-            ));
-        }
-        let mut add = |suffix: String, source: String| -> String {
-            let name = format!("{}#{}.{suffix}", raw.name, i + 1);
-            if let Err(e) = templates.add_template_owned(name.clone(), source) {
-                errors.push(format!("reply #{}: bad template in {suffix}: {e}", i + 1));
-                return name;
-            }
-            if let Ok(t) = templates.get_template(&name) {
-                // Globals (range, dict, ...) are functions, not missing variables.
-                let mut unknown: Vec<_> = t
-                    .undeclared_variables(false)
-                    .into_iter()
-                    .filter(|v| {
-                        !TEMPLATE_VARIABLES.contains(&v.as_str())
-                            && !templates.globals().any(|(g, _)| g == v)
-                    })
-                    .collect();
-                unknown.sort();
-                if !unknown.is_empty() {
-                    errors.push(format!(
-                        "reply #{}: {suffix} uses unknown variable(s) {} (known: {})",
-                        i + 1,
-                        unknown.join(", "),
-                        TEMPLATE_VARIABLES.join(", ")
-                    ));
-                }
-            }
-            name
-        };
-        let body = add("body".into(), r.body);
-        let media = media
-            .into_iter()
-            .enumerate()
-            .map(|(j, m)| add(format!("media{}", j + 1), m))
-            .collect();
-        reply.push(ReplyTemplate { body, media });
-    }
-
-    let when = When {
+    When {
         case_sensitive,
         body_equals: w.body_equals.map(|b| b.trim().to_owned()),
         keywords: w.keywords.map(|k| {
@@ -667,7 +622,7 @@ fn compile(raw: RawRule, templates: &mut Environment<'static>) -> Result<Rule, V
         media_type: w.media_type,
         message_type: w.message_type.map(OneOrMany::into_vec),
         button_payload: w.button_payload,
-        channel,
+        channel: w.channel.map(|c| c.to_ascii_lowercase()),
         to: w.to.map(OneOrMany::into_vec),
         from: w.from.map(OneOrMany::into_vec),
         first_contact: w.first_contact,
@@ -675,18 +630,89 @@ fn compile(raw: RawRule, templates: &mut Environment<'static>) -> Result<Rule, V
         within_hours,
         outside_hours,
         consent: w.consent,
+    }
+}
+
+fn compile_limit(limit: Option<RawLimit>, errors: &mut Vec<String>) -> Option<Limit> {
+    let l = limit?;
+    let per = parse_duration(&l.per)
+        .map_err(|e| errors.push(format!("limit.per: {e}")))
+        .ok()?;
+    if l.count == 0 {
+        errors
+            .push("limit.count must be at least 1 (to silence a rule, give it reply = [])".into());
+    }
+    Some(Limit {
+        count: l.count,
+        per,
+    })
+}
+
+/// Reply number `n` of rule `rule`: its templates added to `templates` under names of their
+/// own, each checked for variables no message has.
+fn compile_reply(
+    rule: &str,
+    n: usize,
+    r: RawReply,
+    max_media: usize,
+    templates: &mut Environment<'static>,
+    errors: &mut Vec<String>,
+) -> ReplyTemplate {
+    if r.body.trim().is_empty() && r.media.is_none() {
+        errors.push(format!(
+            "reply #{n}: neither a body nor media (use reply = [] to answer nothing)"
+        ));
+    }
+    let media = r.media.map(OneOrMany::into_vec).unwrap_or_default();
+    if media.len() > max_media {
+        errors.push(format!(
+            "reply #{n}: {} media items; WhatsApp delivers one per message (up to 10 only for rules with channel = \"sms\")",
+            media.len()
+        ));
+    }
+    let mut add = |suffix: String, source: String| {
+        let name = format!("{rule}#{n}.{suffix}");
+        match templates.add_template_owned(name.clone(), source) {
+            Ok(()) => check_variables(templates, &name, n, &suffix, errors),
+            Err(e) => errors.push(format!("reply #{n}: bad template in {suffix}: {e}")),
+        }
+        name
     };
-    if errors.is_empty() {
-        Ok(Rule {
-            name: raw.name,
-            when,
-            reply,
-            consent: raw.consent,
-            limit,
-            cont: raw.cont,
+    let body = add("body".into(), r.body);
+    let media = media
+        .into_iter()
+        .enumerate()
+        .map(|(j, m)| add(format!("media{}", j + 1), m))
+        .collect();
+    ReplyTemplate { body, media }
+}
+
+/// Template `name` may use only the variables a message has, and the engine's globals.
+fn check_variables(
+    templates: &Environment<'static>,
+    name: &str,
+    n: usize,
+    suffix: &str,
+    errors: &mut Vec<String>,
+) {
+    let Ok(t) = templates.get_template(name) else {
+        return;
+    };
+    // Globals (range, dict, ...) are functions, not missing variables.
+    let mut unknown: Vec<_> = t
+        .undeclared_variables(false)
+        .into_iter()
+        .filter(|v| {
+            !TEMPLATE_VARIABLES.contains(&v.as_str()) && !templates.globals().any(|(g, _)| g == v)
         })
-    } else {
-        Err(errors)
+        .collect();
+    unknown.sort();
+    if !unknown.is_empty() {
+        errors.push(format!(
+            "reply #{n}: {suffix} uses unknown variable(s) {} (known: {})",
+            unknown.join(", "),
+            TEMPLATE_VARIABLES.join(", ")
+        ));
     }
 }
 

@@ -29,46 +29,7 @@ pub async fn older_than(
     cutoff: DateTime<Utc>,
     batch: i64,
 ) -> Result<Pruned, StoreError> {
-    let mut pruned = Pruned::default();
-    loop {
-        // Messages first: their own events go with them, whatever their age.
-        let r = sqlx::query!(
-            r#"
-            with old as (
-                select message_sid from messages
-                where received_at < $1
-                order by received_at
-                limit $2
-                for update skip locked
-            ), keys as (
-                select storage_key from message_media
-                where message_sid in (select message_sid from old) and storage_key is not null
-            ), ev as (
-                delete from message_status_events
-                where message_sid in (select message_sid from old)
-                returning 1
-            ), gone as (
-                -- message_media follows by its foreign key's cascade, replies by the
-                -- trigger on messages (migration 7).
-                delete from messages where message_sid in (select message_sid from old)
-                returning 1
-            )
-            select (select count(*) from gone) as "messages!",
-                   (select count(*) from ev) as "events!",
-                   array(select storage_key from keys) as "storage_keys!: Vec<String>"
-            "#,
-            cutoff,
-            batch,
-        )
-        .fetch_one(pool)
-        .await?;
-        pruned.messages += r.messages;
-        pruned.status_events += r.events;
-        pruned.storage_keys.extend(r.storage_keys);
-        if r.messages < batch {
-            break;
-        }
-    }
+    let mut pruned = messages_older_than(pool, cutoff, batch).await?;
     pruned.status_events += in_batches(batch, || {
         sqlx::query_scalar!(
             r#"
@@ -143,6 +104,55 @@ pub async fn older_than(
         .fetch_one(pool)
     })
     .await?;
+    Ok(pruned)
+}
+
+/// Deletes messages older than `cutoff` with their media and events, a batch at a time.
+async fn messages_older_than(
+    pool: &PgPool,
+    cutoff: DateTime<Utc>,
+    batch: i64,
+) -> Result<Pruned, StoreError> {
+    let mut pruned = Pruned::default();
+    loop {
+        // Messages first: their own events go with them, whatever their age.
+        let r = sqlx::query!(
+            r#"
+            with old as (
+                select message_sid from messages
+                where received_at < $1
+                order by received_at
+                limit $2
+                for update skip locked
+            ), keys as (
+                select storage_key from message_media
+                where message_sid in (select message_sid from old) and storage_key is not null
+            ), ev as (
+                delete from message_status_events
+                where message_sid in (select message_sid from old)
+                returning 1
+            ), gone as (
+                -- message_media follows by its foreign key's cascade, replies by the
+                -- trigger on messages (migration 7).
+                delete from messages where message_sid in (select message_sid from old)
+                returning 1
+            )
+            select (select count(*) from gone) as "messages!",
+                   (select count(*) from ev) as "events!",
+                   array(select storage_key from keys) as "storage_keys!: Vec<String>"
+            "#,
+            cutoff,
+            batch,
+        )
+        .fetch_one(pool)
+        .await?;
+        pruned.messages += r.messages;
+        pruned.status_events += r.events;
+        pruned.storage_keys.extend(r.storage_keys);
+        if r.messages < batch {
+            break;
+        }
+    }
     Ok(pruned)
 }
 

@@ -535,8 +535,7 @@ impl DatabaseSettings {
     /// Options for the request pool: `statement_timeout` set on every connection, and JIT
     /// off. The server's statements are index lookups over a few rows, but a generic plan's
     /// estimates grow with the tables: past `jit_above_cost` Postgres compiles the plan
-    /// on every execution. Measured on the benchmark: one batch read took 341 ms, all but
-    /// 0.2 ms of it JIT compilation.
+    /// on every execution, which costs hundreds of milliseconds for a sub-millisecond read.
     pub fn connect_options(&self) -> Result<PgConnectOptions, String> {
         let statement_timeout = self.statement_timeout_ms.to_string();
         self.connect_options_without_timeout().map(|o| {

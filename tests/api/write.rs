@@ -664,3 +664,61 @@ async fn a_callback_for_an_inbound_message_of_the_same_batch_is_stored(pool: PgP
     .unwrap();
     assert_eq!((direction.as_str(), events), ("inbound", 1));
 }
+
+/// `database.group_commit = false`: each webhook is a batch of one, written in its own
+/// request through the same engine, and every guarantee holds.
+#[sqlx::test]
+async fn without_group_commit_each_webhook_is_a_batch_of_one(pool: PgPool) {
+    let app = TestApp::with_env(
+        pool,
+        &[
+            ("TWILIO_RECEIVER__DATABASE__GROUP_COMMIT", "false"),
+            ("TWILIO_RECEIVER__REPLY__BODY", "Thanks"),
+        ],
+    );
+    let first = app.post_text(1).await;
+    assert_eq!(first.status, 200);
+    assert!(first.body.contains("<Body>Thanks</Body>"), "{}", first.body);
+    assert_eq!(
+        app.post_text(1).await.body,
+        first.body,
+        "a retry, the same TwiML"
+    );
+    // Two copies at once, each in its own transaction: one row, one reply for both.
+    let (a, b) = tokio::join!(app.post_text(2), app.post_text(2));
+    assert_eq!((a.status.as_u16(), b.status.as_u16()), (200, 200));
+    assert_eq!(a.body, b.body);
+    // A fallback call for a stored message: its failure row, the reply on record.
+    let mut call = whatsapp_text(&sid(2), "whatsapp:+15551234567", "hi");
+    call.extend(pairs(&[("ErrorCode", "11200")]));
+    let fallback = app.post_signed("/twilio/fallback", &call).await;
+    assert_eq!((fallback.status.as_u16(), fallback.body), (200, a.body));
+    // Status callbacks out of order: the status never goes back.
+    for status in ["delivered", "sent"] {
+        let r = app
+            .post_signed(
+                "/twilio/status",
+                &crate::status::callback(&sid(9), status, &[]),
+            )
+            .await;
+        assert_eq!(r.status, 204);
+    }
+    assert_eq!(
+        app.count("select count(*) from messages where direction = 'inbound'")
+            .await,
+        2
+    );
+    assert_eq!(app.count("select count(*) from replies").await, 2);
+    assert_eq!(app.count("select count(*) from webhook_failures").await, 1);
+    assert_eq!(
+        app.count("select count(*) from messages where status = 'delivered'")
+            .await,
+        1
+    );
+    assert!(
+        app.metrics()
+            .await
+            .contains("twilio_receiver_group_commit_size_count 0\n"),
+        "no writer task formed a batch"
+    );
+}

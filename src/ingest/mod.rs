@@ -11,6 +11,7 @@ mod decide;
 mod replay;
 mod writer;
 
+pub use crate::store::Cause;
 pub use replay::ReplayError;
 pub use writer::Grouping;
 
@@ -19,7 +20,7 @@ use crate::{
     reply::{Rendered, Replier},
     spool::{Record, Spool},
     store::{
-        self, Cause, StoreError,
+        self, StoreError,
         notify::{Kind as Notice, Notifier},
         write::{Callback, Failure, Inbound, Received, Recorded},
     },

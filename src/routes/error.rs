@@ -2,14 +2,13 @@
 //!
 //! Where error types live: `twilio::SignatureError` / `twilio::Rejection` (protocol, pure),
 //! `store::StoreError` (database, classified by what the caller must do), `ingest::Away` and
-//! `ingest::IngestError` (a webhook kept for later, or refused), and [`AppError`], the only
+//! `ingest::IngestError` (a webhook kept for later, or refused, with the database's `Cause`), and [`AppError`], the only
 //! type that knows status codes. Each failure is logged once, here, at a level that fits who
 //! caused it: client mistakes at info/warn, outages at warn, bugs at error. Bodies carry a
 //! short fixed reason, never internals; a 403 says nothing at all.
 
 use crate::{
-    ingest::{Away, IngestError},
-    store::Cause,
+    ingest::{Away, Cause, IngestError},
     twilio::{MissingParam, Rejection},
 };
 use axum::{

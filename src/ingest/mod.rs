@@ -89,8 +89,10 @@ pub enum Away {
     TooSlow,
     #[error("concurrent writes kept changing the conversation")]
     Contended,
-    #[error("the server is shutting down")]
-    ShuttingDown,
+    /// The writer stopped before storing it: the server is shutting down, or its batch
+    /// failed unexpectedly (logged where it happened).
+    #[error("the writer stopped before storing it")]
+    WriterGone,
 }
 
 /// A webhook that can never be stored as it is, or a bug.
@@ -294,7 +296,7 @@ impl Ingest {
             }
             Received::Duplicate { twiml: Some(twiml) } => self.duplicate(twiml),
             Received::Duplicate { twiml: None } if fallback => {
-                self.answer_late(&webhook, &sid).await?
+                return self.answer_late(&webhook, &sid, spool_record).await;
             }
             Received::Duplicate { twiml: None } => self.duplicate(twiml::EMPTY.to_owned()),
         };
@@ -309,26 +311,45 @@ impl Ingest {
 
     /// A fallback call for a message stored without an answer (its primary call was answered
     /// 503 while the database was away, then replayed from the spool): this call answers it,
-    /// once, and every later call gets the same.
-    async fn answer_late(&self, webhook: &Webhook, sid: &str) -> Result<String, IngestError> {
-        let answer = match &webhook.source {
-            Source::Spool { answered: None, .. } => return Ok(twiml::EMPTY.to_owned()),
+    /// once (the fallback reply, or nothing to a contact who opted out meanwhile), and every
+    /// later call gets the same. Bounded and kept like any write: with the database away a
+    /// live call is spooled (and answered), a replayed one stays in the spool.
+    async fn answer_late(
+        &self,
+        webhook: &Webhook,
+        sid: &str,
+        spool_record: Option<String>,
+    ) -> Result<Outcome, IngestError> {
+        let given = match &webhook.source {
+            Source::Spool { answered: None, .. } => {
+                return Ok(Outcome::Reply(twiml::EMPTY.to_owned()));
+            }
             Source::Spool {
                 answered: Some(answered),
                 ..
-            } => answered.clone(),
-            Source::Live { .. } => self.fallback_reply(&webhook.base, sid),
+            } => Some(answered.clone()),
+            Source::Live { .. } => None,
         };
-        let recorded =
-            store::replies::answer_once(&self.db, sid, &answer.twiml, &answer.bodies, webhook.at)
-                .await;
-        match recorded.map_err(|e| classify(WriteError::Store(e))) {
-            Ok(twiml) => Ok(twiml),
-            // The message is stored; only the answer could not be recorded: give it anyway.
-            Err(Failed::Away(away)) => {
-                tracing::warn!(reason = %away, "could not record the fallback answer; answering it anyway");
-                Ok(answer.twiml)
-            }
+        let recorded = self
+            .within_deadline(&webhook.source, async {
+                let answer = match given {
+                    Some(answered) => answered,
+                    None if store::replies::contact_opted_out(&self.db, sid).await? => Rendered {
+                        twiml: twiml::EMPTY.to_owned(),
+                        bodies: Vec::new(),
+                    },
+                    None => self.fallback_reply(&webhook.base, sid),
+                };
+                let at = webhook.at;
+                let twiml =
+                    store::replies::answer_once(&self.db, sid, &answer.twiml, &answer.bodies, at)
+                        .await?;
+                Ok::<_, WriteError>(twiml)
+            })
+            .await;
+        match recorded {
+            Ok(twiml) => Ok(Outcome::Reply(twiml)),
+            Err(Failed::Away(away)) => Ok(self.keep(webhook, sid, spool_record, away).await),
             Err(Failed::Refused(e)) => Err(e),
         }
     }
@@ -459,7 +480,7 @@ enum Failed {
 fn classify(e: WriteError) -> Failed {
     match e {
         WriteError::NotTaken => Failed::Away(Away::TooSlow),
-        WriteError::Stopped => Failed::Away(Away::ShuttingDown),
+        WriteError::Gone => Failed::Away(Away::WriterGone),
         WriteError::Store(StoreError::Unavailable(cause)) => {
             Failed::Away(Away::Database(cause.to_string()))
         }

@@ -50,8 +50,8 @@ pub(super) enum WriteError {
     Store(StoreError),
     /// No writer took it within the pool's acquire timeout (a stalled database).
     NotTaken,
-    /// The writers stopped: the runtime is shutting down.
-    Stopped,
+    /// The writer dropped it unstored: the runtime is shutting down, or its batch panicked.
+    Gone,
 }
 
 impl From<StoreError> for WriteError {
@@ -132,11 +132,7 @@ impl Writer {
     ) -> Result<Stored, WriteError> {
         if self.queues.is_empty() {
             let written = Box::pin(self.alone(&[item], &[decider], &[])).await?;
-            return written
-                .inbound
-                .into_iter()
-                .next()
-                .ok_or(WriteError::Stopped);
+            return written.inbound.into_iter().next().ok_or(WriteError::Gone);
         }
         let share = self.share(item.msg.to.expose(), item.msg.from.expose());
         self.submit(share, Job::Inbound, (item, decider)).await
@@ -146,11 +142,7 @@ impl Writer {
     pub(super) async fn record(&self, callback: Callback) -> Result<Recorded, WriteError> {
         if self.queues.is_empty() {
             let written = Box::pin(self.alone(&[], &[], &[callback])).await?;
-            return written
-                .callbacks
-                .into_iter()
-                .next()
-                .ok_or(WriteError::Stopped);
+            return written.callbacks.into_iter().next().ok_or(WriteError::Gone);
         }
         // Outbound: `From` is the business, `To` the contact.
         let share = self.share(callback.cb.from.expose(), callback.cb.to.expose());
@@ -189,13 +181,13 @@ impl Writer {
         self.queues[share]
             .send(job(waiter))
             .await
-            .map_err(|_| WriteError::Stopped)?;
+            .map_err(|_| WriteError::Gone)?;
         let result = match tokio::time::timeout(self.acquire_timeout, &mut result).await {
             Ok(result) => result,
             Err(_) if !taken.load(Ordering::Acquire) => return Err(WriteError::NotTaken),
             Err(_) => result.await,
         };
-        Ok(result.map_err(|_| WriteError::Stopped)??)
+        Ok(result.map_err(|_| WriteError::Gone)??)
     }
 
     /// Which writer owns the conversation of `business` and `contact`: the same one for as
@@ -381,32 +373,53 @@ async fn store_batch(
     };
     let (inbound, deciders, callbacks) = (&split.inbound, &split.deciders, &split.callbacks);
     let result = write_with(&mut conn, &cx, inbound, deciders, callbacks, &mut memory).await;
-    // A connection is worth keeping when Postgres itself answered the error: it is in a
-    // clean state between autocommit statements.
-    let keep = match &result {
-        Err(
-            StoreError::Unavailable(cause) | StoreError::Bug(cause) | StoreError::TooLarge(cause),
-        ) => cause.database_answered(),
-        _ => true,
-    };
     let batch = split.inbound.len() + split.callbacks.len();
-    match result {
+    let e = match result {
         Ok(written) => {
             answer(split.inbound_done, written.inbound.into_iter().map(Ok));
             answer(split.callbacks_done, written.callbacks.into_iter().map(Ok));
+            return (Some(conn), memory);
         }
-        Err(e) if !keep || matches!(e, StoreError::Unavailable(_)) => {
-            // Each would fail the same way alone, only later.
-            tracing::warn!(error = %e, batch, "group commit failed");
-            answer(split.inbound_done, std::iter::repeat(Err(e.clone())));
-            answer(split.callbacks_done, std::iter::repeat(Err(e)));
+        Err(e) => e,
+    };
+    if let StoreError::Unavailable(_) = e {
+        // Each would fail the same way alone, only later.
+        tracing::warn!(error = %e, batch, "group commit failed");
+        let kept = survives(&e).then_some(conn);
+        answer(split.inbound_done, std::iter::repeat(Err(e.clone())));
+        answer(split.callbacks_done, std::iter::repeat(Err(e)));
+        return (kept, memory);
+    }
+    tracing::warn!(error = %e, batch, "group commit failed; storing its webhooks one at a time");
+    // On this connection when Postgres answered the error (it is clean), else on a new one.
+    let conn = if survives(&e) {
+        Ok(conn)
+    } else {
+        drop(conn);
+        cx.db.acquire().await.map_err(StoreError::from)
+    };
+    match conn {
+        Ok(mut conn) => {
+            let clean = one_at_a_time(&mut conn, &cx, split).await;
+            (clean.then_some(conn), memory)
         }
         Err(e) => {
-            tracing::warn!(error = %e, batch, "group commit failed; storing its webhooks one at a time");
-            one_at_a_time(&mut conn, &cx, split).await;
+            answer(split.inbound_done, std::iter::repeat(Err(e.clone())));
+            answer(split.callbacks_done, std::iter::repeat(Err(e)));
+            (None, memory)
         }
     }
-    (keep.then_some(conn), memory)
+}
+
+/// Whether a connection is still usable after `e`: yes when Postgres itself answered with
+/// an error (the connection is in a clean state between statements), no when it failed.
+fn survives(e: &StoreError) -> bool {
+    match e {
+        StoreError::Unavailable(cause) | StoreError::Bug(cause) | StoreError::TooLarge(cause) => {
+            cause.database_answered()
+        }
+        StoreError::Conflict => true,
+    }
 }
 
 /// Sends each waiting request its result (one that gave up is not waiting).
@@ -420,24 +433,32 @@ fn answer<R>(
 }
 
 /// The webhooks of a failed batch, each written alone, so one that cannot be stored fails
-/// only its own request.
-async fn one_at_a_time(conn: &mut PgConnection, cx: &Context, split: Split) {
+/// only its own request. Returns whether the connection is still usable.
+async fn one_at_a_time(conn: &mut PgConnection, cx: &Context, split: Split) -> bool {
     let mut memory = Memory::default();
+    let mut clean = true;
     let inbound = split.inbound.into_iter().zip(split.deciders);
     for ((item, decider), done) in inbound.zip(split.inbound_done) {
         if done.is_closed() {
             continue;
         }
         let written = write_with(conn, cx, &[item], &[decider], &[], &mut memory).await;
+        clean = written.as_ref().err().is_none_or(survives);
         let _ = done.send(written.map(|w| w.inbound[0].clone()));
+        if !clean {
+            break;
+        }
     }
     for (callback, done) in split.callbacks.into_iter().zip(split.callbacks_done) {
-        if done.is_closed() {
+        if done.is_closed() || !clean {
+            // A request not written here (the connection failed) gets 503 and is spooled.
             continue;
         }
         let written = write_with(conn, cx, &[], &[], &[callback], &mut memory).await;
+        clean = written.as_ref().err().is_none_or(survives);
         let _ = done.send(written.map(|w| w.callbacks[0]));
     }
+    clean
 }
 
 /// One write of `inbound` (each decided by its decider) and `callbacks`.

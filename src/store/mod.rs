@@ -30,8 +30,8 @@ pub enum StoreError {
     /// (about 2.7 kB). The request's fault, never worth retrying.
     #[error("a value is too large to store")]
     TooLarge(#[source] Cause),
-    /// Another transaction changed what a batch read before its write could commit, every
-    /// time it was tried: worth storing again, alone or later.
+    /// Another transaction changed the conversations a batch read before its write could
+    /// commit, every time it was tried: worth storing again, later.
     #[error("a concurrent write kept changing the batch's conversations")]
     Conflict,
     /// Anything else is a bug (ours or the schema's).
@@ -87,9 +87,8 @@ impl From<sqlx::Error> for StoreError {
         };
         let cause = Cause(std::sync::Arc::new(e));
         match code.as_deref() {
-            // The write statement's own check (migration 8's write_check), a serialization
-            // failure or a deadlock: another transaction got in the way; worth trying again.
-            Some("TR409" | "40001" | "40P01") => StoreError::Conflict,
+            // The write statement's own check (migration 8's write_check).
+            Some("TR409") => StoreError::Conflict,
             // 54000 program_limit_exceeded: "index row size exceeds maximum".
             Some("54000") => StoreError::TooLarge(cause),
             _ if is_unavailable(&cause.0) => StoreError::Unavailable(cause),
@@ -109,8 +108,13 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
         | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // 08: connection exceptions; 53: insufficient resources (too many connections);
-            // 57: operator intervention (statement timeout 57014, admin shutdown 57P01).
-            code.starts_with("08") || code.starts_with("53") || code.starts_with("57")
+            // 57: operator intervention (statement timeout 57014, admin shutdown 57P01);
+            // 40001/40P01: serialization failure and deadlock, safe to retry.
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57")
+                || code == "40001"
+                || code == "40P01"
         }),
         _ => false,
     }

@@ -56,3 +56,18 @@ pub async fn reply_on_record(
     .await?;
     Ok(twiml)
 }
+
+/// Whether the contact of stored message `message_sid` has opted out of its business.
+pub async fn contact_opted_out(pool: &PgPool, message_sid: &str) -> Result<bool, StoreError> {
+    let opted_out = sqlx::query_scalar!(
+        r#"
+        select exists (select 1 from messages m
+                       join consent k on k.business = m.business and k.contact = m.contact
+                       where m.message_sid = $1 and k.state = 'opted_out') as "opted_out!"
+        "#,
+        message_sid
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(opted_out)
+}

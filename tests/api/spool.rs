@@ -376,3 +376,38 @@ async fn a_fallback_call_stored_live_and_replayed_is_one_failure_row(pool: PgPoo
     assert_eq!(app.count("select count(*) from messages").await, 1);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A STOP answered 503 during an outage and replayed (it opts the contact out, and records
+/// no reply): a fallback call for it afterwards answers nothing, not `reply.fallback_body`.
+#[sqlx::test]
+async fn a_late_fallback_call_for_a_replayed_opt_out_stays_silent(pool: PgPool) {
+    let dir = scratch_dir("spool-late-opt-out");
+    let rules = opt_out_rules("spool-late-opt-out");
+    let env = env_with_spool(&dir, &rules);
+    let down = app_without_database(&env);
+    let stop = whatsapp_text(&sid(1), CONTACT, "STOP");
+    assert_eq!(
+        down.post_signed("/twilio/messages", &stop).await.status,
+        503
+    );
+
+    let up = TestApp::with_env(pool, &env);
+    assert_eq!(up.replay_spool().await, 1);
+    assert_eq!(
+        up.count("select count(*) from consent where state = 'opted_out'")
+            .await,
+        1
+    );
+    let mut call = stop.clone();
+    call.extend(pairs(&[("ErrorCode", "11200")]));
+    let late = up.post_signed("/twilio/fallback", &call).await;
+    assert_eq!(
+        (late.status.as_u16(), late.body.as_str()),
+        (200, twilio_receiver::twiml::EMPTY)
+    );
+    // Recorded as the answer: a second call gets the same.
+    let again = up.post_signed("/twilio/fallback", &call).await;
+    assert_eq!(again.body, late.body);
+    assert_eq!(up.count("select count(*) from replies").await, 1);
+    std::fs::remove_dir_all(dir).unwrap();
+}

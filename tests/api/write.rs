@@ -722,3 +722,54 @@ async fn without_group_commit_each_webhook_is_a_batch_of_one(pool: PgPool) {
         "no writer task formed a batch"
     );
 }
+
+/// Many webhooks of one contact at once, each in its own transaction (group commit off: an
+/// album of photos arrives as one webhook per photo): they take turns on the contact's
+/// conversation instead of failing each other, and every one is stored and answered.
+#[sqlx::test]
+async fn concurrent_messages_of_one_contact_each_alone_are_all_stored(pool: PgPool) {
+    let app = TestApp::with_env(
+        pool,
+        &[("TWILIO_RECEIVER__DATABASE__GROUP_COMMIT", "false")],
+    );
+    let sends = (1..=12).map(|n| app.post_text(n));
+    let answers = futures::future::join_all(sends).await;
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status.as_u16()).collect();
+    assert_eq!(statuses, [200; 12]);
+    assert_eq!(app.count("select count(*) from messages").await, 12);
+    assert_eq!(
+        app.count("select inbound_count::int8 from conversations")
+            .await,
+        12
+    );
+}
+
+/// A replay of a request answered 503 records no reply; a copy of its SID in the same batch
+/// (the fallback call, arriving as the replay runs) must not take that unrecorded answer as
+/// the one on record: it finds none, so the fallback call can answer it.
+#[sqlx::test]
+async fn a_copy_of_an_unanswered_replay_in_one_batch_finds_no_answer(pool: PgPool) {
+    let at = Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap();
+    let batch = [
+        inbound(&sid(1), BATCHED, CONTACTS[0], "hello", at),
+        inbound(&sid(1), BATCHED, CONTACTS[0], "hello", at),
+    ];
+    let received = receive_many(
+        &mut pool.acquire().await.unwrap(),
+        &batch,
+        &mut Memory::default(),
+        |i, f| Reply {
+            store: false,
+            ..reply(&batch[i].msg, f)
+        },
+    )
+    .await
+    .unwrap();
+    assert!(matches!(received[0], Received::New { .. }), "{received:?}");
+    assert_eq!(received[1], Received::Duplicate { twiml: None });
+    let replies: i64 = sqlx::query_scalar("select count(*) from replies")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(replies, 0);
+}

@@ -144,9 +144,14 @@ pub struct Options {
     pub archive_media: bool,
 }
 
-/// How many times a batch is read and written again after another transaction changed one
-/// of its contacts in between; after that the write reports [`StoreError::Conflict`].
-const ATTEMPTS: usize = 3;
+/// Attempts that read and write without locking anything (the first may trust the writer's
+/// memory instead of reading).
+const OPTIMISTIC: usize = 2;
+/// Attempts after those, each in a transaction that first locks the batch's conversation
+/// rows, so no other writer can change them between the read and the write (only a
+/// conversation created meanwhile can still fail the check, once). After these the write
+/// reports [`StoreError::Conflict`].
+const LOCKED: usize = 4;
 
 /// Stores every item once, in one transaction, and returns what each got, in the order
 /// given. `decide(i, facts)` chooses the reply to `inbound[i]`; it is called once per new
@@ -165,7 +170,9 @@ const ATTEMPTS: usize = 3;
 /// every inbound message of a contact, whatever stored it, bumps that count in the same
 /// statement as its consent change, session and reply. If another transaction changed a
 /// contact (or stored one of the SIDs) in between, the check fails, the whole statement
-/// rolls back, and the batch is read and decided again.
+/// rolls back, and the batch is read and decided again; after [`OPTIMISTIC`] such attempts,
+/// with its conversations locked first, so that many writers busy with one contact (an
+/// album of photos, each its own webhook) take turns instead of failing each other.
 ///
 /// The read is skipped when `memory` holds every contact of the batch as this writer's
 /// last write left it, and none of its SIDs is one the writer stored: the same check makes
@@ -199,7 +206,7 @@ pub async fn write(
     attempts(conn, inbound, &outbound, options, memory, &mut decide).await
 }
 
-/// One write, read and decided again after a conflict, up to [`ATTEMPTS`] times.
+/// One write, read and decided again after a conflict (see [`OPTIMISTIC`], [`LOCKED`]).
 async fn attempts(
     conn: &mut PgConnection,
     inbound: &[Inbound],
@@ -215,9 +222,24 @@ async fn attempts(
             outbound,
             options,
             trust_memory: attempt == 1,
+            lock: attempt > OPTIMISTIC,
         };
-        match store_once(conn, &batch, memory, decide).await {
-            Err(StoreError::Conflict) if attempt < ATTEMPTS => {
+        let result = if batch.lock {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            match store_once(&mut tx, &batch, memory, decide).await {
+                Ok(written) => tx
+                    .commit()
+                    .await
+                    .map(|()| written)
+                    .map_err(StoreError::from),
+                // Dropped: rolled back.
+                Err(e) => Err(e),
+            }
+        } else {
+            store_once(conn, &batch, memory, decide).await
+        };
+        match result {
+            Err(e) if is_conflict(&e) && attempt < OPTIMISTIC + LOCKED => {
                 tracing::debug!(
                     attempt,
                     "a batch's contact changed while it was decided; again"
@@ -229,6 +251,18 @@ async fn attempts(
     }
 }
 
+/// Another transaction got in the way: the check failed, or Postgres chose this one as a
+/// deadlock's or a serialization failure's victim. Worth trying again.
+fn is_conflict(e: &StoreError) -> bool {
+    match e {
+        StoreError::Conflict => true,
+        StoreError::Unavailable(cause) => {
+            matches!(cause.sqlstate().as_deref(), Some("40001" | "40P01"))
+        }
+        _ => false,
+    }
+}
+
 /// One attempt's input.
 struct Batch<'a> {
     inbound: &'a [Inbound],
@@ -236,6 +270,8 @@ struct Batch<'a> {
     options: Options,
     /// Whether the writer's memory may stand in for the read (not after a conflict).
     trust_memory: bool,
+    /// Lock the batch's conversations before reading them (inside a transaction).
+    lock: bool,
 }
 
 /// Which deliveries carry a SID first seen in the batch, and which are later copies.
@@ -270,6 +306,8 @@ struct Decided {
     new: Vec<usize>,
     /// The TwiML chosen for each new message.
     twiml: Vec<Option<String>>,
+    /// Whether that TwiML is recorded as its answer (not for a replay answered 503).
+    answered: Vec<bool>,
     replies: ReplyRows,
 }
 
@@ -283,6 +321,9 @@ async fn store_once(
     let copies = Copies::new(inbound);
     let reads = Reads::new(inbound, &copies.firsts, batch.options.lookback);
     let keys = &reads.keys;
+    if batch.lock {
+        read::lock(conn, &reads).await?;
+    }
     let remembered = batch
         .trust_memory
         .then(|| memory.recall(inbound, &copies.firsts, keys))
@@ -298,7 +339,6 @@ async fn store_once(
         .map(|(sid, twiml)| (sid.as_str(), twiml.as_deref()))
         .collect();
     let decided = decide_new(batch, &copies, &stored, keys, &mut contacts, decide);
-    settle_outbound_creation(keys, &mut contacts, batch.outbound);
 
     let failures = FailureRows::new(inbound);
     let mut written = Written::default();
@@ -316,6 +356,7 @@ async fn store_once(
         written.callbacks = batch.outbound.recorded(&result);
         recorded_failures = result.failure_records.into_iter().collect();
     }
+    settle_outbound_creation(keys, &mut contacts, batch.outbound);
     memory.remember(
         keys,
         contacts,
@@ -360,6 +401,7 @@ fn decide_new(
     let mut arrivals = new.clone();
     arrivals.sort_by_key(|&i| (inbound[i].at, i));
     let mut twiml: Vec<Option<String>> = vec![None; inbound.len()];
+    let mut answered = vec![false; inbound.len()];
     let mut replies = ReplyRows::default();
     for &i in &arrivals {
         let item = &inbound[i];
@@ -376,19 +418,20 @@ fn decide_new(
                 .extend(reply.rule.iter().map(|rule| (rule.clone(), item.at)));
             replies.push(&item.msg.sid, &reply, item.at);
         }
+        answered[i] = reply.store;
         twiml[i] = Some(reply.twiml);
     }
     Decided {
         new,
         twiml,
+        answered,
         replies,
     }
 }
 
-/// A conversation row this batch creates takes the time of the contact's earliest message,
-/// outbound ones included, as one at a time would. (No row means no message of the contact
-/// is stored, so each of its callbacks creates its message; if a row appeared meanwhile
-/// after all, the write's check fails and the batch is read again.)
+/// After the write, for the writer's memory: a conversation row this batch created took the
+/// time of the contact's earliest message, outbound ones included. (A wrong guess costs the
+/// next batch of that contact one attempt: the check compares it and the batch reads.)
 fn settle_outbound_creation(
     keys: &[(&str, &str)],
     contacts: &mut [Contact],
@@ -401,8 +444,9 @@ fn settle_outbound_creation(
     }
 }
 
-/// What delivery `i` got: its own new reply, the reply of the copy it repeats, or the reply
-/// on record for a SID stored before.
+/// What delivery `i` got: its own new reply, the reply of the copy it repeats (none when
+/// that one's answer is not recorded: a replay of a request answered 503), or the reply on
+/// record for a SID stored before.
 fn received(
     i: usize,
     copies: &Copies,
@@ -416,7 +460,7 @@ fn received(
             twiml: twiml.clone(),
         },
         (Some(twiml), Some(_)) => Received::Duplicate {
-            twiml: Some(twiml.clone()),
+            twiml: decided.answered[first].then(|| twiml.clone()),
         },
         (None, _) => Received::Duplicate {
             twiml: stored

@@ -7,6 +7,24 @@ use sqlx::PgConnection;
 
 /// Reads what the rules need of each contact of the batch, and which of its SIDs are
 /// stored already (with the reply on record).
+/// Locks the batch's existing conversation rows, in key order (the order every write locks
+/// them in), until the transaction ends.
+pub(super) async fn lock(conn: &mut PgConnection, reads: &Reads<'_>) -> Result<(), StoreError> {
+    sqlx::query!(
+        r#"
+        select 1 as "locked!" from conversations c
+        where (c.business, c.contact) in (select * from unnest($1::text[], $2::text[]))
+        order by c.business, c.contact
+        for update
+        "#,
+        &reads.business as &[&str],
+        &reads.contact as &[&str],
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 pub(super) async fn read(
     conn: &mut PgConnection,
     reads: &Reads<'_>,
@@ -43,8 +61,9 @@ pub(super) async fn read(
         left join lateral (select * from conversations c
                            where c.business = k.business and c.contact = k.contact
                            limit 1) as c on true
-        -- Each rule that answered a recent message, with the message's time: one
-        -- aggregate over the same rows, so the two arrays pair up element by element.
+        -- Each rule that answered a recent message, with the message's time: two
+        -- aggregates over the same rows, fed in the same order, so the arrays pair up
+        -- element by element. (An ORDER BY or DISTINCT must go on both or neither.)
         left join lateral (select array_agg(u.rule) as rules, array_agg(x.received_at) as times
                            from (select m.received_at,
                                         (select r.rule from replies r

@@ -128,8 +128,9 @@ pub(super) struct ContactUpdates<'a> {
     /// Inbound messages the batch adds, and the count expected after them.
     pub added: Vec<i64>,
     pub count: Vec<i64>,
-    /// The row's `created_at` expected after the write: as read, or as this write inserts it.
-    pub created: Vec<DateTime<Utc>>,
+    /// The row's `created_at` as read (or remembered): the row must still be that one.
+    /// NULL for a contact the batch found no row for.
+    pub created: Vec<Option<DateTime<Utc>>>,
     pub session_business: Vec<&'a str>,
     pub session_contact: Vec<&'a str>,
     pub session_started: Vec<DateTime<Utc>>,
@@ -160,7 +161,7 @@ impl<'a> ContactUpdates<'a> {
             u.started.push(c.started);
             u.added.push(c.count - c.read);
             u.count.push(c.count);
-            u.created.push(c.created_at());
+            u.created.push(c.created);
             for s in &c.sessions {
                 u.session_business.push(business);
                 u.session_contact.push(contact);

@@ -117,7 +117,8 @@ pub(super) async fn execute(
             -- The inbound messages new to the table.
             select message_sid from upserted where created and direction = 'inbound'
         ), sent as (
-            -- The messages the batch's status callbacks created or changed.
+            -- The messages the batch's status callbacks created or changed (an inbound
+            -- message's row too, should a callback name one).
             select * from upserted where not (created and direction = 'inbound')
         ), media as (
             insert into message_media (
@@ -224,14 +225,15 @@ pub(super) async fn execute(
         )
         -- The check: every message new, every conversation the row that was read (the
         -- same created_at: not erased and created again) and every count as expected. When
-        -- it fails, write_check raises SQLSTATE TR409 and the whole statement rolls back.
-        -- (It reads the CTEs' output, so it runs after every write.)
+        -- it fails, write_check raises SQLSTATE TR409, which aborts the whole statement:
+        -- none of the writes above is kept.
         select write_check((select count(*) from msg) = cardinality($1::text[])
                            and (select count(*)
                                 from conv join unnest($42::text[], $43::text[], $50::int8[],
                                                       $67::timestamptz[])
                                     as e (business, contact, inbound_count, created_at)
-                                    using (business, contact, inbound_count, created_at))
+                                    using (business, contact, inbound_count)
+                                where e.created_at is null or conv.created_at = e.created_at)
                                = cardinality($42::text[])) as "checked!",
                array(select message_sid from ev order by id) as "event_sid!",
                array(select status from ev order by id) as "event_status!",
@@ -311,7 +313,7 @@ pub(super) async fn execute(
         &r.twiml,
         &r.bodies,
         &r.at,
-        &u.created,
+        &u.created as &[Option<DateTime<Utc>>],
         &e.sid as &[&str],
         &e.status as &[&str],
         &e.error_code as &[Option<i32>],

@@ -183,27 +183,41 @@ impl<'a> ContactUpdates<'a> {
     }
 }
 
-/// The replies insert: one element per new message that is answered.
+/// The replies insert: one element per new message that is answered. Each reply's rules
+/// and bodies are slices (1-based, inclusive; empty when `to < from`) of one flat array
+/// each: Postgres has no array of arrays, and a slice costs less than parsing one.
 #[derive(Default)]
 pub(super) struct ReplyRows {
     pub sid: Vec<String>,
-    /// The rules that answered each, as a JSON array (Postgres has no array of arrays).
-    pub rule: Vec<serde_json::Value>,
     pub twiml: Vec<String>,
-    /// Each reply's message bodies as a JSON array.
-    pub bodies: Vec<serde_json::Value>,
     pub at: Vec<DateTime<Utc>>,
+    pub rules: Vec<String>,
+    pub rule_from: Vec<i32>,
+    pub rule_to: Vec<i32>,
+    pub bodies: Vec<String>,
+    pub body_from: Vec<i32>,
+    pub body_to: Vec<i32>,
 }
 
 impl ReplyRows {
     pub(super) fn push(&mut self, sid: &str, reply: &Reply, at: DateTime<Utc>) {
         self.sid.push(sid.to_owned());
-        self.rule.push(serde_json::Value::from(reply.rule.clone()));
         self.twiml.push(reply.twiml.clone());
-        self.bodies
-            .push(serde_json::Value::from(reply.bodies.clone()));
         self.at.push(at);
+        let (from, to) = slice(&mut self.rules, &reply.rule);
+        self.rule_from.push(from);
+        self.rule_to.push(to);
+        let (from, to) = slice(&mut self.bodies, &reply.bodies);
+        self.body_from.push(from);
+        self.body_to.push(to);
     }
+}
+
+/// Appends `items` to `flat` and returns their 1-based inclusive bounds in it.
+fn slice(flat: &mut Vec<String>, items: &[String]) -> (i32, i32) {
+    let from = flat.len() as i32 + 1;
+    flat.extend_from_slice(items);
+    (from, flat.len() as i32)
 }
 
 /// The fallback calls insert: one element per call in the batch.

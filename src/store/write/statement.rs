@@ -203,15 +203,14 @@ pub(super) async fn execute(
         ), answer as (
             -- Only for messages this statement inserted: a reply already on record (another
             -- transaction stored the message meanwhile) is left alone and the check fails.
-            -- Rules and bodies come as JSON arrays: Postgres has no array of arrays.
+            -- Rules and bodies are slices of one flat array each (see ReplyRows).
             insert into replies (message_sid, rule, twiml, bodies, created_at)
-            select r.message_sid,
-                   case when jsonb_array_length(r.rule) > 0
-                        then array(select jsonb_array_elements_text(r.rule)) end,
-                   r.twiml, array(select jsonb_array_elements_text(r.bodies)), r.created_at
-            from unnest($62::text[], $63::jsonb[], $64::text[], $65::jsonb[],
-                        $66::timestamptz[])
-                as r (message_sid, rule, twiml, bodies, created_at)
+            select r.message_sid, nullif(($63::text[])[r.rule_from:r.rule_to], '{}'),
+                   r.twiml, ($65::text[])[r.body_from:r.body_to], r.created_at
+            from unnest($62::text[], $64::text[], $66::timestamptz[], $98::int4[],
+                        $99::int4[], $100::int4[], $101::int4[])
+                as r (message_sid, twiml, created_at, rule_from, rule_to, body_from,
+                      body_to)
             join msg using (message_sid)
         ), failed as (
             -- Fallback calls, whether or not their message is new; a replayed spool record's
@@ -309,7 +308,7 @@ pub(super) async fn execute(
         &u.consent_sid as &[&str],
         &u.consent_at,
         &r.sid,
-        &r.rule,
+        &r.rules,
         &r.twiml,
         &r.bodies,
         &r.at,
@@ -344,6 +343,10 @@ pub(super) async fn execute(
         &f.at,
         &f.params as &[Json<&RawValue>],
         &f.spool_record as &[Option<&str>],
+        &r.rule_from,
+        &r.rule_to,
+        &r.body_from,
+        &r.body_to,
     )
     .fetch_one(&mut *conn)
     .await?;

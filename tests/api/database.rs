@@ -150,21 +150,25 @@ async fn a_statement_timeout_is_503_and_writes_nothing(pool: PgPool) {
 }
 
 /// The server's connections run without JIT (a growing table's generic plan would otherwise
-/// be compiled on every execution, hundreds of milliseconds each) and with the statement
-/// timeout that keeps a stuck write inside Twilio's 15 s.
+/// be compiled on every execution, hundreds of milliseconds each), with generic plans (the
+/// write statement is not planned again for every batch) and with the statement timeout
+/// that keeps a stuck write inside Twilio's 15 s.
 #[sqlx::test]
 async fn the_servers_connections_have_jit_off_and_a_statement_timeout(pool: PgPool) {
     let app = TestApp::with_own_pool(
         &pool,
         &[("TWILIO_RECEIVER__DATABASE__STATEMENT_TIMEOUT_MS", "4321")],
     );
-    let (jit, timeout): (String, String) =
-        sqlx::query_as("select current_setting('jit'), current_setting('statement_timeout')")
-            .fetch_one(&app.app_db)
-            .await
-            .unwrap();
+    let (jit, timeout, plans): (String, String, String) = sqlx::query_as(
+        "select current_setting('jit'), current_setting('statement_timeout'),
+                current_setting('plan_cache_mode')",
+    )
+    .fetch_one(&app.app_db)
+    .await
+    .unwrap();
     assert_eq!(jit, "off");
     assert_eq!(timeout, "4321ms");
+    assert_eq!(plans, "force_generic_plan");
 }
 
 /// `serve` started while Postgres is unreachable: it answers 503 (healthz stays up), migrates

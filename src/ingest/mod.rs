@@ -230,9 +230,11 @@ impl Ingest {
 
     /// Stores `webhook` once, or keeps it in the spool, and says what to answer.
     pub async fn receive(&self, webhook: Webhook) -> Result<Outcome, IngestError> {
+        // Each kind's future boxed on its own: one future for both would be as large as the
+        // larger (inbound), and every status callback would allocate and copy that size.
         match webhook.kind {
-            Kind::Inbound | Kind::Fallback => self.inbound(webhook).await,
-            Kind::Status => self.status(webhook).await,
+            Kind::Inbound | Kind::Fallback => Box::pin(self.inbound(webhook)).await,
+            Kind::Status => Box::pin(self.status(webhook)).await,
         }
     }
 

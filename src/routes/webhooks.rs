@@ -45,9 +45,8 @@ async fn receive(state: &Shared, signed: Signed, kind: Kind) -> Result<Response,
             arrived: signed.arrived,
         },
     };
-    // Boxed: ingest's future is many kilobytes, and inline it would be copied each time the
-    // request's future moves.
-    match Box::pin(state.ingest.receive(webhook)).await? {
+    // Not boxed here: ingest boxes each kind's (large) future itself.
+    match state.ingest.receive(webhook).await? {
         Outcome::Reply(twiml) => Ok(([(CONTENT_TYPE, twiml::CONTENT_TYPE)], twiml).into_response()),
         Outcome::Nothing => Ok(StatusCode::NO_CONTENT.into_response()),
         Outcome::Spooled(away) | Outcome::Unavailable(away) => Err(AppError::Unavailable(away)),

@@ -157,15 +157,8 @@ pub struct Parts {
 
 /// The ingest layer: see the module documentation.
 pub struct Ingest {
-    db: PgPool,
+    parts: Parts,
     writer: Writer,
-    replier: Arc<Replier>,
-    metrics: Arc<Metrics>,
-    notifier: Notifier,
-    spool: Option<Arc<Spool>>,
-    clock: Clock,
-    schema_ready: watch::Receiver<bool>,
-    deadline: Duration,
 }
 
 /// How long readiness waits for Postgres before saying no.
@@ -174,54 +167,42 @@ const READY_TIMEOUT: Duration = Duration::from_secs(1);
 impl Ingest {
     /// Starts the writer tasks (group commit) on the current runtime.
     pub fn start(parts: Parts) -> Self {
-        let writer = Writer::start(
-            writer::Context {
-                db: parts.db.clone(),
-                replier: parts.replier.clone(),
-                metrics: parts.metrics.clone(),
-                archive_media: parts.archive_media,
-            },
-            parts.grouping,
-        );
-        Ingest {
-            db: parts.db,
-            writer,
-            replier: parts.replier,
-            metrics: parts.metrics,
-            notifier: parts.notifier,
-            spool: parts.spool,
-            clock: parts.clock,
-            schema_ready: parts.schema_ready,
-            deadline: parts.deadline,
-        }
+        let cx = writer::Context {
+            db: parts.db.clone(),
+            replier: parts.replier.clone(),
+            metrics: parts.metrics.clone(),
+            archive_media: parts.archive_media,
+        };
+        let writer = Writer::start(cx, parts.grouping);
+        Ingest { parts, writer }
     }
 
     /// The time a webhook arriving now is received at.
     pub fn now(&self) -> DateTime<Utc> {
-        self.clock.now()
+        self.parts.clock.now()
     }
 
     /// The reply rules and templates (a SIGHUP reload replaces the rules inside).
     pub fn replier(&self) -> &Arc<Replier> {
-        &self.replier
+        &self.parts.replier
     }
 
     /// The spool, when there is one.
     pub fn spool(&self) -> Option<&Arc<Spool>> {
-        self.spool.as_ref()
+        self.parts.spool.as_ref()
     }
 
     /// The notifier, flushed at shutdown.
     pub fn notifier(&self) -> &Notifier {
-        &self.notifier
+        &self.parts.notifier
     }
 
     /// Migrations applied and Postgres answering within a second; or, without them, whether
     /// webhooks are still kept (the spool).
     pub async fn readiness(&self) -> Readiness {
-        if *self.schema_ready.borrow() && store::ping(&self.db, READY_TIMEOUT).await {
+        if *self.parts.schema_ready.borrow() && store::ping(&self.parts.db, READY_TIMEOUT).await {
             Readiness::Ready
-        } else if self.spool.is_some() {
+        } else if self.parts.spool.is_some() {
             Readiness::Spooling
         } else {
             Readiness::Unavailable
@@ -247,7 +228,8 @@ impl Ingest {
         let failure = fallback.then(|| Failure::from_params(&webhook.params));
         if let (Some(failure), Source::Live { .. }) = (&failure, &webhook.source) {
             tracing::info!(error_code = ?failure.error_code, "fallback call");
-            self.metrics
+            self.parts
+                .metrics
                 .fallback_call(webhook.params.non_empty("ErrorCode"));
         }
         let spool_record = match &webhook.source {
@@ -257,7 +239,7 @@ impl Ingest {
             // spool, is still one failure row.
             Source::Live { .. } => failure
                 .as_ref()
-                .and(self.spool.as_ref())
+                .and(self.parts.spool.as_ref())
                 .map(|spool| spool.new_id(webhook.at)),
         };
         let (sid, channel, media) = (msg.sid.clone(), msg.to.channel(), msg.media.len());
@@ -269,7 +251,7 @@ impl Ingest {
             spool_record: spool_record.clone(),
         };
         let decider = Decider {
-            rules: self.replier.rules(),
+            rules: self.parts.replier.rules(),
             base: webhook.base.clone(),
             answer: match &webhook.source {
                 Source::Spool { answered, .. } => Answer::Given(answered.clone()),
@@ -288,11 +270,11 @@ impl Ingest {
             Err(Failed::Refused(e)) => return Err(e),
         };
         if stored.failure_recorded {
-            self.notifier.send(Notice::Failure, &sid);
+            self.parts.notifier.send(Notice::Failure, &sid);
         }
         let twiml = match stored.received {
             Received::New { twiml } => {
-                self.notifier.send(Notice::Message, &sid);
+                self.parts.notifier.send(Notice::Message, &sid);
                 tracing::info!(%channel, media, "stored inbound message");
                 twiml
             }
@@ -306,7 +288,7 @@ impl Ingest {
     }
 
     fn duplicate(&self, twiml: String) -> String {
-        self.metrics.duplicates.inc();
+        self.parts.metrics.duplicates.inc();
         tracing::info!("duplicate delivery; replaying the first reply");
         twiml
     }
@@ -336,16 +318,23 @@ impl Ingest {
             .within_deadline(&webhook.source, async {
                 let answer = match given {
                     Some(answered) => answered,
-                    None if store::replies::contact_opted_out(&self.db, sid).await? => Rendered {
-                        twiml: twiml::EMPTY.to_owned(),
-                        bodies: Vec::new(),
-                    },
+                    None if store::replies::contact_opted_out(&self.parts.db, sid).await? => {
+                        Rendered {
+                            twiml: twiml::EMPTY.to_owned(),
+                            bodies: Vec::new(),
+                        }
+                    }
                     None => self.fallback_reply(&webhook.base, sid),
                 };
                 let at = webhook.at;
-                let twiml =
-                    store::replies::answer_once(&self.db, sid, &answer.twiml, &answer.bodies, at)
-                        .await?;
+                let twiml = store::replies::answer_once(
+                    &self.parts.db,
+                    sid,
+                    &answer.twiml,
+                    &answer.bodies,
+                    at,
+                )
+                .await?;
                 Ok::<_, WriteError>(twiml)
             })
             .await;
@@ -358,8 +347,9 @@ impl Ingest {
 
     /// `reply.fallback_body` as TwiML for `sid` (or an empty answer).
     fn fallback_reply(&self, base: &str, sid: &str) -> Rendered {
-        self.replier
-            .render(&self.replier.fallback_decision(), base, sid)
+        self.parts
+            .replier
+            .render(&self.parts.replier.fallback_decision(), base, sid)
     }
 
     /// A status callback: the event stored as history, the message's status advanced by
@@ -385,10 +375,10 @@ impl Ingest {
             Err(Failed::Refused(e)) => return Err(e),
         };
         if recorded.new_event {
-            self.notifier.send(Notice::Status, &sid);
+            self.parts.notifier.send(Notice::Status, &sid);
         }
         if !recorded.advanced {
-            self.metrics.status_not_advanced.inc();
+            self.parts.metrics.status_not_advanced.inc();
         }
         tracing::info!(
             %status,
@@ -410,16 +400,18 @@ impl Ingest {
         source: &Source,
         write: impl Future<Output = Result<T, WriteError>>,
     ) -> Result<T, Failed> {
-        if !*self.schema_ready.borrow() {
+        if !*self.parts.schema_ready.borrow() {
             return Err(Failed::Away(Away::NotReady));
         }
         let started = tokio::time::Instant::now();
         let deadline = match source {
-            Source::Live { arrived } => tokio::time::Instant::from_std(*arrived + self.deadline),
-            Source::Spool { .. } => started + self.deadline,
+            Source::Live { arrived } => {
+                tokio::time::Instant::from_std(*arrived + self.parts.deadline)
+            }
+            Source::Spool { .. } => started + self.parts.deadline,
         };
         let written = tokio::time::timeout_at(deadline, write).await;
-        self.metrics.database_time(started.elapsed());
+        self.parts.metrics.database_time(started.elapsed());
         match written {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(classify(e)),
@@ -443,7 +435,7 @@ impl Ingest {
         // A fallback call is answered with the fallback reply even now: its record says so.
         let answered =
             (webhook.kind == Kind::Fallback).then(|| self.fallback_reply(&webhook.base, sid));
-        let Some(spool) = &self.spool else {
+        let Some(spool) = &self.parts.spool else {
             tracing::error!(
                 "database unavailable and no spool (spool.dir): this webhook is NOT stored"
             );

@@ -7,19 +7,10 @@ use crate::spool::Record;
 use std::{sync::Arc, time::Duration};
 use tokio::sync::watch;
 
-/// Why a replay stopped before the end of the spool.
-#[derive(Debug, thiserror::Error)]
-pub enum ReplayError {
-    /// The database cannot take webhooks now: replay waits and tries again.
-    #[error("the database cannot take spooled webhooks now: {0}")]
-    Away(super::Away),
-    /// A record was stored but could not be removed, or the directory could not be read.
-    #[error("the spool directory failed")]
-    Spool(#[from] std::io::Error),
-    /// A bug storing a record: it stays in the spool and is tried again later.
-    #[error("a spooled webhook could not be stored")]
-    Store(#[source] IngestError),
-}
+/// Why a replay stopped before the end of the spool: the database cannot take webhooks now
+/// ([`super::Away`]), a record could not be stored (a bug; it stays and is tried later), or
+/// the spool directory failed.
+pub type ReplayError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Ingest {
     /// Stores every waiting record, oldest first, until `stop` turns true, and returns how
@@ -27,7 +18,7 @@ impl Ingest {
     /// a record that can never be stored (unreadable, a required parameter missing, too
     /// large) is set aside and the rest go on.
     pub async fn replay_pending(&self, stop: &watch::Receiver<bool>) -> Result<usize, ReplayError> {
-        let Some(spool) = &self.spool else {
+        let Some(spool) = &self.parts.spool else {
             return Ok(0);
         };
         let mut stored = 0;
@@ -45,7 +36,7 @@ impl Ingest {
             };
             match self.receive(replayed(record)).await {
                 Ok(Outcome::Unavailable(away) | Outcome::Spooled(away)) => {
-                    return Err(ReplayError::Away(away));
+                    return Err(away.into());
                 }
                 Ok(Outcome::Reply(_) | Outcome::Nothing) => {
                     spool.remove(&path).await?;
@@ -56,7 +47,7 @@ impl Ingest {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, file = %path.display(), "a spooled webhook could not be stored; retrying later");
-                    return Err(ReplayError::Store(e));
+                    return Err(e.into());
                 }
             }
         }
@@ -67,7 +58,7 @@ impl Ingest {
     /// few seconds, and with a growing pause while the database stays away.
     pub async fn replay_until_stopped(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         const IDLE: Duration = Duration::from_secs(5);
-        let Some(spool) = self.spool.clone() else {
+        let Some(spool) = self.parts.spool.clone() else {
             return;
         };
         let mut pause = Duration::ZERO;
@@ -85,7 +76,7 @@ impl Ingest {
                     pause = Duration::ZERO;
                     tracing::info!(
                         stored,
-                        pending = self.metrics.spool_pending.get(),
+                        pending = self.parts.metrics.spool_pending.get(),
                         "stored spooled webhooks in Postgres"
                     );
                     continue;

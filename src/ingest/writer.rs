@@ -1,27 +1,11 @@
-//! Group commit, the moving parts: requests queue their webhook here and wait; a few writer
-//! tasks each take everything queued for them (up to `database.group_size`), store it with
-//! one write ([`store::write`]), and answer every request after that commit. With group
-//! commit off, each webhook is its own batch of one, written in its request's task through
-//! the same code.
-//!
-//! There is no timer: a writer takes what is queued the moment it is free. Under light load
-//! a webhook finds its writer idle and is stored at once, alone; under heavy load webhooks
-//! queue while the writer is busy, and its next batch takes them all. Batches grow with the
-//! load, and no webhook waits longer than the transaction before its own.
-//!
-//! Each writer owns a share of the conversations, by business and contact: an inbound
-//! message by its `To` and `From`, a status callback by its `From` and `To` (so every callback
-//! of a SID goes to the same writer). Two batches in flight never want the same row, so they
-//! never wait for each other's commit. A batch holds both kinds and stores them in one
-//! statement, so a mixed load pays one round trip and one commit per batch.
-//!
-//! Waiting for a writer to take a webhook is bounded like waiting for a pooled connection
-//! (`database.acquire_timeout_ms`): a writer stuck on a stalled or restarting database must
-//! not hold the requests queued behind it longer than the pool would have.
-//!
-//! A batch that fails for any reason other than the database being unavailable is written
-//! again one webhook at a time, so one bad webhook (a value too large to store) or a
-//! conflict with another replica fails only itself.
+//! Group commit: requests queue their webhook here; a few writer tasks each take everything
+//! queued for them (up to `database.group_size`), store it with one write
+//! ([`store::write`]), and answer every request after that commit. No timer: batches grow
+//! with the load. Each writer owns a share of the conversations (business and contact), so
+//! two batches in flight never wait on each other's rows. Waiting to be taken is bounded
+//! like waiting for a pooled connection. A batch that fails for any reason but an
+//! unavailable database is written again one webhook at a time, so one bad webhook fails
+//! only itself. With group commit off, each webhook is a batch of one in its own task.
 
 use super::decide::Decider;
 use crate::{

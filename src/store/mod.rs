@@ -41,7 +41,8 @@ pub enum StoreError {
 
 /// The database error behind a [`StoreError`]. Shared (one failed batch answers all of its
 /// requests with it), and printed without its `Debug`, whose DETAIL can quote a row.
-#[derive(Clone)]
+#[derive(Clone, thiserror::Error)]
+#[error(transparent)]
 pub struct Cause(std::sync::Arc<sqlx::Error>);
 
 impl Cause {
@@ -60,22 +61,9 @@ impl Cause {
     }
 }
 
-impl std::fmt::Display for Cause {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&self.0, f)
-    }
-}
-
 impl std::fmt::Debug for Cause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Display on purpose: see the type's documentation.
         write!(f, "Cause({})", self.0)
-    }
-}
-
-impl std::error::Error for Cause {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
     }
 }
 

@@ -154,32 +154,24 @@ const OPTIMISTIC: usize = 2;
 const LOCKED: usize = 4;
 
 /// Stores every item once, in one transaction, and returns what each got, in the order
-/// given. `decide(i, facts)` chooses the reply to `inbound[i]`; it is called once per new
-/// message, in arrival order within each contact (again, if the batch is read again). A
-/// second copy of a SID inside the batch is answered as a duplicate of the first, with the
-/// first's reply.
+/// given. `decide(i, facts)` chooses the reply to `inbound[i]`: once per new message, in
+/// arrival order within each contact (again if the batch is read again). A second copy of
+/// a SID in the batch gets the first's reply.
 ///
-/// At most two round trips, whatever the batch size, and no explicit transaction:
-/// 1. one statement reads what the rules need (each contact's conversation, session,
-///    consent and, with a reply limit, recent replies) and which SIDs are stored already;
-/// 2. after the decisions, one statement writes everything, and commits.
+/// Two round trips whatever the batch size, nothing locked in between: one statement reads
+/// what the rules need and which SIDs are stored; after the decisions, one statement writes
+/// everything and commits. That write checks, under the row locks it takes, that each
+/// conversation is the row that was read (same `created_at`) with the inbound count read
+/// plus what the batch adds (every inbound message bumps it with its consent change, session
+/// and reply); otherwise the statement rolls back and the batch is read and decided again,
+/// after [`OPTIMISTIC`] attempts with its conversations locked first, so that writers busy
+/// with one contact (an album, one webhook per photo) take turns instead of failing.
 ///
-/// Nothing is locked in between. The write checks instead, row by row under the locks it
-/// takes, that each conversation is the row that was read (same `created_at`: not erased
-/// and created again) and that its inbound count is what was read plus what the batch adds:
-/// every inbound message of a contact, whatever stored it, bumps that count in the same
-/// statement as its consent change, session and reply. If another transaction changed a
-/// contact (or stored one of the SIDs) in between, the check fails, the whole statement
-/// rolls back, and the batch is read and decided again; after [`OPTIMISTIC`] such attempts,
-/// with its conversations locked first, so that many writers busy with one contact (an
-/// album of photos, each its own webhook) take turns instead of failing each other.
-///
-/// The read is skipped when `memory` holds every contact of the batch as this writer's
-/// last write left it, and none of its SIDs is one the writer stored: the same check makes
-/// the write roll back if anything changed since, and the batch is then read afresh.
+/// `memory` may stand in for the read when it holds every contact of the batch as this
+/// writer left them and none of its SIDs: the same check guards it.
 ///
 /// A callback for a SID that is also an inbound message of this batch (Twilio sends none)
-/// would have the write touch one row twice; such a batch is stored in two writes instead.
+/// is stored by a second write: one statement may touch a row only once.
 pub async fn write(
     conn: &mut PgConnection,
     inbound: &[Inbound],

@@ -29,7 +29,8 @@ pub(super) async fn execute(
 ) -> Result<Output, StoreError> {
     let (m, u, r, f) = (rows.messages, rows.updates, rows.replies, rows.failures);
     let (e, w) = (&rows.outbound.events, &rows.outbound.winners);
-    let row = sqlx::query!(
+    let row = sqlx::query_as!(
+        Output,
         r#"
         with upserted as (
             -- Every message row the batch adds or changes, in one insert: new inbound
@@ -222,19 +223,7 @@ pub(super) async fn execute(
             on conflict (spool_record) do nothing
             returning spool_record
         )
-        -- The check: every message new, every conversation the row that was read (the
-        -- same created_at: not erased and created again) and every count as expected. When
-        -- it fails, write_check raises SQLSTATE TR409, which aborts the whole statement:
-        -- none of the writes above is kept.
-        select write_check((select count(*) from msg) = cardinality($1::text[])
-                           and (select count(*)
-                                from conv join unnest($42::text[], $43::text[], $50::int8[],
-                                                      $67::timestamptz[])
-                                    as e (business, contact, inbound_count, created_at)
-                                    using (business, contact, inbound_count)
-                                where e.created_at is null or conv.created_at = e.created_at)
-                               = cardinality($42::text[])) as "checked!",
-               array(select message_sid from ev order by id) as "event_sid!",
+        select array(select message_sid from ev order by id) as "event_sid!",
                array(select status from ev order by id) as "event_status!",
                array(select error_code_raw from ev order by id)
                    as "event_error_code!: Vec<Option<String>>",
@@ -245,6 +234,18 @@ pub(super) async fn execute(
                array(select status from sent) as "status!: Vec<Option<String>>",
                array(select spool_record from failed where spool_record is not null)
                    as "failure_records!"
+        -- The check: every message new, every conversation the row that was read (the
+        -- same created_at: not erased and created again) and every count as expected. When
+        -- it fails, write_check raises SQLSTATE TR409, which aborts the whole statement:
+        -- none of the writes above is kept.
+        where write_check((select count(*) from msg) = cardinality($1::text[])
+                           and (select count(*)
+                                from conv join unnest($42::text[], $43::text[], $50::int8[],
+                                                      $67::timestamptz[])
+                                    as e (business, contact, inbound_count, created_at)
+                                    using (business, contact, inbound_count)
+                                where e.created_at is null or conv.created_at = e.created_at)
+                               = cardinality($42::text[]))
         "#,
         &m.sid as &[&str],
         &m.account_sid as &[&str],
@@ -350,14 +351,5 @@ pub(super) async fn execute(
     )
     .fetch_one(&mut *conn)
     .await?;
-    Ok(Output {
-        event_sid: row.event_sid,
-        event_status: row.event_status,
-        event_error_code: row.event_error_code,
-        event_dlr_done: row.event_dlr_done,
-        message_sid: row.message_sid,
-        created: row.created,
-        status: row.status,
-        failure_records: row.failure_records,
-    })
+    Ok(row)
 }

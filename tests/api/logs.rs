@@ -248,6 +248,8 @@ async fn no_secret_reaches_the_logs_even_at_trace_level(pool: PgPool) {
 const DB_PASSWORD: &str = "db-pa55word";
 const BASIC_USER: &str = "twilio";
 const BASIC_PASSWORD: &str = "basic-pa55word";
+const API_KEY: &str = "SK00000000000000000000000000000000";
+const API_SECRET: &str = "api-key-pa55word";
 /// The AccountSid of `whatsapp_text`: media is fetched as `AccountSid:AuthToken`.
 const ACCOUNT: &str = "AC00000000000000000000000000000000";
 /// Nothing listens on port 1 of loopback: a database that refuses connections.
@@ -265,6 +267,8 @@ fn secrets() -> Vec<String> {
         DB_PASSWORD.to_owned(),
         BASIC_PASSWORD.to_owned(),
         base64(&format!("{BASIC_USER}:{BASIC_PASSWORD}")),
+        API_SECRET.to_owned(),
+        base64(&format!("{API_KEY}:{API_SECRET}")),
         // The media credentials (Basic AccountSid:AuthToken).
         base64(&format!("{ACCOUNT}:{TOKEN}")),
     ]
@@ -291,6 +295,8 @@ fn secret_settings(url: &str, extra: &[(&str, &str)]) -> twilio_receiver::config
             BASIC_PASSWORD,
         ),
         ("TWILIO_RECEIVER__DATABASE__ACQUIRE_TIMEOUT_MS", "300"),
+        ("TWILIO_API_KEY", API_KEY),
+        ("TWILIO_API_SECRET", API_SECRET),
     ];
     env.extend_from_slice(extra);
     settings(&env)

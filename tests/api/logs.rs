@@ -13,7 +13,7 @@ use twilio_receiver::twilio::signature;
 
 /// Collects everything the subscriber writes.
 #[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+pub struct Captured(pub Arc<Mutex<Vec<u8>>>);
 
 impl Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -33,7 +33,7 @@ impl<'a> MakeWriter<'a> for Captured {
 }
 
 /// JSON logs at `filter`, as `log.format = "json"` produces them, for the current thread.
-fn capture(filter: &str) -> (Captured, tracing::subscriber::DefaultGuard) {
+pub fn capture(filter: &str) -> (Captured, tracing::subscriber::DefaultGuard) {
     every_callsite_has_a_subscriber();
     let out = Captured::default();
     let subscriber = tracing_subscriber::registry()

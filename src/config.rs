@@ -2,8 +2,8 @@
 //!
 //! Precedence, lowest to highest (DESIGN.md §9): built-in defaults (`config/default.toml`,
 //! compiled in) < `config/default.toml` on disk < `config/{APP_ENV}.toml` < `--config FILE` <
-//! conventional variables (`DATABASE_URL`, `PORT`, `TWILIO_AUTH_TOKEN`, `RUST_LOG`) <
-//! `TWILIO_RECEIVER__SECTION__KEY`. `try_parsing` stays off so `+1555…` stays a string.
+//! conventional variables (`DATABASE_URL`, `PORT`, `TWILIO_AUTH_TOKEN`, `TWILIO_ACCOUNT_SID`,
+//! `TWILIO_API_KEY`, `TWILIO_API_SECRET`, `RUST_LOG`) < `TWILIO_RECEIVER__SECTION__KEY`. `try_parsing` stays off so `+1555…` stays a string.
 
 use crate::twilio::Verifier;
 use secrecy::{ExposeSecret, SecretString};
@@ -29,10 +29,27 @@ pub struct Settings {
     pub rules: RulesSettings,
     pub media: MediaSettings,
     pub spool: SpoolSettings,
+    pub reconcile: ReconcileSettings,
     pub log: LogSettings,
     /// Where `default.toml`, `{APP_ENV}.toml` and the default rules file are looked for.
     #[serde(skip)]
     pub config_dir: PathBuf,
+}
+
+/// Reconciliation: reading the account's message history back from Twilio's REST API, so
+/// messages whose webhooks never arrived are stored too.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ReconcileSettings {
+    pub enabled: bool,
+    /// How often a pass runs.
+    pub interval_ms: u64,
+    /// How far each pass reaches back before the end of the previous one (late `date_sent`s).
+    pub overlap_ms: u64,
+    /// A message whose status has not moved for this long is fetched again.
+    pub stale_after_ms: u64,
+    /// The business addresses to read (`whatsapp:+1…`); empty reads the whole account.
+    #[serde(deserialize_with = "string_list")]
+    pub senders: Vec<String>,
 }
 
 /// The local spool that keeps verified webhooks while Postgres is unavailable.
@@ -146,6 +163,20 @@ pub struct TwilioSettings {
     )]
     pub shared_keys: BTreeMap<String, SecretString>,
     pub verify_signatures: bool,
+    /// The main account's SID (`AC…`), whose REST API is read; empty: none.
+    #[serde(default)]
+    pub account_sid: String,
+    /// An API key SID (`SK…`) for the main account's REST API; empty: its auth tokens.
+    #[serde(default)]
+    pub api_key: String,
+    #[serde(
+        default,
+        serialize_with = "redact_secret",
+        deserialize_with = "secret_string"
+    )]
+    pub api_secret: SecretString,
+    /// Where Twilio's REST API answers (another region's edge, or a fake in tests).
+    pub api_base_url: String,
 }
 
 impl std::fmt::Debug for TwilioSettings {
@@ -158,8 +189,83 @@ impl std::fmt::Debug for TwilioSettings {
             .field("accounts", &self.accounts.keys().collect::<Vec<_>>())
             .field("shared_keys", &self.shared_keys.keys().collect::<Vec<_>>())
             .field("verify_signatures", &self.verify_signatures)
+            .field("account_sid", &self.account_sid)
+            .field("api_key", &self.api_key)
+            .field(
+                "api_secret",
+                &if self.api_secret.expose_secret().is_empty() {
+                    ""
+                } else {
+                    "[redacted]"
+                },
+            )
+            .field("api_base_url", &self.api_base_url)
             .finish()
     }
+}
+
+impl TwilioSettings {
+    /// `twilio.api_base_url` without a trailing slash: https to any host, plain http only
+    /// to this machine (a fake API in tests), and no credentials, query or fragment (the
+    /// client appends paths and Twilio's page URIs to it).
+    pub fn api_base(&self) -> Result<String, String> {
+        let raw = self.api_base_url.trim();
+        let key = "twilio.api_base_url";
+        let url = url::Url::parse(raw).map_err(|e| format!("{key}: not a URL ({e}): {raw:?}"))?;
+        let host = url
+            .host_str()
+            .ok_or_else(|| format!("{key}: has no host: {raw:?}"))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if is_loopback_host(host) => {}
+            "http" => {
+                return Err(format!(
+                    "{key}: plain http is allowed only to 127.0.0.1, ::1 or localhost \
+                     (credentials would cross the network in clear): {raw:?}"
+                ));
+            }
+            _ => return Err(format!("{key}: must start with https://: {raw:?}")),
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!("{key}: must not contain credentials"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!("{key}: must not have a query or fragment: {raw:?}"));
+        }
+        Ok(url.as_str().trim_end_matches('/').to_owned())
+    }
+
+    /// Whether the API key and its secret are both set (then the main account's REST calls
+    /// use them instead of its auth tokens).
+    pub fn has_api_key(&self) -> bool {
+        !self.api_key.trim().is_empty() && !self.api_secret.expose_secret().trim().is_empty()
+    }
+
+    /// The auth tokens of an account, as signatures use them: its `twilio.accounts` entry,
+    /// else `twilio.auth_tokens` (TWILIO_AUTH_TOKEN included). AccountSids match
+    /// case-insensitively (the config crate lower-cases map keys).
+    pub fn tokens_for(&self, account_sid: &str) -> &[SecretString] {
+        self.accounts
+            .iter()
+            .find(|(sid, _)| sid.eq_ignore_ascii_case(account_sid.trim()))
+            .map_or(self.auth_tokens.as_slice(), |(_, tokens)| tokens.as_slice())
+    }
+}
+
+/// `localhost` or a loopback IP address (`127.0.0.1`, `[::1]`).
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `AC` followed by 32 hexadecimal digits.
+fn is_account_sid(sid: &str) -> bool {
+    sid.len() == 34
+        && sid.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("AC"))
+        && sid.bytes().skip(2).all(|b| b.is_ascii_hexdigit())
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -268,8 +374,10 @@ impl Settings {
         Ok(settings)
     }
 
-    /// `DATABASE_URL`, `PORT`, `TWILIO_AUTH_TOKEN` and `RUST_LOG` sit below the explicit
-    /// `TWILIO_RECEIVER__…` variables, so each yields when its explicit twin is set.
+    /// `DATABASE_URL`, `PORT`, `TWILIO_AUTH_TOKEN`, `TWILIO_ACCOUNT_SID`, `TWILIO_API_KEY`,
+    /// `TWILIO_API_SECRET` and `RUST_LOG` sit below the explicit `TWILIO_RECEIVER__…`
+    /// variables, so each yields when its explicit twin is set (`TWILIO_AUTH_TOKEN` is added
+    /// to the token list instead).
     fn apply_conventional(
         &mut self,
         env: &HashMap<String, String>,
@@ -296,6 +404,18 @@ impl Settings {
             self.twilio
                 .auth_tokens
                 .push(SecretString::from(token.clone()));
+        }
+        // The names Twilio's own libraries and CLI read, so one environment serves both.
+        if let Some(sid) = set("TWILIO_ACCOUNT_SID").filter(|_| !explicit("TWILIO", "ACCOUNT_SID"))
+        {
+            self.twilio.account_sid = sid.trim().to_owned();
+        }
+        if let Some(key) = set("TWILIO_API_KEY").filter(|_| !explicit("TWILIO", "API_KEY")) {
+            self.twilio.api_key = key.trim().to_owned();
+        }
+        if let Some(secret) = set("TWILIO_API_SECRET").filter(|_| !explicit("TWILIO", "API_SECRET"))
+        {
+            self.twilio.api_secret = SecretString::from(secret.clone());
         }
         if let Some(filter) = set("RUST_LOG").filter(|_| !explicit("LOG", "FILTER")) {
             self.log.filter = filter.clone();
@@ -392,21 +512,86 @@ impl Settings {
                 ));
             }
         }
+        out.extend(self.rest_problems());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
             out.push(format!("log.filter: {e}"));
         }
         if let Err(problems) = self.load_rules() {
             out.extend(problems);
         }
-        if self.media.archive {
-            if let Err(e) = crate::storage::open(&self.media.storage) {
-                out.push(format!("media.storage: {e}"));
-            }
-            if self.media.workers == 0 {
-                out.push("media.workers: must be at least 1 when media.archive is on".into());
-            }
-            if self.media.max_attempts < 1 {
-                out.push("media.max_attempts: must be at least 1".into());
+        out.extend(self.media_problems());
+        out
+    }
+
+    /// What is wrong with the media archive's settings, when it is on.
+    fn media_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.media.archive {
+            return out;
+        }
+        if let Err(e) = crate::storage::open(&self.media.storage) {
+            out.push(format!("media.storage: {e}"));
+        }
+        if self.media.workers == 0 {
+            out.push("media.workers: must be at least 1 when media.archive is on".into());
+        }
+        if self.media.max_attempts < 1 {
+            out.push("media.max_attempts: must be at least 1".into());
+        }
+        out
+    }
+
+    /// What is wrong with the REST API settings, and with reconciliation when it is on.
+    fn rest_problems(&self) -> Vec<String> {
+        let twilio = &self.twilio;
+        let mut out = Vec::new();
+        if let Err(e) = twilio.api_base() {
+            out.push(e);
+        }
+        let sid = twilio.account_sid.trim();
+        if !sid.is_empty() && !is_account_sid(sid) {
+            out.push(format!(
+                "twilio.account_sid: not an Account SID (AC and 32 hexadecimal digits): {sid:?}"
+            ));
+        }
+        let key = twilio.api_key.trim();
+        let secret_set = !twilio.api_secret.expose_secret().trim().is_empty();
+        if !key.is_empty() && !key.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("SK")) {
+            out.push(format!(
+                "twilio.api_key: an API key SID starts with SK: {key:?}"
+            ));
+        }
+        if !key.is_empty() && !secret_set {
+            out.push("twilio.api_secret: twilio.api_key is set but its secret is not (set TWILIO_API_SECRET)".into());
+        }
+        if key.is_empty() && secret_set {
+            out.push("twilio.api_key: twilio.api_secret is set but the key SID is not (set TWILIO_API_KEY)".into());
+        }
+        if !self.reconcile.enabled {
+            return out;
+        }
+        if sid.is_empty() {
+            out.push(
+                "reconcile.enabled: twilio.account_sid is not set, so there is no account to read (set TWILIO_ACCOUNT_SID)"
+                    .into(),
+            );
+        } else if !twilio.has_api_key()
+            && !twilio
+                .tokens_for(sid)
+                .iter()
+                .any(|t| !t.expose_secret().trim().is_empty())
+        {
+            out.push(
+                "reconcile.enabled: no credential for twilio.account_sid: set twilio.api_key and twilio.api_secret, or an auth token (TWILIO_AUTH_TOKEN)"
+                    .into(),
+            );
+        }
+        for (key, value) in [
+            ("reconcile.interval_ms", self.reconcile.interval_ms),
+            ("reconcile.stale_after_ms", self.reconcile.stale_after_ms),
+        ] {
+            if value == 0 {
+                out.push(format!("{key}: must be greater than 0"));
             }
         }
         out
@@ -885,6 +1070,201 @@ mod tests {
             printed.contains("postgres://app:[redacted]@db:5432/x"),
             "{printed}"
         );
+    }
+
+    const SID: &str = "AC0123456789abcdef0123456789abcdef";
+    const KEY: &str = "SK0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn rest_api_variables_use_twilios_own_names_below_the_explicit_ones() {
+        let s = Settings::load(&sources(&[
+            ("TWILIO_ACCOUNT_SID", &format!(" {SID} ")),
+            ("TWILIO_API_KEY", KEY),
+            ("TWILIO_API_SECRET", "key-secret"),
+        ]))
+        .unwrap();
+        assert_eq!(s.twilio.account_sid, SID);
+        assert_eq!(s.twilio.api_key, KEY);
+        assert_eq!(s.twilio.api_secret.expose_secret(), "key-secret");
+        assert!(s.twilio.has_api_key());
+        assert_eq!(s.twilio.api_base().as_deref(), Ok("https://api.twilio.com"));
+        assert!(!s.reconcile.enabled);
+        assert_eq!(
+            (
+                s.reconcile.interval_ms,
+                s.reconcile.overlap_ms,
+                s.reconcile.stale_after_ms
+            ),
+            (600_000, 3_600_000, 7_200_000)
+        );
+        assert!(s.reconcile.senders.is_empty());
+
+        let s = Settings::load(&sources(&[
+            ("TWILIO_ACCOUNT_SID", "AC_conventional"),
+            ("TWILIO_RECEIVER__TWILIO__ACCOUNT_SID", SID),
+            ("TWILIO_API_KEY", "SK_conventional"),
+            ("TWILIO_RECEIVER__TWILIO__API_KEY", KEY),
+            ("TWILIO_API_SECRET", "conventional"),
+            ("TWILIO_RECEIVER__TWILIO__API_SECRET", "explicit"),
+            ("TWILIO_RECEIVER__RECONCILE__ENABLED", "true"),
+            ("TWILIO_RECEIVER__RECONCILE__INTERVAL_MS", "1000"),
+            (
+                "TWILIO_RECEIVER__RECONCILE__SENDERS",
+                "whatsapp:+14155238886, +15017122661,",
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(s.twilio.account_sid, SID);
+        assert_eq!(s.twilio.api_key, KEY);
+        assert_eq!(s.twilio.api_secret.expose_secret(), "explicit");
+        assert!(s.reconcile.enabled);
+        assert_eq!(s.reconcile.interval_ms, 1000);
+        // try_parsing stays off: a number with a plus sign stays the string it was.
+        assert_eq!(
+            s.reconcile.senders,
+            ["whatsapp:+14155238886", "+15017122661"]
+        );
+    }
+
+    #[test]
+    fn rest_api_base_url_is_https_or_plain_http_to_this_machine() {
+        let base = |url: &str| {
+            let s = Settings::load(&sources(&[
+                ("TWILIO_RECEIVER__TWILIO__API_BASE_URL", url),
+                ("TWILIO_AUTH_TOKEN", "t"),
+            ]))
+            .unwrap();
+            let found = s
+                .problems()
+                .iter()
+                .any(|p| p.starts_with("twilio.api_base_url"));
+            assert_eq!(
+                found,
+                s.twilio.api_base().is_err(),
+                "{url}: {:?}",
+                s.problems()
+            );
+            s.twilio.api_base()
+        };
+        for (url, expected) in [
+            ("https://api.twilio.com", "https://api.twilio.com"),
+            (
+                "https://api.dublin.ie1.twilio.com/",
+                "https://api.dublin.ie1.twilio.com",
+            ),
+            ("http://127.0.0.1:4010", "http://127.0.0.1:4010"),
+            ("http://[::1]:4010/", "http://[::1]:4010"),
+            ("HTTP://LOCALHOST:4010", "http://localhost:4010"),
+        ] {
+            assert_eq!(base(url).as_deref(), Ok(expected), "{url}");
+        }
+        for url in [
+            "http://api.twilio.com",
+            "http://10.0.0.1:4010",
+            "http://127.0.0.1.evil.example",
+            "ftp://api.twilio.com",
+            "api.twilio.com",
+            "https://user:pw@api.twilio.com",
+            "https://api.twilio.com/?edge=dublin",
+            "",
+        ] {
+            assert!(base(url).is_err(), "{url} was accepted");
+        }
+    }
+
+    #[test]
+    fn rest_check_config_says_when_reconcile_lacks_an_account_or_a_credential() {
+        let reconcile_problems = |env: &[(&str, &str)]| {
+            let mut env = env.to_vec();
+            env.push(("TWILIO_RECEIVER__RECONCILE__ENABLED", "true"));
+            let s = Settings::load(&sources(&env)).unwrap();
+            s.problems()
+                .into_iter()
+                .filter(|p| p.starts_with("reconcile") || p.contains("twilio.api_"))
+                .collect::<Vec<_>>()
+        };
+        let no_account = reconcile_problems(&[("TWILIO_AUTH_TOKEN", "t")]);
+        assert_eq!(no_account.len(), 1, "{no_account:?}");
+        assert!(no_account[0].contains("twilio.account_sid is not set"));
+
+        let no_credential = reconcile_problems(&[("TWILIO_ACCOUNT_SID", SID)]);
+        assert_eq!(no_credential.len(), 1, "{no_credential:?}");
+        assert!(no_credential[0].contains("no credential for twilio.account_sid"));
+        // A sub-account's token is no credential for the main account.
+        let s = {
+            let mut s = Settings::load(&sources(&[
+                ("TWILIO_ACCOUNT_SID", SID),
+                ("TWILIO_RECEIVER__RECONCILE__ENABLED", "true"),
+            ]))
+            .unwrap();
+            s.twilio.accounts.insert(
+                "acfedcba9876543210fedcba9876543210".into(),
+                vec![SecretString::from("sub-token")],
+            );
+            s
+        };
+        assert!(s.problems().iter().any(|p| p.contains("no credential")));
+
+        assert!(
+            reconcile_problems(&[("TWILIO_ACCOUNT_SID", SID), ("TWILIO_AUTH_TOKEN", "t")])
+                .is_empty()
+        );
+        assert!(
+            reconcile_problems(&[
+                ("TWILIO_ACCOUNT_SID", SID),
+                ("TWILIO_API_KEY", KEY),
+                ("TWILIO_API_SECRET", "s")
+            ])
+            .is_empty()
+        );
+        let half_key = reconcile_problems(&[("TWILIO_ACCOUNT_SID", SID), ("TWILIO_API_KEY", KEY)]);
+        assert!(
+            half_key.iter().any(|p| p.starts_with("twilio.api_secret")),
+            "{half_key:?}"
+        );
+        assert!(
+            half_key.iter().any(|p| p.contains("no credential")),
+            "{half_key:?}"
+        );
+
+        // Off, nothing is required; a malformed SID or half a key is reported all the same.
+        let s = Settings::load(&sources(&[("TWILIO_AUTH_TOKEN", "t")])).unwrap();
+        assert!(s.problems().is_empty(), "{:?}", s.problems());
+        let s = Settings::load(&sources(&[
+            ("TWILIO_AUTH_TOKEN", "t"),
+            ("TWILIO_ACCOUNT_SID", "AC123"),
+            ("TWILIO_API_SECRET", "s"),
+            ("TWILIO_RECEIVER__RECONCILE__INTERVAL_MS", "0"),
+        ]))
+        .unwrap();
+        let problems = s.problems().join("\n");
+        assert!(
+            problems.contains("twilio.account_sid: not an Account SID"),
+            "{problems}"
+        );
+        assert!(
+            problems.contains("twilio.api_key: twilio.api_secret is set"),
+            "{problems}"
+        );
+        assert!(!problems.contains("reconcile"), "{problems}");
+    }
+
+    #[test]
+    fn rest_api_secret_is_redacted_in_check_config_and_debug() {
+        let s = Settings::load(&sources(&[
+            ("TWILIO_ACCOUNT_SID", SID),
+            ("TWILIO_API_KEY", KEY),
+            ("TWILIO_API_SECRET", "api-key-s3cret"),
+        ]))
+        .unwrap();
+        let printed = format!("{}\n{s:?}", s.redacted_toml());
+        assert!(!printed.contains("api-key-s3cret"), "{printed}");
+        assert!(
+            printed.contains(&format!("api_key = \"{KEY}\"")),
+            "{printed}"
+        );
+        assert!(printed.contains("api_secret = \"[redacted]\""), "{printed}");
+        assert!(printed.contains("[reconcile]"), "{printed}");
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub mod media;
 pub mod metrics;
 /// The reply to an inbound message (where the rules engine plugs in).
 pub mod reply;
+/// Twilio's REST API for messages and their media: credentials, paging, retries, limits.
+pub mod rest;
 /// The HTTP layer: routes, extractors, middleware, errors as status codes.
 pub mod routes;
 /// Reply rules: the rules file, compiled and evaluated.

@@ -32,6 +32,12 @@ pub struct Rule {
     pub rule: String,
 }
 
+/// An answer of Twilio's REST API: its HTTP status code, or "error" when none came.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RestStatus {
+    pub status: String,
+}
+
 /// Everything the server counts.
 #[derive(Debug)]
 pub struct Metrics {
@@ -53,6 +59,7 @@ pub struct Metrics {
     pub spool_replayed: Counter,
     pub spool_set_aside: Counter,
     pub spool_pending: Gauge,
+    pub rest_responses: Family<RestStatus, Counter>,
 }
 
 impl Default for Metrics {
@@ -85,6 +92,7 @@ impl Metrics {
         let spool_replayed = Counter::default();
         let spool_set_aside = Counter::default();
         let spool_pending = Gauge::default();
+        let rest_responses = Family::<RestStatus, Counter>::default();
         registry.register(
             "requests",
             "HTTP requests by route and status",
@@ -170,6 +178,11 @@ impl Metrics {
             "Webhooks waiting in the local spool",
             spool_pending.clone(),
         );
+        registry.register(
+            "rest_responses",
+            "Answers from Twilio's REST API by HTTP status (\"error\": none came, a connection or timeout failure)",
+            rest_responses.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -189,6 +202,7 @@ impl Metrics {
             spool_replayed,
             spool_set_aside,
             spool_pending,
+            rest_responses,
         }
     }
 
@@ -227,6 +241,14 @@ impl Metrics {
             .inc();
     }
 
+    /// One answer of Twilio's REST API (`None`: the request failed without one).
+    pub fn rest_response(&self, status: Option<u16>) {
+        let status = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
+        self.rest_responses
+            .get_or_create(&RestStatus { status })
+            .inc();
+    }
+
     pub fn database_time(&self, took: Duration) {
         self.db_seconds.observe(took.as_secs_f64());
     }
@@ -237,6 +259,11 @@ impl Metrics {
         let idle = pool.num_idle() as i64;
         self.pool_idle.set(idle);
         self.pool_in_use.set((size - idle).max(0));
+        self.encode()
+    }
+
+    /// The text exposition as counted so far (the pool gauges as last read).
+    pub fn encode(&self) -> String {
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();

@@ -13,7 +13,7 @@ use twilio_receiver::twilio::signature;
 
 /// Collects everything the subscriber writes.
 #[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+pub struct Captured(pub Arc<Mutex<Vec<u8>>>);
 
 impl Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -33,7 +33,7 @@ impl<'a> MakeWriter<'a> for Captured {
 }
 
 /// JSON logs at `filter`, as `log.format = "json"` produces them, for the current thread.
-fn capture(filter: &str) -> (Captured, tracing::subscriber::DefaultGuard) {
+pub fn capture(filter: &str) -> (Captured, tracing::subscriber::DefaultGuard) {
     every_callsite_has_a_subscriber();
     let out = Captured::default();
     let subscriber = tracing_subscriber::registry()
@@ -248,6 +248,8 @@ async fn no_secret_reaches_the_logs_even_at_trace_level(pool: PgPool) {
 const DB_PASSWORD: &str = "db-pa55word";
 const BASIC_USER: &str = "twilio";
 const BASIC_PASSWORD: &str = "basic-pa55word";
+const API_KEY: &str = "SK00000000000000000000000000000000";
+const API_SECRET: &str = "api-key-pa55word";
 /// The AccountSid of `whatsapp_text`: media is fetched as `AccountSid:AuthToken`.
 const ACCOUNT: &str = "AC00000000000000000000000000000000";
 /// Nothing listens on port 1 of loopback: a database that refuses connections.
@@ -265,6 +267,8 @@ fn secrets() -> Vec<String> {
         DB_PASSWORD.to_owned(),
         BASIC_PASSWORD.to_owned(),
         base64(&format!("{BASIC_USER}:{BASIC_PASSWORD}")),
+        API_SECRET.to_owned(),
+        base64(&format!("{API_KEY}:{API_SECRET}")),
         // The media credentials (Basic AccountSid:AuthToken).
         base64(&format!("{ACCOUNT}:{TOKEN}")),
     ]
@@ -291,6 +295,8 @@ fn secret_settings(url: &str, extra: &[(&str, &str)]) -> twilio_receiver::config
             BASIC_PASSWORD,
         ),
         ("TWILIO_RECEIVER__DATABASE__ACQUIRE_TIMEOUT_MS", "300"),
+        ("TWILIO_API_KEY", API_KEY),
+        ("TWILIO_API_SECRET", API_SECRET),
     ];
     env.extend_from_slice(extra);
     settings(&env)

@@ -1,8 +1,10 @@
 //! HTTP tests against real Postgres: `#[sqlx::test]` gives each test a fresh, migrated
-//! database (DATABASE_URL must point at a server where it can create databases).
+//! database (DATABASE_URL must point at a server where it can create databases). The REST
+//! client's tests (`rest`) run against `fake_twilio` and need no database.
 
 mod cli;
 mod database;
+mod fake_twilio;
 mod fallback;
 mod helpers;
 mod hostile;
@@ -11,6 +13,7 @@ mod logs;
 mod media;
 mod metrics;
 mod requests;
+pub mod rest;
 pub mod rules;
 mod scaling;
 mod server;

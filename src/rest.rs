@@ -1,0 +1,1368 @@
+//! Twilio's REST API for the Messages resources (TWILIO.md §11): an account's messages page
+//! by page, one message, a message's media. This module owns the credentials of each account,
+//! the retry policy (429, 5xx, no answer), the cap on requests in flight per account, and the
+//! typed resources; what is done with them (reconciliation) belongs to its callers.
+//!
+//! Shapes follow Twilio's OpenAPI description (`api_v2010_messages.json` in twilio-oai): dates
+//! are RFC 2822 strings, `num_segments`, `num_media` and `price` are strings, `error_code` is
+//! an integer or null, and a list answers one page at a time, with `next_page_uri` (relative
+//! to the API's base URL, null on the last page) pointing at the next.
+//!
+//! Nothing here logs or returns a credential, a message body or a phone number: paths are
+//! logged at debug without their query string (where `To` and `From` travel), errors carry
+//! Twilio's error code and its message with long digit runs masked, and `Debug` redacts.
+
+use crate::{config::Settings, metrics::Metrics};
+use chrono::{DateTime, TimeDelta, Utc};
+use futures_util::Stream;
+use reqwest::header::{ACCEPT, RETRY_AFTER};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{Value, value::RawValue};
+use std::{
+    collections::HashMap,
+    fmt,
+    marker::PhantomData,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+use tokio::sync::Semaphore;
+
+/// Where every account's resources live.
+const ACCOUNTS: &str = "/2010-04-01/Accounts";
+/// The largest page Twilio serves.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+/// How much of Twilio's error message an error keeps.
+const MAX_MESSAGE_CHARS: usize = 300;
+
+/// One HTTP Basic credential: the user (an AccountSid, or an API key SID `SK…`) and its
+/// secret (the auth token, or the key's secret).
+#[derive(Clone)]
+pub struct Credential {
+    pub user: String,
+    pub secret: SecretString,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("user", &self.user)
+            .field("secret", &"[redacted]")
+            .finish()
+    }
+}
+
+/// An account and the credentials its calls use, in the order they are tried.
+#[derive(Clone, Debug)]
+pub struct AccountCredentials {
+    pub account_sid: String,
+    pub credentials: Vec<Credential>,
+}
+
+/// What a [`RestClient`] is built from: the base URL and credentials from the settings
+/// ([`RestSettings::from_settings`]), and limits that are no settings keys (tests shorten
+/// the waits).
+#[derive(Clone, Debug)]
+pub struct RestSettings {
+    /// `https://api.twilio.com`, or a regional edge; no trailing slash.
+    pub base_url: String,
+    pub accounts: Vec<AccountCredentials>,
+    /// Deadline for one request: connecting, the answer and its body.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Attempts at one request while the answers are 429, 408, 5xx or none at all.
+    pub max_attempts: u32,
+    /// The wait before the second attempt; it doubles each time, with jitter, up to
+    /// `backoff_max`. A 429's `Retry-After` replaces it.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// The longest `Retry-After` obeyed; a longer one is cut to this.
+    pub max_retry_after: Duration,
+    /// Requests in flight at once per account. Twilio limits concurrent requests per account
+    /// (429, error 20429, beyond it), and whatever else uses the account shares that budget.
+    pub max_in_flight: usize,
+}
+
+impl Default for RestSettings {
+    fn default() -> Self {
+        RestSettings {
+            base_url: "https://api.twilio.com".into(),
+            accounts: Vec::new(),
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            max_attempts: 5,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(60),
+            max_in_flight: 4,
+        }
+    }
+}
+
+impl RestSettings {
+    /// The main account (`twilio.account_sid`) with the API key when one is set, else its
+    /// auth tokens; and every `twilio.accounts` sub-account with its own tokens.
+    pub fn from_settings(settings: &Settings) -> Result<Self, String> {
+        let twilio = &settings.twilio;
+        let base_url = twilio.api_base()?;
+        let main = twilio.account_sid.trim();
+        let mut accounts = Vec::new();
+        if !main.is_empty() {
+            let account_sid = canonical_sid(main);
+            let credentials = if twilio.has_api_key() {
+                vec![Credential {
+                    user: canonical_sid(&twilio.api_key),
+                    secret: twilio.api_secret.clone(),
+                }]
+            } else {
+                token_credentials(&account_sid, twilio.tokens_for(main))
+            };
+            accounts.push(AccountCredentials {
+                account_sid,
+                credentials,
+            });
+        }
+        for (sid, tokens) in &twilio.accounts {
+            if !sid.trim().eq_ignore_ascii_case(main) {
+                let account_sid = canonical_sid(sid);
+                accounts.push(AccountCredentials {
+                    credentials: token_credentials(&account_sid, tokens),
+                    account_sid,
+                });
+            }
+        }
+        Ok(RestSettings {
+            base_url,
+            accounts,
+            ..RestSettings::default()
+        })
+    }
+}
+
+fn token_credentials(account_sid: &str, tokens: &[SecretString]) -> Vec<Credential> {
+    tokens
+        .iter()
+        .filter(|t| !t.expose_secret().trim().is_empty())
+        .map(|secret| Credential {
+            user: account_sid.to_owned(),
+            secret: secret.clone(),
+        })
+        .collect()
+}
+
+/// A SID as Twilio writes it: two upper-case letters, then lower-case hexadecimal. The
+/// config crate lower-cases map keys, and the API's paths and users are Twilio's spelling.
+fn canonical_sid(sid: &str) -> String {
+    let sid = sid.trim();
+    let split = sid.char_indices().nth(2).map_or(sid.len(), |(i, _)| i);
+    format!(
+        "{}{}",
+        sid[..split].to_ascii_uppercase(),
+        sid[split..].to_ascii_lowercase()
+    )
+}
+
+/// What Twilio said about a request it refused: its error code and message (digit runs that
+/// could be a phone number masked).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Problem {
+    pub code: Option<u32>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.code, self.message.is_empty()) {
+            (Some(code), false) => write!(f, "Twilio error {code}: {}", self.message),
+            (Some(code), true) => write!(f, "Twilio error {code}"),
+            (None, false) => f.write_str(&self.message),
+            (None, true) => f.write_str("no details"),
+        }
+    }
+}
+
+impl Problem {
+    /// Twilio's JSON error body (`code`, `message`, `more_info`, `status`), if that is what
+    /// came.
+    fn from_body(body: &[u8]) -> Problem {
+        #[derive(Deserialize)]
+        struct ErrorBody {
+            code: Option<Value>,
+            message: Option<String>,
+        }
+        let Ok(parsed) = serde_json::from_slice::<ErrorBody>(body) else {
+            return Problem::default();
+        };
+        let message: String = parsed
+            .message
+            .unwrap_or_default()
+            .chars()
+            .take(MAX_MESSAGE_CHARS)
+            .collect();
+        Problem {
+            code: parsed
+                .code
+                .as_ref()
+                .and_then(integer)
+                .and_then(|c| c.try_into().ok()),
+            message: mask_numbers(&message),
+        }
+    }
+}
+
+/// Errors by meaning. None holds a credential, a query string or a message body.
+#[derive(Debug, thiserror::Error)]
+pub enum RestError {
+    #[error("no REST API credentials configured for account {account}")]
+    NoCredentials { account: String },
+    #[error("the {what} is not a Twilio SID (letters and digits only)")]
+    InvalidSid { what: &'static str },
+    #[error(
+        "unauthorized (401) for account {account}, with each of its {tried} credential(s) ({problem})"
+    )]
+    Unauthorized {
+        account: String,
+        tried: usize,
+        problem: Problem,
+    },
+    #[error("forbidden (403) for account {account} ({problem})")]
+    Forbidden { account: String, problem: Problem },
+    #[error("not found (404): {path} ({problem})")]
+    NotFound { path: String, problem: Problem },
+    #[error("rate limited (429) after {attempts} attempt(s) ({problem})")]
+    RateLimited { attempts: u32, problem: Problem },
+    #[error("server error ({status}) after {attempts} attempt(s) ({problem})")]
+    Server {
+        status: u16,
+        attempts: u32,
+        problem: Problem,
+    },
+    #[error("refused ({status}): {path} ({problem})")]
+    Rejected {
+        status: u16,
+        path: String,
+        problem: Problem,
+    },
+    #[error("no answer after {attempts} attempt(s): {reason}")]
+    Transport { attempts: u32, reason: String },
+    #[error("cannot read the answer to {path}: {reason}")]
+    Decode { path: String, reason: String },
+}
+
+/// Which messages to list: Twilio's `DateSent>`, `DateSent<`, `To`, `From` and `PageSize`.
+#[derive(Clone, Default)]
+pub struct ListFilter {
+    /// Messages sent at or after this time (whole seconds, rounded down).
+    pub date_sent_after: Option<DateTime<Utc>>,
+    /// Messages sent at or before this time (whole seconds, rounded up).
+    pub date_sent_before: Option<DateTime<Utc>>,
+    pub to: Option<String>,
+    pub from: Option<String>,
+    /// Messages per page, 1 to 1000; unset, Twilio's default (50).
+    pub page_size: Option<u32>,
+}
+
+impl fmt::Debug for ListFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |v: &Option<String>| v.as_ref().map(|_| "[redacted]");
+        f.debug_struct("ListFilter")
+            .field("date_sent_after", &self.date_sent_after)
+            .field("date_sent_before", &self.date_sent_before)
+            .field("to", &redacted(&self.to))
+            .field("from", &redacted(&self.from))
+            .field("page_size", &self.page_size)
+            .finish()
+    }
+}
+
+impl ListFilter {
+    /// The query string (form-encoded, as Twilio writes its own: `DateSent%3E=…`).
+    fn query(&self) -> String {
+        const SECONDS: &str = "%Y-%m-%dT%H:%M:%SZ";
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        if let Some(to) = &self.to {
+            q.append_pair("To", to);
+        }
+        if let Some(from) = &self.from {
+            q.append_pair("From", from);
+        }
+        // Twilio compares whole seconds: round outwards, so the window is never narrower
+        // than asked for.
+        if let Some(after) = self.date_sent_after {
+            q.append_pair("DateSent>", &after.format(SECONDS).to_string());
+        }
+        if let Some(before) = self.date_sent_before {
+            let up = if before.timestamp_subsec_nanos() > 0 {
+                before + TimeDelta::seconds(1)
+            } else {
+                before
+            };
+            q.append_pair("DateSent<", &up.format(SECONDS).to_string());
+        }
+        if let Some(size) = self.page_size {
+            q.append_pair("PageSize", &size.clamp(1, MAX_PAGE_SIZE).to_string());
+        }
+        q.finish()
+    }
+}
+
+/// A Message resource as the API gave it.
+#[derive(Clone)]
+pub struct MessageResource {
+    pub sid: String,
+    pub account_sid: String,
+    pub messaging_service_sid: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub body: Option<String>,
+    /// `inbound`, `outbound-api`, `outbound-call`, `outbound-reply`, or whatever Twilio adds.
+    pub direction: String,
+    pub status: String,
+    pub error_code: Option<i32>,
+    pub error_message: Option<String>,
+    /// From Twilio's string; `None` when absent or not a number.
+    pub num_segments: Option<i32>,
+    pub num_media: Option<i32>,
+    /// The decimal exactly as Twilio wrote it (negative: a charge); `None` while pending.
+    pub price: Option<String>,
+    pub price_unit: Option<String>,
+    pub date_created: Option<DateTime<Utc>>,
+    pub date_sent: Option<DateTime<Utc>>,
+    pub date_updated: Option<DateTime<Utc>>,
+    /// The resource's JSON exactly as received.
+    pub raw: Box<RawValue>,
+}
+
+impl fmt::Debug for MessageResource {
+    /// Without the addresses, the body or the raw JSON: they are personal data.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessageResource")
+            .field("sid", &self.sid)
+            .field("account_sid", &self.account_sid)
+            .field("direction", &self.direction)
+            .field("status", &self.status)
+            .field("error_code", &self.error_code)
+            .field("num_segments", &self.num_segments)
+            .field("num_media", &self.num_media)
+            .field("date_sent", &self.date_sent)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A media item of a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MediaResource {
+    pub sid: String,
+    /// The message it belongs to.
+    pub parent_sid: String,
+    pub content_type: Option<String>,
+    /// The resource's path on the API (`…/Media/ME….json`); see [`RestClient::media_url`].
+    pub uri: Option<String>,
+    pub date_created: Option<DateTime<Utc>>,
+}
+
+/// A resource that comes in pages: the key its items sit under in the page, and how one is
+/// read.
+pub trait ListItem: Sized {
+    /// `messages`, `media_list`.
+    const KEY: &'static str;
+    fn decode(raw: Box<RawValue>) -> Result<Self, serde_json::Error>;
+}
+
+impl ListItem for MessageResource {
+    const KEY: &'static str = "messages";
+
+    fn decode(raw: Box<RawValue>) -> Result<Self, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Wire {
+            sid: String,
+            account_sid: String,
+            messaging_service_sid: Option<String>,
+            from: Option<String>,
+            to: Option<String>,
+            body: Option<String>,
+            direction: String,
+            status: String,
+            error_code: Option<Value>,
+            error_message: Option<String>,
+            num_segments: Option<Value>,
+            num_media: Option<Value>,
+            price: Option<Value>,
+            price_unit: Option<String>,
+            date_created: Option<String>,
+            date_sent: Option<String>,
+            date_updated: Option<String>,
+        }
+        let w: Wire = serde_json::from_str(raw.get())?;
+        let small = |v: Option<Value>| v.as_ref().and_then(integer).and_then(|n| n.try_into().ok());
+        Ok(MessageResource {
+            sid: w.sid,
+            account_sid: w.account_sid,
+            messaging_service_sid: w.messaging_service_sid,
+            from: w.from,
+            to: w.to,
+            body: w.body,
+            direction: w.direction,
+            status: w.status,
+            error_code: small(w.error_code),
+            error_message: w.error_message,
+            num_segments: small(w.num_segments),
+            num_media: small(w.num_media),
+            price: w.price.and_then(decimal),
+            price_unit: w.price_unit,
+            date_created: w.date_created.as_deref().and_then(rfc2822),
+            date_sent: w.date_sent.as_deref().and_then(rfc2822),
+            date_updated: w.date_updated.as_deref().and_then(rfc2822),
+            raw,
+        })
+    }
+}
+
+impl ListItem for MediaResource {
+    const KEY: &'static str = "media_list";
+
+    fn decode(raw: Box<RawValue>) -> Result<Self, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Wire {
+            sid: String,
+            parent_sid: String,
+            content_type: Option<String>,
+            uri: Option<String>,
+            date_created: Option<String>,
+        }
+        let w: Wire = serde_json::from_str(raw.get())?;
+        Ok(MediaResource {
+            sid: w.sid,
+            parent_sid: w.parent_sid,
+            content_type: w.content_type,
+            uri: w.uri,
+            date_created: w.date_created.as_deref().and_then(rfc2822),
+        })
+    }
+}
+
+/// An integer given as a number or as a string of digits (Twilio writes counts as strings).
+fn integer(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// A decimal kept as written: a string as it is, a number as its JSON text.
+fn decimal(v: Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.trim().is_empty() => Some(s),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// `Thu, 24 Aug 2023 05:01:45 +0000`; anything else is `None` (the raw JSON keeps it), as
+/// the receiver leaves unparsable webhook values NULL rather than refusing the message.
+fn rfc2822(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc2822(s.trim())
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// One page of a list.
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Twilio's page index, from 0.
+    pub page: u32,
+    pub page_size: u32,
+    /// Kept out of `Debug`: its query string holds the filter's phone numbers.
+    next_page_uri: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// Whether this is the last page (`next_page_uri` was null).
+    pub fn is_last(&self) -> bool {
+        self.next_page_uri.is_none()
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Page<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Page")
+            .field("items", &self.items)
+            .field("page", &self.page)
+            .field("page_size", &self.page_size)
+            .field("is_last", &self.is_last())
+            .finish()
+    }
+}
+
+/// The pages of a list, fetched one at a time as they are asked for, following
+/// `next_page_uri` to the end. After an error there are no more pages.
+pub struct Pages<T> {
+    client: RestClient,
+    account: String,
+    /// The path and query of the next page, or why there is none.
+    next: Option<Result<String, RestError>>,
+    _item: PhantomData<fn() -> T>,
+}
+
+impl<T: ListItem> Pages<T> {
+    /// The next page; `None` after the last one (or after an error).
+    pub async fn next_page(&mut self) -> Option<Result<Page<T>, RestError>> {
+        let path = match self.next.take()? {
+            Ok(path) => path,
+            Err(e) => return Some(Err(e)),
+        };
+        let page = self.client.page::<T>(&self.account, &path).await;
+        if let Ok(page) = &page {
+            self.next = page.next_page_uri.as_deref().map(|next| {
+                // A server that points at the page it just served would be followed forever.
+                if next == path {
+                    Err(decode_error(
+                        &path,
+                        "next_page_uri names the same page again",
+                    ))
+                } else {
+                    self.client.own_path(next, &path).map(str::to_owned)
+                }
+            });
+        }
+        Some(page)
+    }
+
+    /// The pages as a stream.
+    pub fn into_stream(self) -> impl Stream<Item = Result<Page<T>, RestError>> {
+        futures_util::stream::unfold(self, |mut pages| async move {
+            pages.next_page().await.map(|page| (page, pages))
+        })
+    }
+}
+
+/// The client: one per process (clones share the connections, the credential that last
+/// worked and the in-flight limits).
+#[derive(Clone)]
+pub struct RestClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base: String,
+    /// By lower-cased AccountSid.
+    accounts: HashMap<String, Account>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    max_attempts: u32,
+    backoff_base: Duration,
+    backoff_max: Duration,
+    max_retry_after: Duration,
+}
+
+struct Account {
+    sid: String,
+    credentials: Vec<Credential>,
+    /// The credential that worked last, tried first: after a rotation the refused token is
+    /// not tried again on every call.
+    current: AtomicUsize,
+    in_flight: Semaphore,
+}
+
+impl fmt::Debug for RestClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut accounts: Vec<_> = self
+            .inner
+            .accounts
+            .values()
+            .map(|a| (a.sid.as_str(), a.credentials.len()))
+            .collect();
+        accounts.sort_unstable();
+        f.debug_struct("RestClient")
+            .field("base", &self.inner.base)
+            .field("accounts (sid, credentials)", &accounts)
+            .field("limits", &self.inner.limits)
+            .finish()
+    }
+}
+
+/// How one attempt ended.
+enum Verdict {
+    Success(Vec<u8>),
+    Unauthorized(Problem),
+    /// Worth another attempt, after `Retry-After` if the answer gave one.
+    Transient {
+        retry_after: Option<Duration>,
+        failure: Transient,
+    },
+    Final(RestError),
+}
+
+enum Transient {
+    RateLimited(Problem),
+    Server(u16, Problem),
+    Transport(String),
+}
+
+impl Transient {
+    fn into_error(self, attempts: u32) -> RestError {
+        match self {
+            Transient::RateLimited(problem) => RestError::RateLimited { attempts, problem },
+            Transient::Server(status, problem) => RestError::Server {
+                status,
+                attempts,
+                problem,
+            },
+            Transient::Transport(reason) => RestError::Transport { attempts, reason },
+        }
+    }
+}
+
+impl RestClient {
+    pub fn new(settings: RestSettings, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            // The API never redirects; a redirect would carry the Authorization header along.
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(settings.timeout)
+            .connect_timeout(settings.connect_timeout)
+            .user_agent(concat!("twilio-receiver/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let in_flight = settings.max_in_flight.max(1);
+        let accounts = settings
+            .accounts
+            .into_iter()
+            .map(|a| {
+                let account = Account {
+                    sid: canonical_sid(&a.account_sid),
+                    credentials: a.credentials,
+                    current: AtomicUsize::new(0),
+                    in_flight: Semaphore::new(in_flight),
+                };
+                (account.sid.to_ascii_lowercase(), account)
+            })
+            .collect();
+        Ok(RestClient {
+            inner: Arc::new(Inner {
+                http,
+                base: settings.base_url.trim().trim_end_matches('/').to_owned(),
+                accounts,
+                limits: Limits {
+                    max_attempts: settings.max_attempts.max(1),
+                    backoff_base: settings.backoff_base,
+                    backoff_max: settings.backoff_max,
+                    max_retry_after: settings.max_retry_after,
+                },
+                metrics,
+            }),
+        })
+    }
+
+    /// The API's base URL, without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.inner.base
+    }
+
+    /// The accounts with credentials, as Twilio spells their SIDs.
+    pub fn account_sids(&self) -> Vec<String> {
+        let mut sids: Vec<_> = self
+            .inner
+            .accounts
+            .values()
+            .filter(|a| !a.credentials.is_empty())
+            .map(|a| a.sid.clone())
+            .collect();
+        sids.sort_unstable();
+        sids
+    }
+
+    /// An account's messages matching `filter`, newest first, as Twilio lists them. Nothing
+    /// is requested until the first page is asked for.
+    pub fn list_messages(&self, account_sid: &str, filter: &ListFilter) -> Pages<MessageResource> {
+        let first = self.account(account_sid).map(|account| {
+            let query = filter.query();
+            let path = format!("{ACCOUNTS}/{}/Messages.json", account.sid);
+            if query.is_empty() {
+                path
+            } else {
+                format!("{path}?{query}")
+            }
+        });
+        self.pages(account_sid, first)
+    }
+
+    /// One message.
+    pub async fn fetch_message(
+        &self,
+        account_sid: &str,
+        message_sid: &str,
+    ) -> Result<MessageResource, RestError> {
+        let sid = path_sid(message_sid, "message SID")?;
+        let path = format!(
+            "{ACCOUNTS}/{}/Messages/{sid}.json",
+            self.account(account_sid)?.sid
+        );
+        let body = self.get(account_sid, &path).await?;
+        serde_json::from_slice::<Box<RawValue>>(&body)
+            .and_then(MessageResource::decode)
+            .map_err(|e| json_error(&path, &e))
+    }
+
+    /// A message's media items, every page.
+    pub async fn list_media(
+        &self,
+        account_sid: &str,
+        message_sid: &str,
+    ) -> Result<Vec<MediaResource>, RestError> {
+        let sid = path_sid(message_sid, "message SID")?;
+        let first = format!(
+            "{ACCOUNTS}/{}/Messages/{sid}/Media.json",
+            self.account(account_sid)?.sid
+        );
+        let mut pages = self.pages::<MediaResource>(account_sid, Ok(first));
+        let mut media = Vec::new();
+        while let Some(page) = pages.next_page().await {
+            media.extend(page?.items);
+        }
+        Ok(media)
+    }
+
+    /// Where a media item's content is: its resource URI without `.json`, on the configured
+    /// API host. Twilio answers there, given the account's credentials, with the file or a
+    /// redirect to its CDN (the credentials must not follow the redirect).
+    pub fn media_url(&self, media: &MediaResource) -> Option<String> {
+        let uri = media.uri.as_deref()?;
+        let path = self
+            .own_path(uri.strip_suffix(".json").unwrap_or(uri), "")
+            .ok()?;
+        Some(format!("{}{path}", self.inner.base))
+    }
+
+    fn pages<T: ListItem>(&self, account_sid: &str, first: Result<String, RestError>) -> Pages<T> {
+        Pages {
+            client: self.clone(),
+            account: account_sid.to_owned(),
+            next: Some(first),
+            _item: PhantomData,
+        }
+    }
+
+    /// One page at `path` (with its query).
+    async fn page<T: ListItem>(&self, account_sid: &str, path: &str) -> Result<Page<T>, RestError> {
+        let body = self.get(account_sid, path).await?;
+        // A map of raw values keeps every item's JSON exactly as it came.
+        let mut fields: HashMap<String, Box<RawValue>> =
+            serde_json::from_slice(&body).map_err(|e| json_error(path, &e))?;
+        let items: Vec<Box<RawValue>> = match fields.remove(T::KEY) {
+            Some(raw) => serde_json::from_str(raw.get()).map_err(|e| json_error(path, &e))?,
+            None => return Err(decode_error(path, &format!("no `{}` in the page", T::KEY))),
+        };
+        let field = |name: &str| fields.get(name).map(|raw| raw.get());
+        let number = |name: &str| field(name).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
+        let next_page_uri = match field("next_page_uri") {
+            None | Some("null") => None,
+            Some(raw) => {
+                Some(serde_json::from_str::<String>(raw).map_err(|e| json_error(path, &e))?)
+            }
+        };
+        Ok(Page {
+            items: items
+                .into_iter()
+                .map(T::decode)
+                .collect::<Result<_, _>>()
+                .map_err(|e| json_error(path, &e))?,
+            page: number("page"),
+            page_size: number("page_size"),
+            next_page_uri,
+        })
+    }
+
+    /// `uri`, a path Twilio gave (`next_page_uri`, a media `uri`), if it stays on the API's
+    /// host: it must start with one `/`, and hold no backslash, fragment or whitespace.
+    fn own_path<'a>(&self, uri: &'a str, from: &str) -> Result<&'a str, RestError> {
+        let ok = uri.starts_with('/')
+            && !uri.starts_with("//")
+            && !uri.contains(['\\', '#'])
+            && !uri.chars().any(|c| c.is_whitespace() || c.is_control());
+        ok.then_some(uri).ok_or_else(|| {
+            decode_error(from, "a URI in the answer does not stay on the API's host")
+        })
+    }
+
+    fn account(&self, account_sid: &str) -> Result<&Account, RestError> {
+        let sid = path_sid(account_sid, "account SID")?;
+        self.inner
+            .accounts
+            .get(&sid.to_ascii_lowercase())
+            .filter(|a| !a.credentials.is_empty())
+            .ok_or_else(|| RestError::NoCredentials {
+                account: canonical_sid(sid),
+            })
+    }
+
+    /// GETs `path` (with its query) as `account_sid`: the body of a 2xx answer. A 401 moves
+    /// on to the account's next credential (a rotation in progress) until each was refused
+    /// once; 429, 408, 5xx and no answer are tried again, up to `max_attempts`.
+    async fn get(&self, account_sid: &str, path: &str) -> Result<Vec<u8>, RestError> {
+        let account = self.account(account_sid)?;
+        let url = format!("{}{path}", self.inner.base);
+        // Never the query string: the filter's phone numbers travel there.
+        let shown = path.split('?').next().unwrap_or_default();
+        let limits = self.inner.limits;
+        let count = account.credentials.len();
+        let mut credential = account.current.load(Ordering::Relaxed) % count;
+        let (mut refused, mut attempts) = (0, 0);
+        loop {
+            match self.attempt(account, credential, &url, shown).await {
+                Verdict::Success(body) => {
+                    account.current.store(credential, Ordering::Relaxed);
+                    return Ok(body);
+                }
+                Verdict::Unauthorized(problem) => {
+                    refused += 1;
+                    if refused >= count {
+                        return Err(RestError::Unauthorized {
+                            account: account.sid.clone(),
+                            tried: count,
+                            problem,
+                        });
+                    }
+                    tracing::warn!(
+                        account = %account.sid, credential = credential + 1, of = count,
+                        "Twilio REST API refused a credential (401); trying the account's next one"
+                    );
+                    credential = (credential + 1) % count;
+                }
+                Verdict::Transient {
+                    retry_after,
+                    failure,
+                } => {
+                    attempts += 1;
+                    if attempts >= limits.max_attempts {
+                        return Err(failure.into_error(attempts));
+                    }
+                    let wait = retry_after.map_or_else(
+                        || backoff(limits.backoff_base, limits.backoff_max, attempts),
+                        |w| w.min(limits.max_retry_after),
+                    );
+                    tracing::debug!(
+                        path = shown,
+                        attempt = attempts,
+                        wait_ms = wait.as_millis() as u64,
+                        "Twilio REST API: trying again"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                Verdict::Final(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One request with the account's credential number `credential`, counted and judged.
+    async fn attempt(
+        &self,
+        account: &Account,
+        credential: usize,
+        url: &str,
+        shown: &str,
+    ) -> Verdict {
+        let answer = {
+            // The permit covers the request and its body, never the waits between attempts.
+            let _permit = account.in_flight.acquire().await.ok();
+            self.exchange(&account.credentials[credential], url).await
+        };
+        let metrics = &self.inner.metrics;
+        let (status, retry_after, body) = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                metrics.rest_response(None);
+                let reason = describe(&e);
+                tracing::debug!(path = shown, error = %reason, "Twilio REST API: no answer");
+                return Verdict::Transient {
+                    retry_after: None,
+                    failure: Transient::Transport(reason),
+                };
+            }
+        };
+        metrics.rest_response(Some(status));
+        tracing::debug!(path = shown, status, "Twilio REST API answered");
+        if (200..300).contains(&status) {
+            return Verdict::Success(body);
+        }
+        let problem = Problem::from_body(&body);
+        match status {
+            401 => Verdict::Unauthorized(problem),
+            403 => Verdict::Final(RestError::Forbidden {
+                account: account.sid.clone(),
+                problem,
+            }),
+            404 => Verdict::Final(RestError::NotFound {
+                path: shown.to_owned(),
+                problem,
+            }),
+            429 => Verdict::Transient {
+                retry_after,
+                failure: Transient::RateLimited(problem),
+            },
+            408 | 500..=599 => Verdict::Transient {
+                retry_after,
+                failure: Transient::Server(status, problem),
+            },
+            _ => Verdict::Final(RestError::Rejected {
+                status,
+                path: shown.to_owned(),
+                problem,
+            }),
+        }
+    }
+
+    /// The status, `Retry-After` (in seconds, the form Twilio sends) and body of one GET.
+    async fn exchange(
+        &self,
+        credential: &Credential,
+        url: &str,
+    ) -> Result<(u16, Option<Duration>, Vec<u8>), reqwest::Error> {
+        let response = self
+            .inner
+            .http
+            .get(url)
+            .basic_auth(&credential.user, Some(credential.secret.expose_secret()))
+            .header(ACCEPT, "application/json")
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = response.bytes().await?;
+        Ok((status, retry_after, Vec::from(body)))
+    }
+}
+
+/// A SID that can go into a path: letters and digits only, so nothing can climb out of it.
+fn path_sid<'a>(sid: &'a str, what: &'static str) -> Result<&'a str, RestError> {
+    let sid = sid.trim();
+    let ok = !sid.is_empty() && sid.len() <= 64 && sid.bytes().all(|b| b.is_ascii_alphanumeric());
+    ok.then_some(sid).ok_or(RestError::InvalidSid { what })
+}
+
+fn decode_error(path: &str, reason: &str) -> RestError {
+    RestError::Decode {
+        path: path.split('?').next().unwrap_or_default().to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// A JSON error without the text serde quotes from the input (it could be a phone number or
+/// a body): its category and position, and a missing field's name.
+fn json_error(path: &str, e: &serde_json::Error) -> RestError {
+    use serde_json::error::Category;
+    let text = e.to_string();
+    let what = match e.classify() {
+        Category::Data if text.starts_with("missing field") => {
+            text.split(" at line").next().unwrap_or_default().to_owned()
+        }
+        Category::Data => "unexpected shape".to_owned(),
+        Category::Syntax => "not JSON".to_owned(),
+        Category::Eof => "cut short".to_owned(),
+        Category::Io => "unreadable".to_owned(),
+    };
+    decode_error(
+        path,
+        &format!("{what} at line {} column {}", e.line(), e.column()),
+    )
+}
+
+/// Twilio's error messages can quote what was asked for, a phone number included: runs of 7
+/// or more digits standing apart from letters are masked. Error codes (five digits) and SIDs
+/// (digits among letters) stay whole.
+fn mask_numbers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.len() >= 7 && word.bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str("[number]");
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_alphanumeric() {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
+/// Exponential backoff for attempt `attempt` (1: the first retry), capped at `max`, with
+/// "equal jitter" (half fixed, half random) so clients that failed together retry apart.
+fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let full = base
+        .saturating_mul(1 << (attempt.clamp(1, 20) - 1))
+        .min(max);
+    full / 2 + full.mul_f64(random_fraction() / 2.0)
+}
+
+/// A number in [0, 1): `RandomState` is seeded at random and every new one differs, which
+/// is all jitter needs (no random-number crate).
+fn random_fraction() -> f64 {
+    use std::hash::BuildHasher;
+    let n = std::collections::hash_map::RandomState::new().hash_one(0u8);
+    (n % 1_000_000) as f64 / 1_000_000.0
+}
+
+/// A client error without its URL (the query holds phone numbers), with its causes.
+fn describe(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "answer cut short"
+    } else {
+        "request failed"
+    };
+    let mut out = kind.to_owned();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Sources;
+    use chrono::TimeZone;
+
+    const SID: &str = "AC0123456789abcdef0123456789abcdef";
+    const SUB: &str = "ACfedcba9876543210fedcba9876543210";
+    const KEY: &str = "SK00112233445566778899aabbccddeeff";
+
+    /// A message as the API writes one (the shape of twilio-oai's fetch example).
+    const MESSAGE: &str = r#"{"account_sid":"AC0123456789abcdef0123456789abcdef","api_version":"2010-04-01","body":"Hola, ¿qué tal?","date_created":"Thu, 24 Aug 2023 05:01:44 +0000","date_sent":"Thu, 24 Aug 2023 05:01:45 +0000","date_updated":"Thu, 24 Aug 2023 05:01:47 +0000","direction":"outbound-reply","error_code":30008,"error_message":"Unknown error","from":"whatsapp:+14155238886","messaging_service_sid":"MG0123456789abcdef0123456789abcdef","num_media":"1","num_segments":"2","price":"-0.00750","price_unit":"USD","sid":"MM0123456789abcdef0123456789abcdef","status":"undelivered","subresource_uris":{"media":"/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages/MM0123456789abcdef0123456789abcdef/Media.json"},"to":"whatsapp:+15551234567","uri":"/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages/MM0123456789abcdef0123456789abcdef.json"}"#;
+
+    fn raw(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.to_owned()).unwrap()
+    }
+
+    fn settings(env: &[(&str, &str)]) -> Settings {
+        Settings::load(&Sources {
+            config_dir: "/nonexistent".into(),
+            config_file: None,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn rest_message_fields_are_typed_and_the_json_kept_exactly() {
+        let m = MessageResource::decode(raw(MESSAGE)).unwrap();
+        let at = |s| Some(Utc.with_ymd_and_hms(2023, 8, 24, 5, 1, s).unwrap());
+        assert_eq!(m.sid, "MM0123456789abcdef0123456789abcdef");
+        assert_eq!(m.account_sid, SID);
+        assert_eq!(
+            m.messaging_service_sid.as_deref(),
+            Some("MG0123456789abcdef0123456789abcdef")
+        );
+        assert_eq!(m.from.as_deref(), Some("whatsapp:+14155238886"));
+        assert_eq!(m.to.as_deref(), Some("whatsapp:+15551234567"));
+        assert_eq!(m.body.as_deref(), Some("Hola, ¿qué tal?"));
+        assert_eq!(m.direction, "outbound-reply");
+        assert_eq!(m.status, "undelivered");
+        assert_eq!(m.error_code, Some(30008));
+        assert_eq!(m.error_message.as_deref(), Some("Unknown error"));
+        assert_eq!((m.num_segments, m.num_media), (Some(2), Some(1)));
+        assert_eq!(m.price.as_deref(), Some("-0.00750"));
+        assert_eq!(m.price_unit.as_deref(), Some("USD"));
+        assert_eq!(
+            (m.date_created, m.date_sent, m.date_updated),
+            (at(44), at(45), at(47))
+        );
+        assert_eq!(m.raw.get(), MESSAGE);
+    }
+
+    #[test]
+    fn rest_message_nulls_and_odd_values_stay_none() {
+        let json = r#"{"sid":"SM1","account_sid":"AC1","direction":"inbound","status":"received","from":null,"to":"+15551234567","body":null,"messaging_service_sid":null,"error_code":null,"error_message":null,"num_segments":"many","num_media":"0","price":null,"price_unit":null,"date_created":"yesterday","date_sent":null,"date_updated":"Fri, 24 May 2019 17:44:50 -0000","extra":[1,2]}"#;
+        let m = MessageResource::decode(raw(json)).unwrap();
+        assert_eq!(
+            (m.from, m.body, m.messaging_service_sid),
+            (None, None, None)
+        );
+        assert_eq!(
+            (m.error_code, m.num_segments, m.num_media),
+            (None, None, Some(0))
+        );
+        assert_eq!((m.price, m.price_unit), (None, None));
+        assert_eq!((m.date_created, m.date_sent), (None, None));
+        assert_eq!(
+            m.date_updated,
+            Some(Utc.with_ymd_and_hms(2019, 5, 24, 17, 44, 50).unwrap())
+        );
+        // A number where Twilio writes a string is read all the same.
+        let m = MessageResource::decode(raw(
+            r#"{"sid":"SM1","account_sid":"AC1","direction":"inbound","status":"received","num_segments":3,"price":-0.5,"error_code":"63016"}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            (m.num_segments, m.price.as_deref(), m.error_code),
+            (Some(3), Some("-0.5"), Some(63016))
+        );
+        // Without a SID there is nothing to store.
+        assert!(MessageResource::decode(raw(r#"{"account_sid":"AC1"}"#)).is_err());
+    }
+
+    #[test]
+    fn rest_media_fields_are_typed() {
+        let m = MediaResource::decode(raw(
+            r#"{"account_sid":"AC1","content_type":"image/jpeg","date_created":"Sun, 16 Aug 2015 15:53:54 +0000","date_updated":"Sun, 16 Aug 2015 15:53:55 +0000","parent_sid":"MM1","sid":"ME1","uri":"/2010-04-01/Accounts/AC1/Messages/MM1/Media/ME1.json"}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            m,
+            MediaResource {
+                sid: "ME1".into(),
+                parent_sid: "MM1".into(),
+                content_type: Some("image/jpeg".into()),
+                uri: Some("/2010-04-01/Accounts/AC1/Messages/MM1/Media/ME1.json".into()),
+                date_created: Some(Utc.with_ymd_and_hms(2015, 8, 16, 15, 53, 54).unwrap()),
+            }
+        );
+    }
+
+    #[test]
+    fn rest_list_filter_is_twilios_query_rounded_outwards() {
+        let filter = ListFilter {
+            date_sent_after: Some(
+                Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap() + TimeDelta::milliseconds(900),
+            ),
+            date_sent_before: Some(
+                Utc.with_ymd_and_hms(2026, 3, 1, 10, 0, 0).unwrap() + TimeDelta::milliseconds(1),
+            ),
+            to: Some("whatsapp:+14155238886".into()),
+            from: Some("+1 555".into()),
+            page_size: Some(5000),
+        };
+        assert_eq!(
+            filter.query(),
+            "To=whatsapp%3A%2B14155238886&From=%2B1+555\
+             &DateSent%3E=2026-03-01T09%3A00%3A00Z&DateSent%3C=2026-03-01T10%3A00%3A01Z&PageSize=1000"
+        );
+        let exact = ListFilter {
+            date_sent_before: Some(Utc.with_ymd_and_hms(2026, 3, 1, 10, 0, 0).unwrap()),
+            page_size: Some(0),
+            ..ListFilter::default()
+        };
+        assert_eq!(
+            exact.query(),
+            "DateSent%3C=2026-03-01T10%3A00%3A00Z&PageSize=1"
+        );
+        assert_eq!(ListFilter::default().query(), "");
+        let shown = format!("{filter:?}");
+        assert!(
+            !shown.contains("4155238886") && !shown.contains("555"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn rest_settings_pick_the_api_key_or_the_tokens_per_account() {
+        let mut s = settings(&[
+            ("TWILIO_ACCOUNT_SID", &SID.to_ascii_lowercase()),
+            ("TWILIO_RECEIVER__TWILIO__AUTH_TOKENS", "old,new"),
+            (
+                "TWILIO_RECEIVER__TWILIO__API_BASE_URL",
+                "http://127.0.0.1:9/",
+            ),
+        ]);
+        s.twilio.accounts.insert(
+            SUB.to_ascii_lowercase(),
+            vec![SecretString::from("sub-token")],
+        );
+        let rest = RestSettings::from_settings(&s).unwrap();
+        assert_eq!(rest.base_url, "http://127.0.0.1:9");
+        let users = |rest: &RestSettings| -> Vec<(String, Vec<String>)> {
+            rest.accounts
+                .iter()
+                .map(|a| {
+                    let creds = a
+                        .credentials
+                        .iter()
+                        .map(|c| format!("{}:{}", c.user, c.secret.expose_secret()))
+                        .collect();
+                    (a.account_sid.clone(), creds)
+                })
+                .collect()
+        };
+        assert_eq!(
+            users(&rest),
+            [
+                (
+                    SID.to_owned(),
+                    vec![format!("{SID}:old"), format!("{SID}:new")]
+                ),
+                (SUB.to_owned(), vec![format!("{SUB}:sub-token")]),
+            ]
+        );
+
+        let s = settings(&[
+            ("TWILIO_ACCOUNT_SID", SID),
+            ("TWILIO_AUTH_TOKEN", "token"),
+            ("TWILIO_API_KEY", KEY),
+            ("TWILIO_API_SECRET", "key-secret"),
+        ]);
+        let rest = RestSettings::from_settings(&s).unwrap();
+        assert_eq!(
+            users(&rest),
+            [(SID.to_owned(), vec![format!("{KEY}:key-secret")])]
+        );
+        let shown = format!("{rest:?}");
+        assert!(!shown.contains("key-secret"), "{shown}");
+
+        let s = settings(&[(
+            "TWILIO_RECEIVER__TWILIO__API_BASE_URL",
+            "http://api.twilio.com",
+        )]);
+        assert!(RestSettings::from_settings(&s).is_err());
+    }
+
+    #[test]
+    fn rest_sids_are_spelled_as_twilio_does_and_checked_before_a_path() {
+        assert_eq!(canonical_sid(" acABCDEF0123 "), "ACabcdef0123");
+        assert_eq!(canonical_sid("s"), "S");
+        assert_eq!(path_sid("SM0123abc", "message SID").unwrap(), "SM0123abc");
+        let long = "a".repeat(65);
+        for bad in ["", "SM1/../x", "SM1.json", "SM 1", "SM1?x=1", long.as_str()] {
+            assert!(path_sid(bad, "message SID").is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn rest_uris_from_an_answer_must_stay_on_the_api_host() {
+        let client = RestClient::new(RestSettings::default(), Arc::new(Metrics::new())).unwrap();
+        for ok in [
+            "/2010-04-01/Accounts/AC1/Messages.json?Page=1&PageToken=PA1",
+            "/x",
+        ] {
+            assert!(client.own_path(ok, "/p").is_ok(), "{ok}");
+        }
+        for bad in [
+            "https://evil.example/2010-04-01",
+            "//evil.example/x",
+            "/\\evil.example",
+            "2010-04-01/Accounts",
+            "/x\n",
+            "/x#y",
+        ] {
+            assert!(client.own_path(bad, "/p").is_err(), "{bad:?}");
+        }
+        let media = |uri: Option<&str>| MediaResource {
+            sid: "ME1".into(),
+            parent_sid: "MM1".into(),
+            content_type: None,
+            uri: uri.map(str::to_owned),
+            date_created: None,
+        };
+        assert_eq!(
+            client.media_url(&media(Some(
+                "/2010-04-01/Accounts/AC1/Messages/MM1/Media/ME1.json"
+            ))),
+            Some("https://api.twilio.com/2010-04-01/Accounts/AC1/Messages/MM1/Media/ME1".into())
+        );
+        assert_eq!(
+            client.media_url(&media(Some("https://evil.example/ME1.json"))),
+            None
+        );
+        assert_eq!(client.media_url(&media(None)), None);
+    }
+
+    #[test]
+    fn rest_errors_never_quote_a_phone_number() {
+        let problem = Problem::from_body(
+            br#"{"code": 21211, "message": "The 'To' number whatsapp:+15551234567 is not a valid phone number.", "more_info": "https://www.twilio.com/docs/errors/21211", "status": 400}"#,
+        );
+        assert_eq!(problem.code, Some(21211));
+        assert_eq!(
+            problem.message,
+            "The 'To' number whatsapp:+[number] is not a valid phone number."
+        );
+        let kept = mask_numbers(
+            "Resource /Accounts/AC1234567890abcdef/Messages/SM12345678901234.json, error 20404",
+        );
+        assert_eq!(
+            kept,
+            "Resource /Accounts/AC1234567890abcdef/Messages/SM12345678901234.json, error 20404"
+        );
+        assert_eq!(Problem::from_body(b"<html>busy</html>"), Problem::default());
+        assert_eq!(Problem::default().to_string(), "no details");
+
+        let err = MessageResource::decode(raw(
+            r#"{"sid":"SM1","account_sid":"AC1","direction":"inbound","status":"received","from":15551234567}"#,
+        ))
+        .unwrap_err();
+        let shown = json_error("/p?To=%2B15551234567", &err).to_string();
+        assert!(!shown.contains("5551234567"), "{shown}");
+        assert!(shown.contains("unexpected shape"), "{shown}");
+        let missing = MessageResource::decode(raw(r#"{"account_sid":"AC1"}"#)).unwrap_err();
+        assert!(
+            json_error("/p", &missing)
+                .to_string()
+                .contains("missing field `sid`")
+        );
+    }
+
+    #[test]
+    fn rest_message_debug_leaves_out_the_person() {
+        let m = MessageResource::decode(raw(MESSAGE)).unwrap();
+        let shown = format!("{m:?}");
+        assert!(
+            shown.contains("MM0123456789abcdef0123456789abcdef"),
+            "{shown}"
+        );
+        for personal in ["5551234567", "4155238886", "Hola"] {
+            assert!(!shown.contains(personal), "{shown}");
+        }
+        let credential = Credential {
+            user: SID.into(),
+            secret: SecretString::from("tok3n"),
+        };
+        assert!(!format!("{credential:?}").contains("tok3n"));
+    }
+
+    #[test]
+    fn rest_backoff_doubles_within_equal_jitter_and_is_capped() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(1);
+        let samples: Vec<_> = (0..50).map(|_| backoff(base, max, 1)).collect();
+        assert!(
+            samples.iter().all(|d| *d >= base / 2 && *d <= base),
+            "{samples:?}"
+        );
+        assert!(
+            samples.iter().any(|d| *d != samples[0]),
+            "no jitter: {samples:?}"
+        );
+        let third = backoff(base, max, 3);
+        assert!(third >= base * 2 && third <= base * 4, "{third:?}");
+        assert!(backoff(base, max, 40) <= max);
+    }
+}

@@ -22,7 +22,7 @@ use crate::{
     store::{
         self, StoreError,
         notify::{Kind as Notice, Notifier},
-        write::{Callback, Failure, Inbound, Received, Recorded},
+        write::{Callback, Failure, Inbound, Origin, Received, Recorded},
     },
     twilio::{InboundMessage, Kind, MissingParam, Params, ReplyLink, StatusCallback},
     twiml,
@@ -249,6 +249,11 @@ impl Ingest {
             at: webhook.at,
             failure,
             spool_record: spool_record.clone(),
+            origin: match webhook.source {
+                Source::Spool { .. } => Origin::Spool,
+                Source::Live { .. } if fallback => Origin::Fallback,
+                Source::Live { .. } => Origin::Webhook,
+            },
         };
         let decider = Decider {
             rules: self.parts.replier.rules(),

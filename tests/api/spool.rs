@@ -411,3 +411,58 @@ async fn a_late_fallback_call_for_a_replayed_opt_out_stays_silent(pool: PgPool) 
     assert_eq!(up.count("select count(*) from replies").await, 1);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `messages.source` says how each message first arrived, and status events say they came
+/// from a callback: the primary URL, the fallback URL, the spool's replay, and an outbound
+/// message first seen in a status callback.
+#[sqlx::test]
+async fn each_message_says_how_it_first_arrived(pool: PgPool) {
+    let dir = scratch_dir("spool-source");
+    let rules = opt_out_rules("spool-source");
+    let env = env_with_spool(&dir, &rules);
+    let down = app_without_database(&env);
+    let spooled = whatsapp_text(&sid(3), CONTACT, "during the outage");
+    assert_eq!(
+        down.post_signed("/twilio/messages", &spooled).await.status,
+        503
+    );
+
+    let up = TestApp::with_env(pool, &env);
+    assert_eq!(up.replay_spool().await, 1);
+    assert_eq!(up.post_text(1).await.status, 200);
+    assert_eq!(
+        up.post_signed("/twilio/fallback", &fallback_call(2))
+            .await
+            .status,
+        200
+    );
+    // A retry on the primary URL after the fallback stored it: still the fallback's.
+    let retry = whatsapp_text(&sid(2), "whatsapp:+15551234567", "lost?");
+    assert_eq!(up.post_signed("/twilio/messages", &retry).await.status, 200);
+    assert_eq!(
+        up.post_signed("/twilio/status", &callback(&sid(9), "sent", &[]))
+            .await
+            .status,
+        204
+    );
+    let sources: Vec<(String, String)> =
+        sqlx::query_as("select message_sid, source from messages order by message_sid")
+            .fetch_all(&up.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        sources,
+        [
+            (sid(1), "webhook".to_owned()),
+            (sid(2), "fallback".to_owned()),
+            (sid(3), "spool".to_owned()),
+            (sid(9), "webhook".to_owned()),
+        ]
+    );
+    assert_eq!(
+        up.count("select count(*) from message_status_events where source = 'callback'")
+            .await,
+        1
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

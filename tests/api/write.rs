@@ -14,7 +14,7 @@ use twilio_receiver::{
     store::{
         StoreError,
         notify::Notifier,
-        write::{self, Callback, Inbound, Memory, Options, Received, Reply, Stored},
+        write::{self, Callback, Inbound, Memory, Options, Origin, Received, Reply, Stored},
     },
     twilio::{InboundMessage, Kind, Params, StatusCallback},
 };
@@ -44,6 +44,7 @@ fn inbound(sid: &str, business: &str, contact: &str, body: &str, at: DateTime<Ut
         at,
         failure: None,
         spool_record: None,
+        origin: Origin::Webhook,
     }
 }
 

@@ -45,6 +45,29 @@ pub struct Inbound {
     /// The spool record this delivery is (or would be) kept as: its failure row is stored
     /// once however often the record is replayed.
     pub spool_record: Option<String>,
+    /// How the message arrived, stored with it if it is new (`messages.source`).
+    pub origin: Origin,
+}
+
+/// How a message first arrived (`messages.source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The primary URL (an outbound message first seen in a status callback is one too).
+    Webhook,
+    /// The fallback URL.
+    Fallback,
+    /// The spool's replay of a webhook kept while the database was away.
+    Spool,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Webhook => "webhook",
+            Origin::Fallback => "fallback",
+            Origin::Spool => "spool",
+        }
+    }
 }
 
 /// A call to the fallback URL: why Twilio could not use the primary URL.

@@ -47,6 +47,7 @@ pub(super) struct MessageRows<'a> {
     pub received_at: Vec<DateTime<Utc>>,
     pub params: Vec<Json<&'a RawValue>>,
     pub status_rank: Vec<Option<i16>>,
+    pub origin: Vec<&'static str>,
     pub media_sid: Vec<&'a str>,
     pub media_index: Vec<i32>,
     pub media_url: Vec<&'a str>,
@@ -58,8 +59,13 @@ impl<'a> MessageRows<'a> {
         let mut rows = MessageRows::default();
         for &i in order {
             let Inbound {
-                msg, params, at, ..
+                msg,
+                params,
+                at,
+                origin,
+                ..
             } = &batch[i];
+            rows.origin.push(origin.as_str());
             rows.sid.push(msg.sid.as_str());
             rows.account_sid.push(msg.account_sid.as_str());
             rows.messaging_service_sid

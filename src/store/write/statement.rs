@@ -44,7 +44,7 @@ pub(super) async fn execute(
                 referral_source_id, referral_source_url, referral_headline, referral_body,
                 referral_ctwa_clid, from_country, to_country, channel_metadata, status,
                 status_rank, error_code, error_message, in_reply_to, rule, reply_part,
-                received_at, updated_at, params)
+                received_at, updated_at, params, source)
             select t.message_sid, t.account_sid, t.messaging_service_sid, 'inbound',
                    t.channel, t.business, t.contact, t.body, t.num_media, t.num_segments,
                    t.profile_name, t.wa_id, t.external_user_id, t.message_type,
@@ -55,7 +55,7 @@ pub(super) async fn execute(
                    t.referral_body, t.referral_ctwa_clid, t.from_country, t.to_country,
                    t.channel_metadata, t.status, t.status_rank, null::int4, null::text,
                    null::text, null::text, null::int4, t.received_at, t.received_at,
-                   t.params
+                   t.params, t.source
             from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                         $6::text[], $7::text[], $8::int4[], $9::int4[], $10::text[],
                         $11::text[], $12::text[], $13::text[], $14::float8[],
@@ -63,7 +63,7 @@ pub(super) async fn execute(
                         $20::text[], $21::text[], $22::bool[], $23::bool[], $24::text[],
                         $25::text[], $26::text[], $27::text[], $28::text[], $29::text[],
                         $30::text[], $31::text[], $32::jsonb[], $33::text[],
-                        $34::timestamptz[], $35::jsonb[], $36::int2[])
+                        $34::timestamptz[], $35::jsonb[], $36::int2[], $102::text[])
                 as t (message_sid, account_sid, messaging_service_sid, channel, business,
                       contact, body, num_media, num_segments, profile_name, wa_id,
                       external_user_id, message_type, latitude, longitude,
@@ -72,7 +72,7 @@ pub(super) async fn execute(
                       referral_source_type, referral_source_id, referral_source_url,
                       referral_headline, referral_body, referral_ctwa_clid, from_country,
                       to_country, channel_metadata, status, received_at, params,
-                      status_rank)
+                      status_rank, source)
             union all
             select u.message_sid, u.account_sid, u.messaging_service_sid, 'outbound',
                    u.channel, u.business, u.contact,
@@ -82,7 +82,7 @@ pub(super) async fn execute(
                    null, null, null, null, null, null, null, null, null, null, null, null,
                    null, u.status, u.status_rank, u.error_code, u.error_message,
                    u.in_reply_to, u.rule, u.reply_part, u.received_at, u.updated_at,
-                   u.params
+                   u.params, 'webhook'
             from unnest($76::text[], $77::text[], $78::text[], $79::text[], $80::text[],
                         $81::text[], $82::text[], $83::int2[], $84::int4[], $85::text[],
                         $86::text[], $87::text[], $88::int4[], $89::timestamptz[],
@@ -348,6 +348,7 @@ pub(super) async fn execute(
         &r.rule_to,
         &r.body_from,
         &r.body_to,
+        &m.origin as &[&str],
     )
     .fetch_one(&mut *conn)
     .await?;

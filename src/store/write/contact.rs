@@ -96,9 +96,8 @@ impl Contact {
         self
     }
 
-    /// Applies one inbound message received `at`, exactly as the one-at-a-time statement
-    /// does: at or after the window's end it opens a new window, earlier it extends the
-    /// current one. Returns what the rules see.
+    /// Applies one inbound message received `at`: at or after the window's end it opens a
+    /// new window, earlier it extends the current one. Returns what the rules see.
     pub(super) fn receive(&mut self, at: DateTime<Utc>, lookback: Duration) -> Facts {
         self.first = Some(self.first.map_or(at, |f| f.min(at)));
         if self.expires.is_none_or(|expires| at >= expires) {

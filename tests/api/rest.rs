@@ -29,6 +29,18 @@ fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap()
 }
 
+/// Message 1: an inbound "hi" from the contact, in the main account.
+fn add_hello(fake: &FakeTwilio) {
+    fake.add(FakeMessage::inbound(
+        ACCOUNT,
+        &sid(1),
+        CONTACT,
+        BUSINESS,
+        "hi",
+        t0(),
+    ));
+}
+
 /// Settings as a deployment loads them (TWILIO_AUTH_TOKEN is the test token unless `env`
 /// blanks it), for ACCOUNT, with the API at the fake.
 fn deployment(fake: &FakeTwilio, env: &[(&str, &str)]) -> Settings {
@@ -207,14 +219,7 @@ async fn the_pages_are_a_stream_too() {
 #[tokio::test]
 async fn a_rate_limited_request_waits_for_retry_after_then_succeeds() {
     let (fake, client, _) = started().await;
-    fake.add(FakeMessage::inbound(
-        ACCOUNT,
-        &sid(1),
-        CONTACT,
-        BUSINESS,
-        "hi",
-        t0(),
-    ));
+    add_hello(&fake);
     fake.fail_next(1, Failure::RateLimited(Some(1)));
 
     let started = Instant::now();
@@ -232,14 +237,7 @@ async fn a_rate_limited_request_waits_for_retry_after_then_succeeds() {
 #[tokio::test]
 async fn rate_limits_without_retry_after_back_off_and_are_given_up_after_max_attempts() {
     let (fake, client, _) = started().await;
-    fake.add(FakeMessage::inbound(
-        ACCOUNT,
-        &sid(1),
-        CONTACT,
-        BUSINESS,
-        "hi",
-        t0(),
-    ));
+    add_hello(&fake);
     fake.fail_next(2, Failure::RateLimited(None));
     client.fetch_message(ACCOUNT, &sid(1)).await.unwrap();
     assert_eq!(statuses(&fake), [429, 429, 200]);
@@ -259,14 +257,7 @@ async fn rate_limits_without_retry_after_back_off_and_are_given_up_after_max_att
 #[tokio::test]
 async fn server_errors_are_tried_again_then_given_up() {
     let (fake, client, _) = started().await;
-    fake.add(FakeMessage::inbound(
-        ACCOUNT,
-        &sid(1),
-        CONTACT,
-        BUSINESS,
-        "hi",
-        t0(),
-    ));
+    add_hello(&fake);
     fake.fail_next(1, Failure::ServerError);
     assert_eq!(
         client.fetch_message(ACCOUNT, &sid(1)).await.unwrap().sid,
@@ -297,14 +288,7 @@ async fn server_errors_are_tried_again_then_given_up() {
 #[tokio::test]
 async fn a_refused_token_gives_way_to_the_accounts_next_one() {
     let fake = FakeTwilio::start().await;
-    fake.add(FakeMessage::inbound(
-        ACCOUNT,
-        &sid(1),
-        CONTACT,
-        BUSINESS,
-        "hi",
-        t0(),
-    ));
+    add_hello(&fake);
     // Twilio already promoted the new token; this deployment still lists the old one first.
     fake.accept(ACCOUNT, ACCOUNT, "new-token");
     let settings = deployment(
@@ -396,14 +380,7 @@ async fn the_api_key_is_used_for_the_main_account_and_tokens_for_sub_accounts() 
     let fake = FakeTwilio::start().await;
     fake.accept(ACCOUNT, API_KEY, "key-secret");
     fake.accept(SUB_ACCOUNT, SUB_ACCOUNT, "sub-token");
-    fake.add(FakeMessage::inbound(
-        ACCOUNT,
-        &sid(1),
-        CONTACT,
-        BUSINESS,
-        "hi",
-        t0(),
-    ));
+    add_hello(&fake);
     fake.add(FakeMessage::inbound(
         SUB_ACCOUNT,
         &sid(2),
@@ -620,14 +597,7 @@ async fn listed_media_have_every_field_and_their_content_on_the_api_host() {
 #[tokio::test]
 async fn at_most_max_in_flight_requests_run_at_once_per_account() {
     let (fake, _, _) = started().await;
-    fake.add(FakeMessage::inbound(
-        ACCOUNT,
-        &sid(1),
-        CONTACT,
-        BUSINESS,
-        "hi",
-        t0(),
-    ));
+    add_hello(&fake);
     fake.set_delay(Duration::from_millis(50));
     let (client, _) = connect(&deployment(&fake, &[]), |r| r.max_in_flight = 2);
 
@@ -642,14 +612,7 @@ async fn at_most_max_in_flight_requests_run_at_once_per_account() {
 #[tokio::test]
 async fn every_answer_is_counted_by_status() {
     let (fake, client, metrics) = started().await;
-    fake.add(FakeMessage::inbound(
-        ACCOUNT,
-        &sid(1),
-        CONTACT,
-        BUSINESS,
-        "hi",
-        t0(),
-    ));
+    add_hello(&fake);
     fake.fail_next(1, Failure::ServerError);
     fake.fail_next(1, Failure::RateLimited(Some(0)));
     client.fetch_message(ACCOUNT, &sid(1)).await.unwrap();

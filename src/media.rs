@@ -255,7 +255,7 @@ impl Archiver {
             let r = request
                 .send()
                 .await
-                .map_err(|e| Failure::Transient(describe(e)))?;
+                .map_err(|e| Failure::Transient(crate::rest::describe(&e)))?;
             if !r.status().is_redirection() {
                 response = Some(r);
                 break;
@@ -337,7 +337,7 @@ impl Archiver {
                 Ok(c) => c,
                 Err(e) => {
                     let _ = writer.abort().await;
-                    return Err(Failure::Transient(describe(e)));
+                    return Err(Failure::Transient(crate::rest::describe(&e)));
                 }
             };
             bytes += chunk.len() as u64;
@@ -420,20 +420,6 @@ fn backoff(base_ms: u64, attempt: i32, sid: &str, index: i32) -> Duration {
         .fold(start, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
     let jitter = capped.mul_f64((seed % 1000) as f64 / 4000.0);
     capped + jitter
-}
-
-/// An HTTP client error without its URL (which may carry a pre-signed token).
-fn describe(e: reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else if e.is_body() || e.is_decode() {
-        "body interrupted"
-    } else {
-        "request failed"
-    };
-    format!("{kind}: {}", e.without_url())
 }
 
 #[cfg(test)]

@@ -1023,8 +1023,9 @@ fn random_fraction() -> f64 {
     (n % 1_000_000) as f64 / 1_000_000.0
 }
 
-/// A client error without its URL (the query holds phone numbers), with its causes.
-fn describe(e: &reqwest::Error) -> String {
+/// An HTTP client error without its URL (a query can hold phone numbers, a media URL a
+/// pre-signed token), with its causes. Shared with the media archive.
+pub(crate) fn describe(e: &reqwest::Error) -> String {
     let kind = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {

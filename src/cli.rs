@@ -1,6 +1,8 @@
 //! The command line: `serve` (the default), `migrate`, `check-config`, `sign`, `verify`,
 //! `healthcheck`. Exit codes: 0 success, 1 a failed check, 2 a usage error.
 
+mod backfill;
+
 use crate::{
     config::{Settings, Sources},
     startup::{self, Application},
@@ -96,6 +98,22 @@ enum Command {
         #[arg(long, default_value_t = 5000)]
         batch: i64,
     },
+    /// Import the account's messages sent in a time range that are not stored yet, from
+    /// Twilio's REST API (first deploy, after an outage). Resumable: run it again to
+    /// continue. Ends with `inbound N, outbound N, already stored N, failed N`; exits 1 when
+    /// anything could not be stored.
+    Backfill {
+        /// Messages sent at or after this time (RFC 3339, e.g. 2026-11-01T00:00:00Z).
+        #[arg(long, value_parser = backfill::rfc3339)]
+        since: chrono::DateTime<chrono::Utc>,
+        /// ... and at or before this time (RFC 3339; default: now).
+        #[arg(long, value_parser = backfill::rfc3339)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only this business address's messages, both ways (repeatable; default:
+        /// reconcile.senders, or the whole account).
+        #[arg(long = "sender")]
+        senders: Vec<String>,
+    },
 }
 
 /// Runs the command line and returns the process exit code.
@@ -131,6 +149,13 @@ pub fn main() -> ExitCode {
         }
         Command::Prune { older_than, batch } => with_settings(&sources, |s| {
             runtime().block_on(prune(s, &older_than, batch.max(1)))
+        }),
+        Command::Backfill {
+            since,
+            until,
+            senders,
+        } => with_settings(&sources, |s| {
+            runtime().block_on(backfill::run(s, since, until, senders))
         }),
     }
 }

@@ -19,6 +19,9 @@ pub mod media;
 /// Prometheus metrics for the admin listener.
 pub mod metrics;
 /// The reply to an inbound message (where the rules engine plugs in).
+/// Completing history from Twilio's REST API through ingest (gap-fill, enrichment, stale
+/// statuses, backfill).
+pub mod reconcile;
 pub mod reply;
 /// Twilio's REST API for messages and their media: credentials, paging, retries, limits.
 pub mod rest;

@@ -38,6 +38,86 @@ pub struct RestStatus {
     pub status: String,
 }
 
+/// How something ended: `ok`, `failed`, `skipped`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Ended {
+    pub result: String,
+}
+
+/// `inbound` or `outbound`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Direction {
+    pub direction: String,
+}
+
+/// Reconciliation with Twilio's REST API.
+#[derive(Debug, Default)]
+pub struct ReconcileMetrics {
+    pub passes: Family<Ended, Counter>,
+    pub found: Family<Direction, Counter>,
+    pub enrichments: Family<Ended, Counter>,
+    pub stale_advanced: Counter,
+    /// The oldest account checkpoint, in Unix seconds (0: none yet).
+    pub checkpoint: Gauge,
+    pub checkpoint_age: Gauge,
+}
+
+impl ReconcileMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "reconcile_passes",
+            "Gap-fill passes by result (skipped: another replica held the pass)",
+            self.passes.clone(),
+        );
+        registry.register(
+            "reconcile_found",
+            "Messages found in Twilio's log that were not stored, by direction (reconcile and backfill)",
+            self.found.clone(),
+        );
+        registry.register(
+            "reconcile_enrichments",
+            "Outbound messages completed from their resource (body, media, times), by result",
+            self.enrichments.clone(),
+        );
+        registry.register(
+            "reconcile_stale_advanced",
+            "Stale outbound statuses advanced from the API",
+            self.stale_advanced.clone(),
+        );
+        registry.register(
+            "reconcile_checkpoint_age_seconds",
+            "Seconds since the oldest reconcile checkpoint (0 until there is one): alert when it grows past a few reconcile intervals",
+            self.checkpoint_age.clone(),
+        );
+    }
+
+    pub fn pass(&self, result: &str) {
+        self.passes
+            .get_or_create(&Ended {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn found(&self, outbound: bool) {
+        let direction = if outbound { "outbound" } else { "inbound" };
+        self.found
+            .get_or_create(&Direction {
+                direction: direction.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn enrichment(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.enrichments
+            .get_or_create(&Ended {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+}
+
 /// Everything the server counts.
 #[derive(Debug)]
 pub struct Metrics {
@@ -60,6 +140,7 @@ pub struct Metrics {
     pub spool_set_aside: Counter,
     pub spool_pending: Gauge,
     pub rest_responses: Family<RestStatus, Counter>,
+    pub reconcile: ReconcileMetrics,
 }
 
 impl Default for Metrics {
@@ -183,8 +264,11 @@ impl Metrics {
             "Answers from Twilio's REST API by HTTP status (\"error\": none came, a connection or timeout failure)",
             rest_responses.clone(),
         );
+        let reconcile = ReconcileMetrics::default();
+        reconcile.register(&mut registry);
         Metrics {
             registry,
+            reconcile,
             requests,
             signature_rejections,
             duplicates,
@@ -259,6 +343,11 @@ impl Metrics {
         let idle = pool.num_idle() as i64;
         self.pool_idle.set(idle);
         self.pool_in_use.set((size - idle).max(0));
+        let checkpoint = self.reconcile.checkpoint.get();
+        if checkpoint > 0 {
+            let age = chrono::Utc::now().timestamp() - checkpoint;
+            self.reconcile.checkpoint_age.set(age.max(0));
+        }
         self.encode()
     }
 

@@ -7,6 +7,7 @@ use crate::{
     ingest::{self, Clock, Grouping, Ingest},
     media::Archiver,
     metrics::Metrics,
+    reconcile::Reconciler,
     reply::Replier,
     routes::{self, AppState, Signing},
     rules::Rules,
@@ -66,12 +67,7 @@ pub fn app_state(
         .public_base()
         .map_err(|e| StartupError::Config(vec![e]))?;
     let metrics = Arc::new(Metrics::new());
-    let replier = Arc::new(Replier::new(
-        rules,
-        settings.default_reply(),
-        settings.fallback_reply(),
-        settings.reply.track_delivery,
-    ));
+    let replier = replier(settings, rules);
     let spool = settings
         .spool
         .dir()
@@ -87,22 +83,7 @@ pub fn app_state(
                 })
         })
         .transpose()?;
-    let ingest = Ingest::start(ingest::Parts {
-        notifier: store::notify::Notifier::spawn(db.clone()),
-        db: db.clone(),
-        replier,
-        metrics: metrics.clone(),
-        spool,
-        clock: wiring.clock,
-        schema_ready: wiring.schema_ready,
-        // Leaves a quarter of the request deadline to answer before the timeout layer's 503.
-        deadline: settings.server.request_timeout() * 3 / 4,
-        archive_media: settings.media.archive,
-        grouping: settings.database.group_commit.then_some(Grouping {
-            writers: settings.database.group_writers,
-            size: settings.database.group_size,
-        }),
-    });
+    let ingest = ingest(settings, db, wiring, metrics.clone(), replier, spool);
     Ok(AppState {
         signing: Arc::new(Signing {
             verifier: settings.verifier(),
@@ -117,6 +98,92 @@ pub fn app_state(
         )),
         metrics,
     })
+}
+
+fn replier(settings: &Settings, rules: Rules) -> Arc<Replier> {
+    Arc::new(Replier::new(
+        rules,
+        settings.default_reply(),
+        settings.fallback_reply(),
+        settings.reply.track_delivery,
+    ))
+}
+
+fn ingest(
+    settings: &Settings,
+    db: PgPool,
+    wiring: Wiring,
+    metrics: Arc<Metrics>,
+    replier: Arc<Replier>,
+    spool: Option<Arc<Spool>>,
+) -> Ingest {
+    Ingest::start(ingest::Parts {
+        notifier: store::notify::Notifier::spawn(db.clone()),
+        db,
+        replier,
+        metrics,
+        spool,
+        clock: wiring.clock,
+        schema_ready: wiring.schema_ready,
+        // Leaves a quarter of the request deadline to answer before the timeout layer's 503.
+        deadline: settings.server.request_timeout() * 3 / 4,
+        archive_media: settings.media.archive,
+        enrich: settings.reconcile.enabled,
+        grouping: settings.database.group_commit.then_some(Grouping {
+            writers: settings.database.group_writers,
+            size: settings.database.group_size,
+        }),
+    })
+}
+
+/// The reconciler over `ingest`, with its own REST client (`twilio.*`).
+pub fn reconciler(
+    settings: &Settings,
+    ingest: Arc<Ingest>,
+    metrics: Arc<Metrics>,
+    db: PgPool,
+) -> Result<Arc<Reconciler>, String> {
+    let rest = crate::rest::RestSettings::from_settings(settings)?;
+    let client = crate::rest::RestClient::new(rest, metrics.clone())?;
+    Ok(Arc::new(Reconciler::new(
+        ingest,
+        client,
+        db,
+        metrics,
+        settings.reconcile.clone(),
+    )))
+}
+
+/// A reconciler for a command (`backfill`): ingest without HTTP and without the spool (the
+/// server's, if one runs, is its own), over `db`.
+pub fn standalone_reconciler(settings: &Settings, db: PgPool) -> Result<Arc<Reconciler>, String> {
+    let rules = settings.load_rules().map_err(|p| p.join("; "))?;
+    let metrics = Arc::new(Metrics::new());
+    let replier = replier(settings, rules);
+    let ingest = ingest(
+        settings,
+        db.clone(),
+        Wiring::default(),
+        metrics.clone(),
+        replier,
+        None,
+    );
+    reconciler(settings, Arc::new(ingest), metrics, db)
+}
+
+/// The archive's settings: media found through the API is on the API's host, which the
+/// archive then trusts with credentials like the hosts in `media.credential_hosts`.
+fn archive_settings(settings: &Settings) -> crate::config::MediaSettings {
+    let mut media = settings.media.clone();
+    if settings.reconcile.enabled
+        && let Some(host) = url::Url::parse(&settings.twilio.api_base_url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+        && !media.credential_hosts.contains(&host)
+    {
+        media.credential_hosts.push(host);
+    }
+    media
 }
 
 /// Retries migrations with capped exponential backoff until Postgres answers, then opens the
@@ -153,6 +220,8 @@ pub struct Application {
     replier: Arc<Replier>,
     rules_file: (PathBuf, bool),
     archiver: Option<Archiver>,
+    /// Reads Twilio's API in the background (`reconcile.enabled`).
+    reconciler: Option<Arc<Reconciler>>,
     /// Replays the spool in the background; flushes the last notifications at shutdown.
     ingest: Arc<Ingest>,
     http: HttpLimits,
@@ -196,9 +265,22 @@ impl Application {
         let archiver = settings
             .media
             .archive
-            .then(|| Archiver::new(db.clone(), settings.media.clone(), settings.verifier()))
+            .then(|| Archiver::new(db.clone(), archive_settings(settings), settings.verifier()))
             .transpose()
             .map_err(|e| StartupError::Config(vec![format!("media.storage: {e}")]))?;
+        let reconciler = settings
+            .reconcile
+            .enabled
+            .then(|| {
+                reconciler(
+                    settings,
+                    state.ingest.clone(),
+                    state.metrics.clone(),
+                    db.clone(),
+                )
+            })
+            .transpose()
+            .map_err(|e| StartupError::Config(vec![e]))?;
         warn_about_risky_settings(settings, &state);
         let addr = settings
             .server
@@ -229,6 +311,7 @@ impl Application {
             schema_ready: ready_rx,
             rules_file: settings.rules_file(),
             archiver,
+            reconciler,
             #[cfg(unix)]
             hangups: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
         })
@@ -278,6 +361,11 @@ impl Application {
             .archiver
             .map(|a| a.spawn(workers_stop.clone()))
             .unwrap_or_default();
+        if let Some(reconciler) = self.reconciler {
+            workers.push(tokio::spawn(
+                reconciler.run_until_stopped(workers_stop.clone()),
+            ));
+        }
         if self.ingest.spool().is_some() {
             workers.push(tokio::spawn(
                 self.ingest.clone().replay_until_stopped(workers_stop),

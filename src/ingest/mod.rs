@@ -8,10 +8,12 @@
 //! contended) means keep it and answer 503. It never sees an HTTP type.
 
 mod decide;
+mod found;
 mod replay;
 mod writer;
 
 pub use crate::store::Cause;
+pub use found::{Found, ImportError, Imported};
 pub use replay::ReplayError;
 pub use writer::Grouping;
 
@@ -22,7 +24,7 @@ use crate::{
     store::{
         self, StoreError,
         notify::{Kind as Notice, Notifier},
-        write::{Callback, Failure, Inbound, Origin, Received, Recorded},
+        write::{Callback, Failure, Inbound, Origin, Received, Recorded, Resource},
     },
     twilio::{InboundMessage, Kind, MissingParam, Params, ReplyLink, StatusCallback},
     twiml,
@@ -62,6 +64,16 @@ pub enum Source {
         record: String,
         answered: Option<Rendered>,
     },
+}
+
+impl Source {
+    /// A live request's arrival: its deadline counts from there.
+    fn arrived(&self) -> Option<std::time::Instant> {
+        match self {
+            Source::Live { arrived } => Some(*arrived),
+            Source::Spool { .. } => None,
+        }
+    }
 }
 
 /// What to answer, once ingest is done with a webhook.
@@ -151,6 +163,9 @@ pub struct Parts {
     pub deadline: Duration,
     /// Queue inbound media for the archive (`media.archive`).
     pub archive_media: bool,
+    /// Queue outbound messages first seen without a body for a read of their resource
+    /// (`reconcile.enabled`).
+    pub enrich: bool,
     /// `None`: group commit off (`database.group_commit = false`), batches of one.
     pub grouping: Option<Grouping>,
 }
@@ -172,6 +187,7 @@ impl Ingest {
             replier: parts.replier.clone(),
             metrics: parts.metrics.clone(),
             archive_media: parts.archive_media,
+            enrich: parts.enrich,
         };
         let writer = Writer::start(cx, parts.grouping);
         Ingest { parts, writer }
@@ -254,6 +270,7 @@ impl Ingest {
                 Source::Live { .. } if fallback => Origin::Fallback,
                 Source::Live { .. } => Origin::Webhook,
             },
+            twilio: Resource::default(),
         };
         let decider = Decider {
             rules: self.parts.replier.rules(),
@@ -265,7 +282,7 @@ impl Ingest {
             },
         };
         let stored = self
-            .within_deadline(&webhook.source, self.writer.receive(item, decider))
+            .within_deadline(webhook.source.arrived(), self.writer.receive(item, decider))
             .await;
         let stored = match stored {
             Ok(stored) => stored,
@@ -320,7 +337,7 @@ impl Ingest {
             Source::Live { .. } => None,
         };
         let recorded = self
-            .within_deadline(&webhook.source, async {
+            .within_deadline(webhook.source.arrived(), async {
                 let answer = match given {
                     Some(answered) => answered,
                     None if store::replies::contact_opted_out(&self.parts.db, sid).await? => {
@@ -370,9 +387,10 @@ impl Ingest {
             link,
             params: webhook.params.to_json(),
             at: webhook.at,
+            found: None,
         };
         let recorded: Recorded = match self
-            .within_deadline(&webhook.source, self.writer.record(callback))
+            .within_deadline(webhook.source.arrived(), self.writer.record(callback))
             .await
         {
             Ok(recorded) => recorded,
@@ -402,18 +420,16 @@ impl Ingest {
     /// idempotent either way.
     async fn within_deadline<T>(
         &self,
-        source: &Source,
+        arrived: Option<std::time::Instant>,
         write: impl Future<Output = Result<T, WriteError>>,
     ) -> Result<T, Failed> {
         if !*self.parts.schema_ready.borrow() {
             return Err(Failed::Away(Away::NotReady));
         }
         let started = tokio::time::Instant::now();
-        let deadline = match source {
-            Source::Live { arrived } => {
-                tokio::time::Instant::from_std(*arrived + self.parts.deadline)
-            }
-            Source::Spool { .. } => started + self.parts.deadline,
+        let deadline = match arrived {
+            Some(arrived) => tokio::time::Instant::from_std(arrived + self.parts.deadline),
+            None => started + self.parts.deadline,
         };
         let written = tokio::time::timeout_at(deadline, write).await;
         self.parts.metrics.database_time(started.elapsed());

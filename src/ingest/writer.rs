@@ -60,6 +60,7 @@ pub(super) struct Context {
     pub replier: Arc<Replier>,
     pub metrics: Arc<Metrics>,
     pub archive_media: bool,
+    pub enrich: bool,
 }
 
 /// The writer tasks' queues (none with group commit off). Cloning shares them; the tasks
@@ -463,6 +464,7 @@ async fn write_with(
     let options = Options {
         lookback,
         archive_media: cx.archive_media,
+        enrich: cx.enrich,
     };
     write::write(conn, inbound, callbacks, options, memory, |i, facts| {
         deciders[i].decide(&cx.replier, &cx.metrics, &inbound[i].msg, facts)

@@ -19,7 +19,8 @@ pub struct Erased {
 }
 
 /// Deletes every row about `contact` (both directions of every conversation with it) in one
-/// statement, so it either all goes or nothing does.
+/// statement, so it either all goes or nothing does, and leaves a tombstone (a hash of the
+/// address) so that reconciliation never brings the contact back from Twilio's log.
 pub async fn contact(pool: &PgPool, contact: &str) -> Result<Erased, StoreError> {
     let r = sqlx::query!(
         r#"
@@ -46,6 +47,15 @@ pub async fn contact(pool: &PgPool, contact: &str) -> Result<Erased, StoreError>
             delete from conversations where contact = $1 returning 1
         ), k as (
             delete from consent where contact = $1 returning 1
+        ), jobs as (
+            delete from enrichment_jobs where message_sid in (select message_sid from m)
+        ), checks as (
+            delete from stale_checks where message_sid in (select message_sid from m)
+        ), tomb as (
+            -- Reconcile and backfill skip this contact from now on: only a hash is kept.
+            insert into erased_contacts (contact_sha256)
+            values (encode(sha256(convert_to($1, 'UTF8')), 'hex'))
+            on conflict do nothing
         )
         select (select count(*) from msg) as "messages!",
                (select count(*) from mm) as "media!",

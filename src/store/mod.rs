@@ -5,6 +5,7 @@ pub mod erase;
 pub mod media;
 pub mod notify;
 pub mod prune;
+pub mod reconcile;
 pub mod replies;
 pub mod write;
 

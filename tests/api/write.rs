@@ -45,6 +45,7 @@ fn inbound(sid: &str, business: &str, contact: &str, body: &str, at: DateTime<Ut
         failure: None,
         spool_record: None,
         origin: Origin::Webhook,
+        twilio: Default::default(),
     }
 }
 
@@ -52,6 +53,7 @@ fn options() -> Options {
     Options {
         lookback: Duration::zero(),
         archive_media: false,
+        enrich: false,
     }
 }
 
@@ -130,6 +132,7 @@ async fn messages_of_one_contact_in_a_batch_each_see_what_the_earlier_ones_left(
         Options {
             lookback: Duration::hours(48),
             archive_media: false,
+            enrich: false,
         },
         &mut Memory::default(),
         |i, f| {
@@ -450,6 +453,7 @@ async fn a_batch_that_cannot_be_stored_whole_is_stored_one_webhook_at_a_time(poo
         schema_ready: tokio::sync::watch::channel(true).1,
         deadline: std::time::Duration::from_secs(10),
         archive_media: false,
+        enrich: false,
         grouping: Some(Grouping {
             writers: 1,
             size: 16,
@@ -568,6 +572,7 @@ fn sent(sid: &str, business: &str, contact: &str, status: &str, at: DateTime<Utc
         link: None,
         params: params.to_json(),
         at,
+        found: None,
     }
 }
 

@@ -47,6 +47,26 @@ pub struct Inbound {
     pub spool_record: Option<String>,
     /// How the message arrived, stored with it if it is new (`messages.source`).
     pub origin: Origin,
+    /// What Twilio's Message resource adds (all `None` for a webhook).
+    pub twilio: Resource,
+}
+
+/// What Twilio's Message resource says that no webhook carries.
+#[derive(Debug, Clone, Default)]
+pub struct Resource {
+    pub created_at: Option<DateTime<Utc>>,
+    pub sent_at: Option<DateTime<Utc>>,
+    /// A decimal as Twilio writes it (`"-0.00500"`); stored as `numeric`.
+    pub price: Option<String>,
+    pub price_unit: Option<String>,
+}
+
+/// An outbound message read from Twilio's API: what its status callbacks never carry.
+pub struct Content {
+    pub origin: Origin,
+    /// Body, media and segments, parsed like an inbound message's.
+    pub msg: InboundMessage,
+    pub twilio: Resource,
 }
 
 /// How a message first arrived (`messages.source`).
@@ -58,6 +78,10 @@ pub enum Origin {
     Fallback,
     /// The spool's replay of a webhook kept while the database was away.
     Spool,
+    /// Found in Twilio's message log by reconciliation (gap-fill, enrichment, stale).
+    Reconcile,
+    /// Imported by `backfill`.
+    Backfill,
 }
 
 impl Origin {
@@ -66,7 +90,14 @@ impl Origin {
             Origin::Webhook => "webhook",
             Origin::Fallback => "fallback",
             Origin::Spool => "spool",
+            Origin::Reconcile => "reconcile",
+            Origin::Backfill => "backfill",
         }
+    }
+
+    /// Read from Twilio's API rather than delivered as a webhook.
+    pub fn is_api(self) -> bool {
+        matches!(self, Origin::Reconcile | Origin::Backfill)
     }
 }
 
@@ -93,9 +124,12 @@ impl Failure {
 pub struct Callback {
     pub cb: StatusCallback,
     pub link: Option<ReplyLink>,
-    /// Every parameter as received (`Params::to_json`).
+    /// Every parameter as received (`Params::to_json`), or the resource's JSON.
     pub params: Box<RawValue>,
+    /// When the event happened: the callback's arrival, or Twilio's `date_updated`.
     pub at: DateTime<Utc>,
+    /// Read from Twilio's API rather than a status callback: the message's content.
+    pub found: Option<Box<Content>>,
 }
 
 /// The reply chosen for a new message, from the facts the read revealed.
@@ -165,6 +199,9 @@ pub struct Options {
     pub lookback: Duration,
     /// Queue new messages' media for the archive.
     pub archive_media: bool,
+    /// Queue outbound messages first seen without a body for a read of their resource
+    /// (`reconcile.enabled`).
+    pub enrich: bool,
 }
 
 /// Attempts that read and write without locking anything (the first may trust the writer's
@@ -366,19 +403,24 @@ async fn store_once(
             outbound: batch.outbound,
             failures: &failures,
             archive_media: batch.options.archive_media,
+            enrich: batch.options.enrich,
         };
         let result = statement::execute(conn, &rows).await?;
         written.callbacks = batch.outbound.recorded(&result);
         recorded_failures = result.failure_records.into_iter().collect();
     }
     settle_outbound_creation(keys, &mut contacts, batch.outbound);
-    memory.remember(
-        keys,
-        contacts,
-        &copies.firsts,
-        inbound,
-        batch.options.lookback,
-    );
+    // A message found late may be older than the contact's state (its consent change can
+    // lose to a later one in SQL): the next batch reads the contact instead.
+    if !inbound.iter().any(|item| item.origin.is_api()) {
+        memory.remember(
+            keys,
+            contacts,
+            &copies.firsts,
+            inbound,
+            batch.options.lookback,
+        );
+    }
     written.inbound = inbound
         .iter()
         .enumerate()

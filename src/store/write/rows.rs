@@ -1,7 +1,8 @@
 //! The column arrays the write statement unnests into rows: one struct per table, one
 //! element per row. A new column is a field here, a bind and a name in the statement.
 
-use super::{Callback, Inbound, Output, Recorded, Reply, contact::Contact};
+use super::{Callback, Inbound, Origin, Output, Recorded, Reply, Resource, contact::Contact};
+use crate::twilio::InboundMessage;
 use crate::twilio::status;
 use chrono::{DateTime, Duration, Utc};
 use serde_json::value::RawValue;
@@ -48,10 +49,47 @@ pub(super) struct MessageRows<'a> {
     pub params: Vec<Json<&'a RawValue>>,
     pub status_rank: Vec<Option<i16>>,
     pub origin: Vec<&'static str>,
-    pub media_sid: Vec<&'a str>,
-    pub media_index: Vec<i32>,
-    pub media_url: Vec<&'a str>,
-    pub media_type: Vec<Option<&'a str>>,
+    pub media: MediaRows<'a>,
+    pub twilio: TwilioRows<'a>,
+}
+
+/// The columns only Twilio's Message resource fills (see [`Resource`]).
+#[derive(Default)]
+pub(super) struct TwilioRows<'a> {
+    pub created_at: Vec<Option<DateTime<Utc>>>,
+    pub sent_at: Vec<Option<DateTime<Utc>>>,
+    pub price: Vec<Option<&'a str>>,
+    pub price_unit: Vec<Option<&'a str>>,
+}
+
+impl<'a> TwilioRows<'a> {
+    fn push(&mut self, r: Option<&'a Resource>) {
+        self.created_at.push(r.and_then(|r| r.created_at));
+        self.sent_at.push(r.and_then(|r| r.sent_at));
+        self.price.push(r.and_then(|r| r.price.as_deref()));
+        self.price_unit
+            .push(r.and_then(|r| r.price_unit.as_deref()));
+    }
+}
+
+/// Media rows: one element per item.
+#[derive(Default)]
+pub(super) struct MediaRows<'a> {
+    pub sid: Vec<&'a str>,
+    pub index: Vec<i32>,
+    pub url: Vec<&'a str>,
+    pub content_type: Vec<Option<&'a str>>,
+}
+
+impl<'a> MediaRows<'a> {
+    fn push(&mut self, msg: &'a InboundMessage) {
+        for m in &msg.media {
+            self.sid.push(msg.sid.as_str());
+            self.index.push(m.index);
+            self.url.push(m.url.as_str());
+            self.content_type.push(m.content_type.as_deref());
+        }
+    }
 }
 
 impl<'a> MessageRows<'a> {
@@ -63,8 +101,10 @@ impl<'a> MessageRows<'a> {
                 params,
                 at,
                 origin,
+                twilio,
                 ..
             } = &batch[i];
+            rows.twilio.push(Some(twilio));
             rows.origin.push(origin.as_str());
             rows.sid.push(msg.sid.as_str());
             rows.account_sid.push(msg.account_sid.as_str());
@@ -110,12 +150,7 @@ impl<'a> MessageRows<'a> {
             rows.params.push(Json(params));
             rows.status_rank
                 .push(msg.status.as_deref().and_then(status::rank));
-            for m in &msg.media {
-                rows.media_sid.push(msg.sid.as_str());
-                rows.media_index.push(m.index);
-                rows.media_url.push(m.url.as_str());
-                rows.media_type.push(m.content_type.as_deref());
-            }
+            rows.media.push(msg);
         }
         rows
     }
@@ -372,6 +407,7 @@ pub(super) struct EventRows<'a> {
     pub at: Vec<DateTime<Utc>>,
     pub params: Vec<Json<&'a RawValue>>,
     pub error_code_raw: Vec<Option<&'a str>>,
+    pub source: Vec<&'static str>,
 }
 
 impl<'a> EventRows<'a> {
@@ -385,6 +421,11 @@ impl<'a> EventRows<'a> {
         self.at.push(c.at);
         self.params.push(Json(&c.params));
         self.error_code_raw.push(c.cb.error_code_raw.as_deref());
+        self.source.push(if c.found.is_some() {
+            "reconcile"
+        } else {
+            "callback"
+        });
     }
 }
 
@@ -407,6 +448,13 @@ pub(super) struct MessageUpserts<'a> {
     pub received_at: Vec<DateTime<Utc>>,
     pub updated_at: Vec<DateTime<Utc>>,
     pub params: Vec<Json<&'a RawValue>>,
+    /// What a message read from Twilio's API brings (NULL for a status callback).
+    pub body: Vec<Option<&'a str>>,
+    pub num_media: Vec<Option<i32>>,
+    pub num_segments: Vec<Option<i32>>,
+    pub twilio: TwilioRows<'a>,
+    pub origin: Vec<&'static str>,
+    pub media: MediaRows<'a>,
 }
 
 impl<'a> MessageUpserts<'a> {
@@ -417,6 +465,7 @@ impl<'a> MessageUpserts<'a> {
         let first = &batch[group[0]];
         let best = &batch[winner];
         let link = group.iter().find_map(|&i| batch[i].link.as_ref());
+        let found = group.iter().find_map(|&i| batch[i].found.as_deref());
         let failure = status::is_failure(&best.cb.status);
         self.sid.push(&first.cb.sid);
         self.account_sid.push(&first.cb.account_sid);
@@ -437,9 +486,21 @@ impl<'a> MessageUpserts<'a> {
         self.in_reply_to.push(link.map(|l| l.reply_to.as_str()));
         self.rule.push(link.and_then(|l| l.rule.as_deref()));
         self.reply_part.push(link.map(|l| l.part));
-        self.received_at.push(first.at);
+        // A message read from the API was created at Twilio's time, not at its last update.
+        let created = found.and_then(|f| f.twilio.created_at);
+        self.received_at.push(created.unwrap_or(first.at));
         self.updated_at
             .push(group.iter().map(|&i| batch[i].at).max().unwrap_or(first.at));
         self.params.push(Json(&first.params));
+        self.body.push(found.map(|f| f.msg.body.as_str()));
+        self.num_media.push(found.and_then(|f| f.msg.num_media));
+        self.num_segments
+            .push(found.and_then(|f| f.msg.num_segments));
+        self.twilio.push(found.map(|f| &f.twilio));
+        self.origin
+            .push(found.map_or(Origin::Webhook, |f| f.origin).as_str());
+        if let Some(f) = found {
+            self.media.push(&f.msg);
+        }
     }
 }

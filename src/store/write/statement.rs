@@ -19,6 +19,7 @@ pub(super) struct Rows<'a> {
     pub outbound: &'a StatusRows<'a>,
     pub failures: &'a FailureRows<'a>,
     pub archive_media: bool,
+    pub enrich: bool,
 }
 
 /// Runs the write. Its length is the statement's: the SQL text and one bind per column
@@ -44,7 +45,8 @@ pub(super) async fn execute(
                 referral_source_id, referral_source_url, referral_headline, referral_body,
                 referral_ctwa_clid, from_country, to_country, channel_metadata, status,
                 status_rank, error_code, error_message, in_reply_to, rule, reply_part,
-                received_at, updated_at, params, source)
+                received_at, updated_at, params, source, twilio_created_at, twilio_sent_at,
+                price, price_unit)
             select t.message_sid, t.account_sid, t.messaging_service_sid, 'inbound',
                    t.channel, t.business, t.contact, t.body, t.num_media, t.num_segments,
                    t.profile_name, t.wa_id, t.external_user_id, t.message_type,
@@ -55,7 +57,8 @@ pub(super) async fn execute(
                    t.referral_body, t.referral_ctwa_clid, t.from_country, t.to_country,
                    t.channel_metadata, t.status, t.status_rank, null::int4, null::text,
                    null::text, null::text, null::int4, t.received_at, t.received_at,
-                   t.params, t.source
+                   t.params, t.source, t.twilio_created_at, t.twilio_sent_at,
+                   t.price::numeric, t.price_unit
             from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                         $6::text[], $7::text[], $8::int4[], $9::int4[], $10::text[],
                         $11::text[], $12::text[], $13::text[], $14::float8[],
@@ -63,7 +66,9 @@ pub(super) async fn execute(
                         $20::text[], $21::text[], $22::bool[], $23::bool[], $24::text[],
                         $25::text[], $26::text[], $27::text[], $28::text[], $29::text[],
                         $30::text[], $31::text[], $32::jsonb[], $33::text[],
-                        $34::timestamptz[], $35::jsonb[], $36::int2[], $102::text[])
+                        $34::timestamptz[], $35::jsonb[], $36::int2[], $102::text[],
+                        $103::timestamptz[], $104::timestamptz[], $105::text[],
+                        $106::text[])
                 as t (message_sid, account_sid, messaging_service_sid, channel, business,
                       contact, body, num_media, num_segments, profile_name, wa_id,
                       external_user_id, message_type, latitude, longitude,
@@ -72,24 +77,31 @@ pub(super) async fn execute(
                       referral_source_type, referral_source_id, referral_source_url,
                       referral_headline, referral_body, referral_ctwa_clid, from_country,
                       to_country, channel_metadata, status, received_at, params,
-                      status_rank, source)
+                      status_rank, source, twilio_created_at, twilio_sent_at, price,
+                      price_unit)
             union all
             select u.message_sid, u.account_sid, u.messaging_service_sid, 'outbound',
                    u.channel, u.business, u.contact,
-                   (select r.bodies[u.reply_part + 1] from replies r
-                    where r.message_sid = u.in_reply_to),
+                   coalesce(u.body, (select r.bodies[u.reply_part + 1] from replies r
+                                     where r.message_sid = u.in_reply_to)),
+                   u.num_media, u.num_segments,
                    null, null, null, null, null, null, null, null, null, null, null, null,
-                   null, null, null, null, null, null, null, null, null, null, null, null,
-                   null, u.status, u.status_rank, u.error_code, u.error_message,
+                   null, null, null, null, null, null, null, null, null, null, null,
+                   u.status, u.status_rank, u.error_code, u.error_message,
                    u.in_reply_to, u.rule, u.reply_part, u.received_at, u.updated_at,
-                   u.params, 'webhook'
+                   u.params, u.source, u.twilio_created_at, u.twilio_sent_at,
+                   u.price::numeric, u.price_unit
             from unnest($76::text[], $77::text[], $78::text[], $79::text[], $80::text[],
                         $81::text[], $82::text[], $83::int2[], $84::int4[], $85::text[],
                         $86::text[], $87::text[], $88::int4[], $89::timestamptz[],
-                        $90::timestamptz[], $91::jsonb[])
+                        $90::timestamptz[], $91::jsonb[], $107::text[], $108::int4[],
+                        $109::int4[], $110::timestamptz[], $111::timestamptz[],
+                        $112::text[], $113::text[], $114::text[])
                 as u (message_sid, account_sid, messaging_service_sid, channel, business,
                       contact, status, status_rank, error_code, error_message,
-                      in_reply_to, rule, reply_part, received_at, updated_at, params)
+                      in_reply_to, rule, reply_part, received_at, updated_at, params, body,
+                      num_media, num_segments, twilio_created_at, twilio_sent_at, price,
+                      price_unit, source)
             on conflict (message_sid) do update set
                 -- A higher rank wins; an unknown status (NULL rank) never replaces a
                 -- known one.
@@ -107,13 +119,21 @@ pub(super) async fn execute(
                 rule = coalesce(m.rule, excluded.rule),
                 reply_part = coalesce(m.reply_part, excluded.reply_part),
                 body = coalesce(m.body, excluded.body),
+                num_media = coalesce(m.num_media, excluded.num_media),
+                num_segments = coalesce(m.num_segments, excluded.num_segments),
+                -- Twilio's own record is the newer truth for these: a price appears late.
+                twilio_created_at = coalesce(excluded.twilio_created_at, m.twilio_created_at),
+                twilio_sent_at = coalesce(excluded.twilio_sent_at, m.twilio_sent_at),
+                price = coalesce(excluded.price, m.price),
+                price_unit = coalesce(excluded.price_unit, m.price_unit),
                 updated_at = greatest(m.updated_at, excluded.updated_at)
             -- An inbound message stored before is a duplicate: left as it is (and not
             -- returned, so the check sees it was not new).
             where excluded.direction = 'outbound'
             -- xmax is 0 on a row this statement inserted rather than updated.
             returning m.message_sid, (m.xmax = 0) as created, m.direction, m.status,
-                      m.business, m.contact, m.channel, m.received_at
+                      m.business, m.contact, m.channel, m.received_at, m.account_sid,
+                      (m.body is null) as no_body
         ), msg as (
             -- The inbound messages new to the table.
             select message_sid from upserted where created and direction = 'inbound'
@@ -122,20 +142,33 @@ pub(super) async fn execute(
             -- message's row too, should a callback name one).
             select * from upserted where not (created and direction = 'inbound')
         ), media as (
+            -- New inbound messages' media, and an outbound message's read from the API
+            -- (kept when it is stored already).
             insert into message_media (
                 message_sid, index, url, content_type, archive_state, archive_next_at)
             select m.message_sid, m.index, m.url, m.content_type,
                    case when $41 then 'pending' end, case when $41 then now() end
-            from unnest($37::text[], $38::int4[], $39::text[], $40::text[])
+            from (select * from unnest($37::text[], $38::int4[], $39::text[], $40::text[])
+                  union all
+                  select * from unnest($115::text[], $116::int4[], $117::text[],
+                                       $118::text[]))
                 as m (message_sid, index, url, content_type)
-            join msg using (message_sid)
+            join upserted using (message_sid)
+            on conflict (message_sid, index) do nothing
+        ), enrich as (
+            -- Outbound messages first seen in a status callback, body unknown: one read of
+            -- their resource each, queued with the row (reconcile.enabled).
+            insert into enrichment_jobs (message_sid, account_sid)
+            select message_sid, account_sid from sent
+            where $120 and created and direction = 'outbound' and no_body
+            on conflict do nothing
         ), ev as (
             insert into message_status_events (
                 message_sid, status, error_code, error_message, raw_dlr_done_date,
-                received_at, params, error_code_raw)
+                received_at, params, error_code_raw, source)
             select * from unnest($68::text[], $69::text[], $70::int4[], $71::text[],
                                  $72::text[], $73::timestamptz[], $74::jsonb[],
-                                 $75::text[])
+                                 $75::text[], $119::text[])
             on conflict (message_sid, status, error_code_raw, raw_dlr_done_date) do nothing
             returning id, message_sid, status, error_code_raw, raw_dlr_done_date
         ), conv as (
@@ -283,10 +316,10 @@ pub(super) async fn execute(
         &m.received_at,
         &m.params as &[Json<&RawValue>],
         &m.status_rank as &[Option<i16>],
-        &m.media_sid as &[&str],
-        &m.media_index,
-        &m.media_url as &[&str],
-        &m.media_type as &[Option<&str>],
+        &m.media.sid as &[&str],
+        &m.media.index,
+        &m.media.url as &[&str],
+        &m.media.content_type as &[Option<&str>],
         rows.archive_media,
         &u.business as &[&str],
         &u.contact as &[&str],
@@ -349,6 +382,24 @@ pub(super) async fn execute(
         &r.body_from,
         &r.body_to,
         &m.origin as &[&str],
+        &m.twilio.created_at as &[Option<DateTime<Utc>>],
+        &m.twilio.sent_at as &[Option<DateTime<Utc>>],
+        &m.twilio.price as &[Option<&str>],
+        &m.twilio.price_unit as &[Option<&str>],
+        &w.body as &[Option<&str>],
+        &w.num_media as &[Option<i32>],
+        &w.num_segments as &[Option<i32>],
+        &w.twilio.created_at as &[Option<DateTime<Utc>>],
+        &w.twilio.sent_at as &[Option<DateTime<Utc>>],
+        &w.twilio.price as &[Option<&str>],
+        &w.twilio.price_unit as &[Option<&str>],
+        &w.origin as &[&str],
+        &w.media.sid as &[&str],
+        &w.media.index,
+        &w.media.url as &[&str],
+        &w.media.content_type as &[Option<&str>],
+        &e.source as &[&str],
+        rows.enrich,
     )
     .fetch_one(&mut *conn)
     .await?;

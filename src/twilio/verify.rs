@@ -229,14 +229,10 @@ pub fn sign(
                 expected: sha256_hex(body),
             }),
             Err(_) => {
-                let (base, fragment) = url
-                    .split_once('#')
-                    .map_or((url, None), |(b, f)| (b, Some(f)));
+                // The hash goes at the end of the query, before any `#fragment`.
+                let (base, fragment) = url.split_at(url.find('#').unwrap_or(url.len()));
                 let sep = if base.contains('?') { '&' } else { '?' };
-                let mut url = format!("{base}{sep}bodySHA256={}", sha256_hex(body));
-                if let Some(f) = fragment {
-                    url = format!("{url}#{f}");
-                }
+                let url = format!("{base}{sep}bodySHA256={}{fragment}", sha256_hex(body));
                 Err(SignError::NeedsBodyHash { url })
             }
         },

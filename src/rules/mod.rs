@@ -154,13 +154,10 @@ impl Rules {
     /// Reads and compiles a rules file. Every problem is reported, each naming the file, the
     /// rule and the reason; a file with any problem yields no rules at all.
     pub fn load(path: &Path) -> Result<Self, Vec<String>> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            vec![format!(
-                "{}: cannot read the rules file: {e}",
-                path.display()
-            )]
-        })?;
-        Self::parse(&text, &path.display().to_string())
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![format!("{origin}: cannot read the rules file: {e}")])?;
+        Self::parse(&text, &origin)
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Self, Vec<String>> {

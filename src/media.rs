@@ -16,7 +16,7 @@ use crate::{
 };
 use futures_util::StreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart, path::Path as ObjectPath};
-use reqwest::{StatusCode, header::LOCATION};
+use reqwest::header::LOCATION;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -193,31 +193,13 @@ impl Archiver {
             Err(Failure::Transient(error)) => self.retry_or_give_up(job, error),
             // Our own storage failing says nothing about the media: retry without using up
             // an attempt, so an outage of the bucket or disk never gives items up.
-            Err(Failure::Storage(error)) => Outcome::Retry {
-                error,
-                after: backoff(
-                    self.settings.retry_base_ms,
-                    job.attempt,
-                    &job.message_sid,
-                    job.index,
-                ),
-                counts: false,
-            },
+            Err(Failure::Storage(error)) => self.retry(job, error, false),
         }
     }
 
     fn retry_or_give_up(&self, job: &Job, error: String) -> Outcome {
         if job.attempt < self.settings.max_attempts {
-            Outcome::Retry {
-                error,
-                after: backoff(
-                    self.settings.retry_base_ms,
-                    job.attempt,
-                    &job.message_sid,
-                    job.index,
-                ),
-                counts: true,
-            }
+            self.retry(job, error, true)
         } else {
             Outcome::Failed {
                 error: format!("gave up after {} attempts: {error}", job.attempt),
@@ -228,6 +210,16 @@ impl Archiver {
     async fn download(&self, job: &Job) -> Result<Outcome, Failure> {
         let response = self.fetch(job).await?;
         self.keep(job, response).await
+    }
+
+    fn retry(&self, job: &Job, error: String, counts: bool) -> Outcome {
+        let base = self.settings.retry_base_ms;
+        let after = backoff(base, job.attempt, &job.message_sid, job.index);
+        Outcome::Retry {
+            error,
+            after,
+            counts,
+        }
     }
 
     /// The media's response, credentials sent to the first (allowed) host only, redirects
@@ -283,21 +275,12 @@ impl Archiver {
         let status = response.status();
         if !status.is_success() {
             let error = format!("HTTP {status}");
-            return Err(
-                if status.is_server_error()
-                    || status == StatusCode::TOO_MANY_REQUESTS
-                    || status == StatusCode::NOT_FOUND
-                    || status == StatusCode::UNAUTHORIZED
-                    || status == StatusCode::FORBIDDEN
-                    || status == StatusCode::REQUEST_TIMEOUT
-                {
-                    // 404 right after receipt (not there yet) and 401/403 (a token being
-                    // rotated) can heal; they are given up after media.max_attempts.
-                    Failure::Transient(error)
-                } else {
-                    Failure::Permanent(error)
-                },
-            );
+            // 404 right after receipt (not there yet) and 401/403 (a token being rotated)
+            // can heal; they are given up after media.max_attempts.
+            return Err(match status.as_u16() {
+                401 | 403 | 404 | 408 | 429 | 500..=599 => Failure::Transient(error),
+                _ => Failure::Permanent(error),
+            });
         }
         Ok(response)
     }
@@ -305,10 +288,9 @@ impl Archiver {
     /// Streams `response` into storage, at most `media.max_bytes`, hashing as it goes.
     async fn keep(&self, job: &Job, response: reqwest::Response) -> Result<Outcome, Failure> {
         let max = self.settings.max_bytes;
+        let too_large = || Failure::Permanent(format!("larger than media.max_bytes ({max})"));
         if response.content_length().is_some_and(|len| len > max) {
-            return Err(Failure::Permanent(format!(
-                "larger than media.max_bytes ({max})"
-            )));
+            return Err(too_large());
         }
         let content_type = response
             .headers()
@@ -333,22 +315,18 @@ impl Archiver {
         let mut bytes: u64 = 0;
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    let _ = writer.abort().await;
-                    return Err(Failure::Transient(crate::rest::describe(&e)));
+            let failure = match chunk {
+                Err(e) => Failure::Transient(crate::rest::describe(&e)),
+                Ok(chunk) if bytes + chunk.len() as u64 > max => too_large(),
+                Ok(chunk) => {
+                    bytes += chunk.len() as u64;
+                    hasher.update(&chunk);
+                    writer.write(&chunk);
+                    continue;
                 }
             };
-            bytes += chunk.len() as u64;
-            if bytes > max {
-                let _ = writer.abort().await;
-                return Err(Failure::Permanent(format!(
-                    "larger than media.max_bytes ({max})"
-                )));
-            }
-            hasher.update(&chunk);
-            writer.write(&chunk);
+            let _ = writer.abort().await;
+            return Err(failure);
         }
         writer
             .finish()

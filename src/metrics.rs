@@ -6,7 +6,7 @@
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
-    registry::Registry,
+    registry::{Metric, Registry},
 };
 use sqlx::PgPool;
 use std::time::Duration;
@@ -152,141 +152,89 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("twilio_receiver");
-        let requests = Family::<RouteStatus, Counter>::default();
-        let signature_rejections = Family::<Reason, Counter>::default();
-        let duplicates = Counter::default();
-        let status_not_advanced = Counter::default();
-        let fallback_calls = Family::<ErrorCode, Counter>::default();
-        let rule_matches = Family::<Rule, Counter>::default();
-        // 0.5 ms to about 4 s.
-        let db_seconds = Histogram::new([
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0,
-        ]);
-        // Webhooks per group-commit transaction: 1 to the largest `database.group_size`.
-        let group_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]);
-        let group_waiting = Gauge::default();
-        let pool_in_use = Gauge::default();
-        let pool_idle = Gauge::default();
-        let requests_shed = Counter::default();
-        let unverified_requests = Counter::default();
-        let spool_appended = Counter::default();
-        let spool_replayed = Counter::default();
-        let spool_set_aside = Counter::default();
-        let spool_pending = Gauge::default();
-        let rest_responses = Family::<RestStatus, Counter>::default();
-        registry.register(
-            "requests",
-            "HTTP requests by route and status",
-            requests.clone(),
-        );
-        registry.register(
-            "signature_rejections",
-            "Requests refused for a missing or wrong signature, by reason",
-            signature_rejections.clone(),
-        );
-        registry.register(
-            "duplicate_deliveries",
-            "Inbound deliveries of a message already stored (retries, fallback after success)",
-            duplicates.clone(),
-        );
-        registry.register(
-            "status_events_not_advancing",
-            "Status callbacks that did not move a message's status forward",
-            status_not_advanced.clone(),
-        );
-        registry.register(
-            "fallback_calls",
-            "Calls to the fallback URL, by Twilio's ErrorCode",
-            fallback_calls.clone(),
-        );
-        registry.register(
-            "rule_matches",
-            "Reply rules that answered, by rule",
-            rule_matches.clone(),
-        );
-        registry.register(
-            "database_seconds",
-            "Time each webhook waited for Postgres to store it (its share of a group commit included)",
-            db_seconds.clone(),
-        );
-        registry.register(
-            "group_commit_size",
-            "Webhooks stored per group-commit transaction",
-            group_size.clone(),
-        );
-        registry.register(
-            "group_commit_waiting",
-            "Webhooks queued for, or being stored by, a group-commit writer",
-            group_waiting.clone(),
-        );
-        registry.register(
-            "pool_connections_in_use",
-            "Database connections in use",
-            pool_in_use.clone(),
-        );
-        registry.register(
-            "pool_connections_idle",
-            "Idle database connections",
-            pool_idle.clone(),
-        );
-        registry.register(
-            "requests_shed",
-            "Requests refused with 503 because too many were in flight",
-            requests_shed.clone(),
-        );
-        registry.register(
-            "unverified_requests",
-            "Webhooks accepted without a signature check (twilio.verify_signatures = false)",
-            unverified_requests.clone(),
-        );
-        registry.register(
-            "spool_appended",
-            "Verified webhooks written to the local spool because Postgres was unavailable",
-            spool_appended.clone(),
-        );
-        registry.register(
-            "spool_replayed",
-            "Spooled webhooks stored in Postgres and removed from the spool",
-            spool_replayed.clone(),
-        );
-        registry.register(
-            "spool_set_aside",
-            "Spooled webhooks that could not be read or stored, moved to the spool's failed/ folder",
-            spool_set_aside.clone(),
-        );
-        registry.register(
-            "spool_pending",
-            "Webhooks waiting in the local spool",
-            spool_pending.clone(),
-        );
-        registry.register(
-            "rest_responses",
-            "Answers from Twilio's REST API by HTTP status (\"error\": none came, a connection or timeout failure)",
-            rest_responses.clone(),
-        );
-        let reconcile = ReconcileMetrics::default();
-        reconcile.register(&mut registry);
+        // Registers a metric (a default one unless given) and keeps a handle for the struct.
+        fn registered<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, m: M) -> M {
+            r.register(name, help, m.clone());
+            m
+        }
+        macro_rules! metric {
+            ($name:literal, $help:literal) => {
+                metric!($name, $help, Default::default())
+            };
+            ($name:literal, $help:literal, $metric:expr) => {
+                registered(&mut registry, $name, $help, $metric)
+            };
+        }
         Metrics {
+            requests: metric!("requests", "HTTP requests by route and status"),
+            signature_rejections: metric!(
+                "signature_rejections",
+                "Requests refused for a missing or wrong signature, by reason"
+            ),
+            duplicates: metric!(
+                "duplicate_deliveries",
+                "Inbound deliveries of a message already stored (retries, fallback after success)"
+            ),
+            status_not_advanced: metric!(
+                "status_events_not_advancing",
+                "Status callbacks that did not move a message's status forward"
+            ),
+            fallback_calls: metric!(
+                "fallback_calls",
+                "Calls to the fallback URL, by Twilio's ErrorCode"
+            ),
+            rule_matches: metric!("rule_matches", "Reply rules that answered, by rule"),
+            // 0.5 ms to about 4 s.
+            db_seconds: metric!(
+                "database_seconds",
+                "Time each webhook waited for Postgres to store it (its share of a group commit included)",
+                Histogram::new([
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0,
+                ])
+            ),
+            // Webhooks per group-commit transaction: 1 to the largest `database.group_size`.
+            group_size: metric!(
+                "group_commit_size",
+                "Webhooks stored per group-commit transaction",
+                Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0])
+            ),
+            group_waiting: metric!(
+                "group_commit_waiting",
+                "Webhooks queued for, or being stored by, a group-commit writer"
+            ),
+            pool_in_use: metric!("pool_connections_in_use", "Database connections in use"),
+            pool_idle: metric!("pool_connections_idle", "Idle database connections"),
+            requests_shed: metric!(
+                "requests_shed",
+                "Requests refused with 503 because too many were in flight"
+            ),
+            unverified_requests: metric!(
+                "unverified_requests",
+                "Webhooks accepted without a signature check (twilio.verify_signatures = false)"
+            ),
+            spool_appended: metric!(
+                "spool_appended",
+                "Verified webhooks written to the local spool because Postgres was unavailable"
+            ),
+            spool_replayed: metric!(
+                "spool_replayed",
+                "Spooled webhooks stored in Postgres and removed from the spool"
+            ),
+            spool_set_aside: metric!(
+                "spool_set_aside",
+                "Spooled webhooks that could not be read or stored, moved to the spool's failed/ folder"
+            ),
+            spool_pending: metric!("spool_pending", "Webhooks waiting in the local spool"),
+            rest_responses: metric!(
+                "rest_responses",
+                "Answers from Twilio's REST API by HTTP status (\"error\": none came, a connection or timeout failure)"
+            ),
+            reconcile: {
+                let reconcile = ReconcileMetrics::default();
+                reconcile.register(&mut registry);
+                reconcile
+            },
             registry,
-            reconcile,
-            requests,
-            signature_rejections,
-            duplicates,
-            status_not_advanced,
-            fallback_calls,
-            rule_matches,
-            db_seconds,
-            group_size,
-            group_waiting,
-            pool_in_use,
-            pool_idle,
-            requests_shed,
-            unverified_requests,
-            spool_appended,
-            spool_replayed,
-            spool_set_aside,
-            spool_pending,
-            rest_responses,
         }
     }
 

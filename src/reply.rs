@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::{Arc, RwLock};
 
 /// The answer chosen for a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Decision {
     /// The rules that answered, in order; empty for the default reply or no reply.
     pub rule: Vec<String>,
@@ -78,17 +78,15 @@ impl Replier {
             };
         }
         // No rule answered: the default reply, never to a contact who opted out.
-        let default = self
-            .default_body
-            .iter()
-            .filter(|_| facts.consent != ConsentState::OptedOut)
-            .flat_map(|body| twiml::split_body(body))
-            .map(|body| (None, twiml::Message::text(body)))
-            .collect();
         Decision {
-            rule: Vec::new(),
-            messages: default,
-            consent: None,
+            messages: self
+                .default_body
+                .iter()
+                .filter(|_| facts.consent != ConsentState::OptedOut)
+                .flat_map(|body| twiml::split_body(body))
+                .map(|body| (None, twiml::Message::text(body)))
+                .collect(),
+            ..Decision::default()
         }
     }
 
@@ -148,13 +146,12 @@ impl Replier {
     /// unreachable: `reply.fallback_body`, or nothing.
     pub fn fallback_decision(&self) -> Decision {
         Decision {
-            rule: Vec::new(),
             messages: self
                 .fallback_body
                 .iter()
                 .map(|body| (None, twiml::Message::text(body.clone())))
                 .collect(),
-            consent: None,
+            ..Decision::default()
         }
     }
 }

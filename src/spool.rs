@@ -155,20 +155,13 @@ impl Spool {
     /// The record in `path`: `Ok(None)` when it is gone (another process sharing the
     /// directory stored it first), `Ok(Err(_))` when it can never be read as a record.
     pub async fn read(&self, path: &Path) -> io::Result<Option<Result<Record, Unreadable>>> {
-        match tokio::fs::read(path).await {
-            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(Unreadable))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        let bytes = unless_gone(tokio::fs::read(path).await)?;
+        Ok(bytes.map(|bytes| serde_json::from_slice(&bytes).map_err(Unreadable)))
     }
 
     /// Removes a record once it is stored.
     pub async fn remove(&self, path: &Path) -> io::Result<()> {
-        match tokio::fs::remove_file(path).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        unless_gone(tokio::fs::remove_file(path).await)?;
         self.metrics.spool_replayed.inc();
         self.metrics.spool_pending.dec();
         Ok(())
@@ -195,16 +188,12 @@ impl Spool {
 pub fn erase_contact(dir: &Path, contact: &str) -> io::Result<usize> {
     let mut erased = 0;
     for folder in [dir.to_owned(), dir.join("failed")] {
-        let paths = match list(&folder) {
-            Ok(paths) => paths,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+        let Some(paths) = unless_gone(list(&folder))? else {
+            continue;
         };
         for path in paths {
-            let bytes = match fs::read(&path) {
-                Ok(bytes) => bytes,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
+            let Some(bytes) = unless_gone(fs::read(&path))? else {
+                continue;
             };
             let about_contact = match serde_json::from_slice::<Record>(&bytes) {
                 Ok(record) => record
@@ -218,12 +207,8 @@ pub fn erase_contact(dir: &Path, contact: &str) -> io::Result<usize> {
                     bytes.windows(needle.len().max(1)).any(|w| w == needle)
                 }
             };
-            if about_contact {
-                match fs::remove_file(&path) {
-                    Ok(()) => erased += 1,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
+            if about_contact && unless_gone(fs::remove_file(&path))?.is_some() {
+                erased += 1;
             }
         }
     }
@@ -238,6 +223,15 @@ pub fn list(dir: &Path) -> io::Result<Vec<PathBuf>> {
         .collect();
     paths.sort();
     Ok(paths)
+}
+
+/// `Ok(None)` for a file or directory that is not there (gone, or never made).
+fn unless_gone<T>(result: io::Result<T>) -> io::Result<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 fn is_temporary(path: &Path) -> bool {

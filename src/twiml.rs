@@ -53,9 +53,9 @@ fn split_at(body: &str, max: usize) -> Vec<String> {
         let window = &rest[..limit];
         // Break where the window ends at a space, else after the last whitespace inside the
         // window, else cut the word.
-        let ends_at_space = rest[limit..].starts_with(char::is_whitespace);
-        let cut = if ends_at_space { Some(limit) } else { None };
-        let cut = cut
+        let cut = rest[limit..]
+            .starts_with(char::is_whitespace)
+            .then_some(limit)
             .or_else(|| {
                 window
                     .char_indices()
@@ -90,7 +90,7 @@ pub fn render(messages: &[Message]) -> String {
         out.push_str("<Message");
         if let Some(action) = &m.action {
             out.push_str(r#" action=""#);
-            escape_attribute(action, &mut out);
+            write_escaped(action, true, &mut out);
             out.push_str(r#"" method="POST""#);
         }
         out.push_str("><Body>");
@@ -113,12 +113,8 @@ pub fn escape(text: &str, out: &mut String) {
     write_escaped(text, false, out);
 }
 
-/// [`escape`] for an attribute value, where parsers also turn a literal tab or newline into a
-/// space (attribute-value normalisation), so those are written as references too.
-fn escape_attribute(text: &str, out: &mut String) {
-    write_escaped(text, true, out);
-}
-
+/// [`escape`]; for an `attribute` value, tabs and newlines are written as references too,
+/// since parsers turn a literal one into a space there (attribute-value normalisation).
 fn write_escaped(text: &str, attribute: bool, out: &mut String) {
     for c in text.chars() {
         match c {

@@ -12,9 +12,10 @@ use crate::{
     twilio::{MissingParam, Rejection},
 };
 use axum::{
-    http::StatusCode,
+    http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
+use std::borrow::Cow;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -64,30 +65,45 @@ impl From<IngestError> for AppError {
 }
 
 impl AppError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            AppError::Rejected(Rejection::UnsupportedMediaType) => {
-                StatusCode::UNSUPPORTED_MEDIA_TYPE
-            }
+    /// The status and the short fixed body a client gets.
+    fn answer(&self) -> (StatusCode, Cow<'static, str>) {
+        let (status, body) = match self {
+            AppError::Rejected(Rejection::UnsupportedMediaType) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "expected application/x-www-form-urlencoded or application/json\n",
+            ),
             AppError::Rejected(Rejection::Signature(_)) | AppError::BadSignature { .. } => {
-                StatusCode::FORBIDDEN
+                (StatusCode::FORBIDDEN, "")
             }
-            AppError::Rejected(Rejection::BadJson)
-            | AppError::MissingParam(_)
-            | AppError::BadBody(_) => StatusCode::BAD_REQUEST,
-            AppError::BodyTooLarge | AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            AppError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            AppError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
-            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            AppError::Bug(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+            AppError::Rejected(Rejection::BadJson) => {
+                (StatusCode::BAD_REQUEST, "the JSON body is not an object\n")
+            }
+            AppError::MissingParam(MissingParam(name)) => {
+                let body = format!("missing required parameter {name}\n");
+                return (StatusCode::BAD_REQUEST, body.into());
+            }
+            AppError::BadBody(_) => (StatusCode::BAD_REQUEST, "request body could not be read\n"),
+            AppError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+            AppError::TooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "a value is too large to store\n",
+            ),
+            AppError::BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request body arrived too slowly\n",
+            ),
+            AppError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "service overloaded\n"),
+            AppError::Unauthorized => (StatusCode::UNAUTHORIZED, ""),
+            AppError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service unavailable\n"),
+            AppError::Bug(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
+        };
+        (status, body.into())
     }
 }
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let status = self.status();
+        let (status, body) = self.answer();
         match &self {
             AppError::Rejected(Rejection::Signature(reason)) => {
                 tracing::warn!(%reason, "rejected a request: signature not valid");
@@ -115,33 +131,9 @@ impl IntoResponse for AppError {
             other => tracing::info!(reason = %other, status = status.as_u16(), "bad request"),
         }
         if let AppError::Unauthorized = self {
-            return (
-                status,
-                [(
-                    axum::http::header::WWW_AUTHENTICATE,
-                    r#"Basic realm="twilio-receiver""#,
-                )],
-            )
-                .into_response();
+            let challenge = r#"Basic realm="twilio-receiver""#;
+            return (status, [(header::WWW_AUTHENTICATE, challenge)]).into_response();
         }
-        let body = match &self {
-            AppError::Rejected(Rejection::Signature(_)) | AppError::BadSignature { .. } => "",
-            AppError::Unavailable(_) => "service unavailable\n",
-            AppError::Bug(_) => "internal error\n",
-            AppError::TooLarge(_) => "a value is too large to store\n",
-            AppError::BodyTooLarge => "request body too large\n",
-            AppError::Rejected(Rejection::UnsupportedMediaType) => {
-                "expected application/x-www-form-urlencoded or application/json\n"
-            }
-            AppError::Rejected(Rejection::BadJson) => "the JSON body is not an object\n",
-            AppError::Unauthorized => "",
-            AppError::BadBody(_) => "request body could not be read\n",
-            AppError::BodyTimeout => "request body arrived too slowly\n",
-            AppError::Overloaded => "service overloaded\n",
-            AppError::MissingParam(MissingParam(name)) => {
-                return (status, format!("missing required parameter {name}\n")).into_response();
-            }
-        };
         (status, body).into_response()
     }
 }

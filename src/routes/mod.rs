@@ -13,8 +13,10 @@ pub use signed::{Signed, Signing};
 use crate::{ingest::Ingest, metrics::Metrics, telemetry};
 use axum::{
     Router,
+    extract::State,
     handler::Handler,
-    http::{HeaderName, StatusCode, header::AUTHORIZATION},
+    http::{HeaderName, StatusCode, header, header::AUTHORIZATION},
+    response::IntoResponse,
     routing::{MethodRouter, get},
 };
 use sqlx::PgPool;
@@ -53,11 +55,10 @@ pub type Shared = Arc<AppState>;
 /// almost nothing. (One middleware, not two: each `from_fn` layer boxes the request's
 /// future once more.)
 async fn admit(
-    axum::extract::State(state): axum::extract::State<Shared>,
+    State(state): State<Shared>,
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse;
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
@@ -83,24 +84,13 @@ async fn admit(
 /// The admin listener's routes: `GET /metrics`. The pool is only read for its gauges.
 pub fn admin_router(metrics: Arc<Metrics>, db: PgPool) -> Router {
     Router::new()
-        .route(
-            "/metrics",
-            get(
-                |axum::extract::State((metrics, db)): axum::extract::State<(
-                    Arc<Metrics>,
-                    PgPool,
-                )>| async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        metrics.render(&db),
-                    )
-                },
-            ),
-        )
+        .route("/metrics", get(serve_metrics))
         .with_state((metrics, db))
+}
+
+async fn serve_metrics(State((metrics, db)): State<(Arc<Metrics>, PgPool)>) -> impl IntoResponse {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], metrics.render(&db))
 }
 
 /// A webhook route: GET and POST, the methods Twilio lets users choose. HEAD is refused
@@ -113,7 +103,7 @@ where
     get(handler.clone()).post(handler).head(|| async {
         (
             StatusCode::METHOD_NOT_ALLOWED,
-            [(axum::http::header::ALLOW, "GET,POST")],
+            [(header::ALLOW, "GET,POST")],
         )
     })
 }

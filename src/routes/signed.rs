@@ -211,14 +211,10 @@ fn forwarded_origin(headers: &HeaderMap) -> (Option<String>, Option<String>, Opt
 }
 
 fn caused_by<E: std::error::Error + 'static>(e: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if err.is::<E>() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
+    std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |e| {
+        e.source()
+    })
+    .any(|e| e.is::<E>())
 }
 
 #[cfg(test)]

@@ -154,13 +154,10 @@ impl Rules {
     /// Reads and compiles a rules file. Every problem is reported, each naming the file, the
     /// rule and the reason; a file with any problem yields no rules at all.
     pub fn load(path: &Path) -> Result<Self, Vec<String>> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            vec![format!(
-                "{}: cannot read the rules file: {e}",
-                path.display()
-            )]
-        })?;
-        Self::parse(&text, &path.display().to_string())
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![format!("{origin}: cannot read the rules file: {e}")])?;
+        Self::parse(&text, &origin)
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Self, Vec<String>> {
@@ -320,6 +317,10 @@ impl Rules {
 
     /// Template variables: only values that are present, so an absent one renders empty.
     fn context(&self, msg: &InboundMessage, facts: &Facts) -> Value {
+        let local = |t: chrono::DateTime<chrono::Utc>| {
+            let t = t.with_timezone(&self.timezone);
+            Value::from(t.format("%Y-%m-%d %H:%M").to_string())
+        };
         let mut c: BTreeMap<&str, Value> = BTreeMap::new();
         c.insert("body", Value::from(msg.body.as_str()));
         c.insert("from", Value::from(msg.from.expose()));
@@ -354,36 +355,19 @@ impl Rules {
                 c.insert(k, Value::from(v.as_str()));
             }
         }
-        if let Some(v) = msg.latitude {
-            c.insert("latitude", Value::from(v));
-        }
-        if let Some(v) = msg.longitude {
-            c.insert("longitude", Value::from(v));
+        for (k, v) in [("latitude", msg.latitude), ("longitude", msg.longitude)] {
+            if let Some(v) = v {
+                c.insert(k, Value::from(v));
+            }
         }
         c.insert("first_contact", Value::from(facts.first_contact));
         c.insert("new_session", Value::from(facts.new_session));
         c.insert("inbound_count", Value::from(facts.inbound_count));
         if let Some(t) = facts.window_expires_at {
-            c.insert(
-                "window_expires_at",
-                Value::from(
-                    t.with_timezone(&self.timezone)
-                        .format("%Y-%m-%d %H:%M")
-                        .to_string(),
-                ),
-            );
+            c.insert("window_expires_at", local(t));
         }
         c.insert("consent", Value::from(facts.consent.as_str()));
-        c.insert(
-            "now",
-            Value::from(
-                facts
-                    .now
-                    .with_timezone(&self.timezone)
-                    .format("%Y-%m-%d %H:%M")
-                    .to_string(),
-            ),
-        );
+        c.insert("now", local(facts.now));
         Value::from_serialize(&c)
     }
 }

@@ -82,50 +82,36 @@ pub enum Outcome {
 
 /// Records a job's outcome and releases its lease.
 pub async fn finish(pool: &PgPool, job: &Job, outcome: &Outcome) -> Result<(), StoreError> {
-    // (state, stored file, error, retry delay, whether to refund this attempt)
-    type Stored<'a> = Option<(&'a str, i64, &'a str, Option<&'a str>)>;
-    let (state, stored, error, retry_after, refund): (
-        &str,
-        Stored<'_>,
-        Option<&str>,
-        Option<f64>,
-        bool,
-    ) = match outcome {
-        Outcome::Stored {
-            key,
-            bytes,
-            sha256,
-            content_type,
-        } => (
-            "stored",
-            Some((
-                key.as_str(),
-                *bytes,
-                sha256.as_str(),
-                content_type.as_deref(),
-            )),
-            None,
-            None,
-            false,
-        ),
+    // (state, error, retry delay, whether to refund this attempt)
+    let (state, error, retry_after, refund) = match outcome {
+        Outcome::Stored { .. } => ("stored", None, None, false),
         Outcome::Retry {
             error,
             after,
             counts,
         } => (
             "pending",
-            None,
             Some(error.as_str()),
             Some(after.as_secs_f64()),
             !counts,
         ),
-        Outcome::Released => ("pending", None, None, Some(0.0), true),
-        Outcome::Failed { error } => ("failed", None, Some(error.as_str()), None, false),
-        Outcome::Refused { error } => ("refused", None, Some(error.as_str()), None, false),
+        Outcome::Released => ("pending", None, Some(0.0), true),
+        Outcome::Failed { error } => ("failed", Some(error.as_str()), None, false),
+        Outcome::Refused { error } => ("refused", Some(error.as_str()), None, false),
     };
-    let (key, bytes, sha256, content_type) = match stored {
-        Some((k, b, h, c)) => (Some(k), Some(b), Some(h), c),
-        None => (None, None, None, None),
+    let (key, bytes, sha256, content_type) = match outcome {
+        Outcome::Stored {
+            key,
+            bytes,
+            sha256,
+            content_type,
+        } => (
+            Some(key.as_str()),
+            Some(*bytes),
+            Some(sha256.as_str()),
+            content_type.as_deref(),
+        ),
+        _ => (None, None, None, None),
     };
     sqlx::query!(
         r#"

@@ -29,81 +29,54 @@ pub async fn older_than(
     cutoff: DateTime<Utc>,
     batch: i64,
 ) -> Result<Pruned, StoreError> {
+    // Runs `$delete` (which deletes at most $2 rows older than $1) until a batch comes back
+    // short; evaluates to the total. A macro, not a function, so each query stays checked.
+    macro_rules! in_batches {
+        ($delete:literal) => {{
+            let mut total = 0;
+            loop {
+                let n = sqlx::query_scalar!(
+                    "with gone as ("
+                        + $delete
+                        + r#" returning 1) select count(*) as "n!" from gone"#,
+                    cutoff,
+                    batch,
+                )
+                .fetch_one(pool)
+                .await?;
+                total += n;
+                if n < batch {
+                    break total;
+                }
+            }
+        }};
+    }
     let mut pruned = messages_older_than(pool, cutoff, batch).await?;
-    pruned.status_events += in_batches(batch, || {
-        sqlx::query_scalar!(
-            r#"
-            with gone as (
-                delete from message_status_events where id in (
-                    select id from message_status_events where received_at < $1 limit $2)
-                returning 1
-            )
-            select count(*) as "n!" from gone
-            "#,
-            cutoff,
-            batch,
-        )
-        .fetch_one(pool)
-    })
-    .await?;
-    pruned.failures += in_batches(batch, || {
-        sqlx::query_scalar!(
-            r#"
-            with gone as (
-                delete from webhook_failures where id in (
-                    select id from webhook_failures where received_at < $1 limit $2)
-                returning 1
-            )
-            select count(*) as "n!" from gone
-            "#,
-            cutoff,
-            batch,
-        )
-        .fetch_one(pool)
-    })
-    .await?;
-    pruned.sessions += in_batches(batch, || {
-        sqlx::query_scalar!(
-            r#"
-            with gone as (
-                -- Expired before the cutoff, so started before it: the index on started_at
-                -- finds them (expires_at has no index, so its updates stay HOT).
-                delete from sessions where id in (
-                    select id from sessions where started_at < $1 and expires_at < $1
-                    limit $2)
-                returning 1
-            )
-            select count(*) as "n!" from gone
-            "#,
-            cutoff,
-            batch,
-        )
-        .fetch_one(pool)
-    })
-    .await?;
+    pruned.status_events += in_batches!(
+        "delete from message_status_events where id in (
+            select id from message_status_events where received_at < $1 limit $2)"
+    );
+    pruned.failures += in_batches!(
+        "delete from webhook_failures where id in (
+            select id from webhook_failures where received_at < $1 limit $2)"
+    );
+    // Expired before the cutoff, so started before it: the index on started_at finds them
+    // (expires_at has no index, so its updates stay HOT).
+    pruned.sessions += in_batches!(
+        "delete from sessions where id in (
+            select id from sessions where started_at < $1 and expires_at < $1 limit $2)"
+    );
     // A conversation goes only once nothing of it is left: no message, no activity since
     // the cutoff (its remaining sessions, all expired, follow by cascade).
-    pruned.conversations += in_batches(batch, || {
-        sqlx::query_scalar!(
-            r#"
-            with gone as (
-                delete from conversations c
-                where (c.business, c.contact) in (
-                    select business, contact from conversations k
-                    where greatest(k.last_inbound_at, k.last_outbound_at, k.updated_at) < $1
-                      and not exists (select 1 from messages m
-                                      where m.business = k.business and m.contact = k.contact)
-                    limit $2)
-                returning 1
-            )
-            select count(*) as "n!" from gone
-            "#,
-            cutoff,
-            batch,
-        )
-        .fetch_one(pool)
-    })
-    .await?;
+    pruned.conversations += in_batches!(
+        "delete from conversations c
+        where (c.business, c.contact) in (
+            select business, contact from conversations k
+            where greatest(k.last_inbound_at, k.last_outbound_at, k.updated_at) < $1
+              and not exists (select 1 from messages m
+                              where m.business = k.business and m.contact = k.contact)
+            limit $2)"
+    );
     Ok(pruned)
 }
 
@@ -154,22 +127,6 @@ async fn messages_older_than(
         }
     }
     Ok(pruned)
-}
-
-/// Runs `delete_batch` (which deletes at most `batch` rows and says how many) until a batch
-/// comes back short; returns the total.
-async fn in_batches<F>(batch: i64, mut delete_batch: impl FnMut() -> F) -> Result<i64, StoreError>
-where
-    F: std::future::Future<Output = Result<i64, sqlx::Error>>,
-{
-    let mut total = 0;
-    loop {
-        let n = delete_batch().await?;
-        total += n;
-        if n < batch {
-            return Ok(total);
-        }
-    }
 }
 
 /// Parses an age such as `90d`, `12h`, `30m` or `45s`.

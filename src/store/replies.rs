@@ -48,18 +48,17 @@ pub async fn reply_on_record(
     pool: &PgPool,
     message_sid: &str,
 ) -> Result<Option<String>, StoreError> {
-    let twiml = sqlx::query_scalar!(
+    Ok(sqlx::query_scalar!(
         "select twiml from replies where message_sid = $1",
         message_sid
     )
     .fetch_optional(pool)
-    .await?;
-    Ok(twiml)
+    .await?)
 }
 
 /// Whether the contact of stored message `message_sid` has opted out of its business.
 pub async fn contact_opted_out(pool: &PgPool, message_sid: &str) -> Result<bool, StoreError> {
-    let opted_out = sqlx::query_scalar!(
+    Ok(sqlx::query_scalar!(
         r#"
         select exists (select 1 from messages m
                        join consent k on k.business = m.business and k.contact = m.contact
@@ -68,6 +67,5 @@ pub async fn contact_opted_out(pool: &PgPool, message_sid: &str) -> Result<bool,
         message_sid
     )
     .fetch_one(pool)
-    .await?;
-    Ok(opted_out)
+    .await?)
 }

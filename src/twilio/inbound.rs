@@ -89,12 +89,6 @@ const MAX_MEDIA_INDEX: u32 = 100;
 
 impl InboundMessage {
     pub fn parse(p: &Params) -> Result<Self, MissingParam> {
-        let required = |name: &'static str| {
-            p.non_empty(name)
-                .map(str::to_owned)
-                .ok_or(MissingParam(name))
-        };
-        let text = |name: &str| p.non_empty(name).map(str::to_owned);
         // Counts: a negative or out-of-range number is no count (NULL; raw in params).
         let count = |name: &str| {
             p.get(name)
@@ -117,49 +111,49 @@ impl InboundMessage {
                 .map(scrub_nul)
         };
         let geo = |prefix: &str| Geo {
-            city: text(&format!("{prefix}City")),
-            state: text(&format!("{prefix}State")),
-            zip: text(&format!("{prefix}Zip")),
-            country: text(&format!("{prefix}Country")),
+            city: p.text(&format!("{prefix}City")),
+            state: p.text(&format!("{prefix}State")),
+            zip: p.text(&format!("{prefix}Zip")),
+            country: p.text(&format!("{prefix}Country")),
         };
 
         Ok(InboundMessage {
-            sid: required("MessageSid")?,
-            account_sid: required("AccountSid")?,
-            from: Address::parse(&required("From")?),
-            to: Address::parse(&required("To")?),
-            messaging_service_sid: text("MessagingServiceSid"),
+            sid: p.required("MessageSid")?,
+            account_sid: p.required("AccountSid")?,
+            from: Address::parse(&p.required("From")?),
+            to: Address::parse(&p.required("To")?),
+            messaging_service_sid: p.text("MessagingServiceSid"),
             body: p.get("Body").unwrap_or_default().to_owned(),
             num_media: count("NumMedia"),
             media: media(p),
             num_segments: count("NumSegments"),
-            status: text("SmsStatus"),
-            api_version: text("ApiVersion"),
-            profile_name: text("ProfileName"),
-            wa_id: text("WaId"),
-            external_user_id: text("ExternalUserId"),
-            message_type: text("MessageType"),
+            status: p.text("SmsStatus"),
+            api_version: p.text("ApiVersion"),
+            profile_name: p.text("ProfileName"),
+            wa_id: p.text("WaId"),
+            external_user_id: p.text("ExternalUserId"),
+            message_type: p.text("MessageType"),
             channel_metadata: json("ChannelMetadata"),
             forwarded: flag("Forwarded"),
             frequently_forwarded: flag("FrequentlyForwarded"),
-            button_text: text("ButtonText"),
-            button_payload: text("ButtonPayload"),
-            replied_to_sid: text("OriginalRepliedMessageSid"),
-            replied_to_sender: text("OriginalRepliedMessageSender"),
+            button_text: p.text("ButtonText"),
+            button_payload: p.text("ButtonPayload"),
+            replied_to_sid: p.text("OriginalRepliedMessageSid"),
+            replied_to_sender: p.text("OriginalRepliedMessageSender"),
             latitude: coordinate("Latitude", 90.0),
             longitude: coordinate("Longitude", 180.0),
-            location_address: text("Address"),
-            location_label: text("Label"),
+            location_address: p.text("Address"),
+            location_label: p.text("Label"),
             referral: Referral {
-                source_type: text("ReferralSourceType"),
-                source_id: text("ReferralSourceId"),
-                source_url: text("ReferralSourceUrl"),
-                headline: text("ReferralHeadline"),
-                body: text("ReferralBody"),
-                ctwa_clid: text("ReferralCtwaClid"),
-                media_id: text("ReferralMediaId"),
-                media_content_type: text("ReferralMediaContentType"),
-                media_url: text("ReferralMediaUrl"),
+                source_type: p.text("ReferralSourceType"),
+                source_id: p.text("ReferralSourceId"),
+                source_url: p.text("ReferralSourceUrl"),
+                headline: p.text("ReferralHeadline"),
+                body: p.text("ReferralBody"),
+                ctwa_clid: p.text("ReferralCtwaClid"),
+                media_id: p.text("ReferralMediaId"),
+                media_content_type: p.text("ReferralMediaContentType"),
+                media_url: p.text("ReferralMediaUrl"),
                 num_media: count("ReferralNumMedia"),
             },
             from_geo: geo("From"),
@@ -204,9 +198,7 @@ fn media(p: &Params) -> Vec<Media> {
             .then(|| Media {
                 index: n as i32,
                 url: v.clone(),
-                content_type: p
-                    .non_empty(&format!("MediaContentType{n}"))
-                    .map(str::to_owned),
+                content_type: p.text(&format!("MediaContentType{n}")),
             })
         })
         .collect();

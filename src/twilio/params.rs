@@ -1,5 +1,6 @@
 //! The parameters of a webhook, exactly as received (order, blanks and repeats kept).
 
+use super::MissingParam;
 use serde::{Serialize, Serializer, ser::SerializeMap};
 use serde_json::value::RawValue;
 
@@ -33,6 +34,16 @@ impl Params {
     /// The first value of `name` when present and not blank.
     pub fn non_empty(&self, name: &str) -> Option<&str> {
         self.get(name).filter(|v| !v.trim().is_empty())
+    }
+
+    /// [`Params::non_empty`], owned.
+    pub fn text(&self, name: &str) -> Option<String> {
+        self.non_empty(name).map(str::to_owned)
+    }
+
+    /// [`Params::text`] for a parameter without which a webhook is refused.
+    pub fn required(&self, name: &'static str) -> Result<String, MissingParam> {
+        self.text(name).ok_or(MissingParam(name))
     }
 
     pub fn pairs(&self) -> &[(String, String)] {

@@ -63,25 +63,20 @@ pub struct StatusCallback {
 
 impl StatusCallback {
     pub fn parse(p: &Params) -> Result<Self, MissingParam> {
-        let required = |name: &'static str| {
-            p.non_empty(name)
-                .map(str::to_owned)
-                .ok_or(MissingParam(name))
-        };
-        let text = |name: &str| p.non_empty(name).map(str::to_owned);
         Ok(StatusCallback {
-            sid: required("MessageSid")?,
-            account_sid: required("AccountSid")?,
-            from: Address::parse(&required("From")?),
-            to: Address::parse(&required("To")?),
-            status: text("MessageStatus")
-                .or_else(|| text("SmsStatus"))
+            sid: p.required("MessageSid")?,
+            account_sid: p.required("AccountSid")?,
+            from: Address::parse(&p.required("From")?),
+            to: Address::parse(&p.required("To")?),
+            status: p
+                .text("MessageStatus")
+                .or_else(|| p.text("SmsStatus"))
                 .ok_or(MissingParam("MessageStatus"))?,
-            messaging_service_sid: text("MessagingServiceSid"),
+            messaging_service_sid: p.text("MessagingServiceSid"),
             error_code: p.get("ErrorCode").and_then(|v| v.trim().parse().ok()),
-            error_code_raw: text("ErrorCode"),
-            error_message: text("ErrorMessage"),
-            raw_dlr_done_date: text("RawDlrDoneDate"),
+            error_code_raw: p.text("ErrorCode"),
+            error_message: p.text("ErrorMessage"),
+            raw_dlr_done_date: p.text("RawDlrDoneDate"),
         })
     }
 }
@@ -100,7 +95,7 @@ impl ReplyLink {
     pub fn from_query(query: &Params) -> Option<Self> {
         Some(ReplyLink {
             reply_to: query.non_empty("reply_to")?.to_owned(),
-            rule: query.non_empty("rule").map(str::to_owned),
+            rule: query.text("rule"),
             // Only a position we could have written (the store indexes the reply's bodies
             // with part + 1, which must not overflow); anything else means the first.
             part: query

@@ -155,14 +155,10 @@ impl Verifier {
     /// Checks the signature and returns the parameters. With verification disabled the
     /// parameters are returned unchecked.
     pub fn verify(&self, req: &RawRequest<'_>) -> Result<Params, Rejection> {
-        let kind = if req.is_get {
-            None
-        } else {
-            Some(
-                BodyKind::from_content_type(req.content_type)
-                    .ok_or(Rejection::UnsupportedMediaType)?,
-            )
-        };
+        let kind = (!req.is_get)
+            .then(|| BodyKind::from_content_type(req.content_type))
+            .map(|kind| kind.ok_or(Rejection::UnsupportedMediaType))
+            .transpose()?;
         if self.enforce && req.signature.is_none_or(str::is_empty) {
             return Err(SignatureError::Missing.into());
         }
@@ -233,14 +229,10 @@ pub fn sign(
                 expected: sha256_hex(body),
             }),
             Err(_) => {
-                let (base, fragment) = url
-                    .split_once('#')
-                    .map_or((url, None), |(b, f)| (b, Some(f)));
+                // The hash goes at the end of the query, before any `#fragment`.
+                let (base, fragment) = url.split_at(url.find('#').unwrap_or(url.len()));
                 let sep = if base.contains('?') { '&' } else { '?' };
-                let mut url = format!("{base}{sep}bodySHA256={}", sha256_hex(body));
-                if let Some(f) = fragment {
-                    url = format!("{url}#{f}");
-                }
+                let url = format!("{base}{sep}bodySHA256={}{fragment}", sha256_hex(body));
                 Err(SignError::NeedsBodyHash { url })
             }
         },
@@ -280,10 +272,9 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 /// UTF-8 decoded lossily); the fragment is never part of it.
 fn query_pairs(url: &str) -> Vec<(String, String)> {
     let without_fragment = url.split('#').next().unwrap_or_default();
-    match without_fragment.split_once('?') {
-        Some((_, query)) => form::pairs(query.as_bytes()),
-        None => Vec::new(),
-    }
+    without_fragment
+        .split_once('?')
+        .map_or_else(Vec::new, |(_, query)| form::pairs(query.as_bytes()))
 }
 
 /// A JSON object's members as pairs: strings as they are, other values as JSON text.

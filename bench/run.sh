@@ -9,7 +9,9 @@
 # (config/rules.toml, the shipped defaults), WORKLOADS ("inbound status mixed duplicates"),
 # PORT (18080), REPLICAS (1: that many server processes on PORT, PORT+1, ... share the
 # database and the connections; AFFINITY=1 sends each contact to one replica only, as a load
-# balancer hashing on the numbers would). The database twr_bench is dropped and created for each
+# balancer hashing on the numbers would), RECONCILE (0; 1: a fake Twilio API with 2,000
+# messages of the last hour on PORT+100, and the servers reconcile against it every second,
+# as with reconcile.enabled). The database twr_bench is dropped and created for each
 # workload; after each run bench/checks.sql prints its consistency checks (all must be 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,12 +24,27 @@ WORKLOADS=${WORKLOADS:-inbound status mixed duplicates}
 PORT=${PORT:-18080}
 REPLICAS=${REPLICAS:-1}
 AFFINITY=${AFFINITY:-0}
+RECONCILE=${RECONCILE:-0}
 DB=twr_bench
 
 cargo build --release --locked --quiet --bin twilio-receiver
-cargo bench --locked --quiet --no-run --bench load 2>/dev/null
+cargo bench --locked --quiet --no-run --bench load --bench backfill 2>/dev/null
 work=$(mktemp -d)
-trap 'kill "${servers[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
+fake=()
+trap 'kill "${servers[@]}" "${fake[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
+if ((RECONCILE)); then
+  fake_port=$((PORT + 100))
+  cargo bench --locked --quiet --bench backfill -- --serve-fake "$fake_port" --messages 2000 \
+    2>"$work/fake.log" &
+  fake+=($!)
+  until (exec 3<>"/dev/tcp/127.0.0.1/$fake_port") 2>/dev/null; do
+    kill -0 "${fake[0]}" 2>/dev/null || { cat "$work/fake.log"; exit 1; }
+  done
+  # Read by bench/server.sh: every server reconciles against the fake every second.
+  SERVER_ENV="TWILIO_ACCOUNT_SID=AC00000000000000000000000000000000
+    TWILIO_RECEIVER__TWILIO__API_BASE_URL=http://127.0.0.1:$fake_port
+    TWILIO_RECEIVER__RECONCILE__ENABLED=true TWILIO_RECEIVER__RECONCILE__INTERVAL_MS=1000"
+fi
 # shellcheck source=bench/server.sh
 source bench/server.sh
 
@@ -76,7 +93,7 @@ for workload in $WORKLOADS; do
   peak_kb=$(servers_kb VmHWM)
   stop_servers
   checks=$(psql -At "$PGURL/$DB" -F ' ' -f bench/checks.sql)
-  echo "$line replicas=$REPLICAS affinity=$AFFINITY server_cpu_s=$(tenths "$server_cpu") postgres_cpu_s=$(tenths "$postgres_cpu") server_rss_idle_mb=$((idle_kb / 1024)) server_rss_peak_mb=$((peak_kb / 1024)) $checks"
+  echo "$line replicas=$REPLICAS affinity=$AFFINITY reconcile=$RECONCILE server_cpu_s=$(tenths "$server_cpu") postgres_cpu_s=$(tenths "$postgres_cpu") server_rss_idle_mb=$((idle_kb / 1024)) server_rss_peak_mb=$((peak_kb / 1024)) $checks"
 done
 
 # Start to ready with migrations already applied (the database of the last run).

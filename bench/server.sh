@@ -1,6 +1,7 @@
 # Sourced by bench/run.sh and bench/instructions.sh: starting and stopping the release server
 # the way the benchmarks run it. Needs PGURL, DB, PORT, RULES and a scratch directory $work;
-# BIN (target/release/twilio-receiver) names another build of the server.
+# BIN (target/release/twilio-receiver) names another build of the server; SERVER_ENV holds
+# more NAME=value settings for it (bench/run.sh's RECONCILE=1).
 servers=()
 
 # Starts server number $1 (0, 1, ...) on PORT + $1, each with its own spool, and waits until
@@ -10,6 +11,7 @@ start_server() {
   local n=$1 port=$((PORT + $1)) pid
   shift
   mkdir -p "$work/spool$n"
+  # shellcheck disable=SC2086 # SERVER_ENV is a list of NAME=value words
   TWILIO_AUTH_TOKEN=bench-token \
   TWILIO_RECEIVER__SERVER__PUBLIC_URL=https://hooks.example.com \
   TWILIO_RECEIVER__SERVER__LISTEN=127.0.0.1:$port \
@@ -17,7 +19,7 @@ start_server() {
   TWILIO_RECEIVER__SPOOL__DIR="$work/spool$n" \
   TWILIO_RECEIVER__RULES__PATH="$RULES" \
   DATABASE_URL="$PGURL/$DB" RUST_LOG=warn \
-    "$@" "${BIN:-target/release/twilio-receiver}" serve >"$work/log$n" 2>&1 &
+    env ${SERVER_ENV:-} "$@" "${BIN:-target/release/twilio-receiver}" serve >"$work/log$n" 2>&1 &
   pid=$!
   servers+=("$pid")
   # Migrations run before the listener is bound, so an accepted connection means ready.

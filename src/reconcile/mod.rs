@@ -112,6 +112,8 @@ pub struct Reconciler {
     metrics: Arc<Metrics>,
     settings: ReconcileSettings,
     page_size: u32,
+    /// When the last pass looked for stale statuses.
+    last_sweep: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Reconciler {
@@ -129,6 +131,7 @@ impl Reconciler {
             metrics,
             settings,
             page_size: MAX_PAGE_SIZE,
+            last_sweep: std::sync::Mutex::new(None),
         }
     }
 
@@ -201,7 +204,9 @@ impl Reconciler {
             }
             tally += account_tally;
         }
-        self.advance_stale().await?;
+        if self.sweep_due() {
+            self.advance_stale().await?;
+        }
         self.gauge_checkpoint().await;
         match first_error {
             Some(e) => Err(e),
@@ -360,6 +365,20 @@ impl Reconciler {
             }
         }
         Ok(advanced)
+    }
+
+    /// Whether this pass looks for stale statuses: at most every eighth of
+    /// `reconcile.stale_after_ms` (a message only becomes stale on that scale, and the
+    /// sweep reads every recent outbound row), and at least every pass when passes are
+    /// further apart.
+    fn sweep_due(&self) -> bool {
+        let every = std::time::Duration::from_millis(self.settings.stale_after_ms / 8);
+        let mut last = self.last_sweep.lock().unwrap_or_else(|e| e.into_inner());
+        let due = last.is_none_or(|at| at.elapsed() >= every);
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
     }
 
     /// Publishes the oldest checkpoint (every replica, whichever ran the pass).

@@ -58,12 +58,11 @@ create table erased_contacts (
 comment on table erased_contacts is
     'SHA-256 (hex) of each erased contact address; reconcile and backfill skip these contacts';
 
--- Backfill runs resume where they stopped: the next page to read of each run.
-create table backfill_runs (
-    key          text primary key,
-    next_page    text,
-    done         boolean not null default false,
-    updated_at   timestamptz not null default now()
+-- Backfill reads its range an hour at a time, oldest first: each hour read and stored whole
+-- is recorded, so a rerun of an interrupted backfill reads only the hours left.
+create table backfill_chunks (
+    key      text primary key,
+    done_at  timestamptz not null default now()
 );
-comment on table backfill_runs is
-    'where each backfill (same account, range and senders) stopped, so a rerun continues';
+comment on table backfill_chunks is
+    'the hours of each backfill (account, senders, hour) read and stored whole';

@@ -532,12 +532,6 @@ impl<T: ListItem> Pages<T> {
         Some(page)
     }
 
-    /// The path (and query) of the page `next_page` would read, when there is one: stored by
-    /// a backfill so that an interrupted run continues there ([`RestClient::resume_messages`]).
-    pub fn next_path(&self) -> Option<&str> {
-        self.next.as_ref()?.as_ref().ok().map(String::as_str)
-    }
-
     /// The pages as a stream.
     pub fn into_stream(self) -> impl Stream<Item = Result<Page<T>, RestError>> {
         futures_util::stream::unfold(self, |mut pages| async move {
@@ -698,14 +692,6 @@ impl RestClient {
                 format!("{path}?{query}")
             }
         });
-        self.pages(account_sid, first)
-    }
-
-    /// The rest of a list, from a page [`Pages::next_path`] gave.
-    pub fn resume_messages(&self, account_sid: &str, path: &str) -> Pages<MessageResource> {
-        let first = self
-            .account(account_sid)
-            .and_then(|_| self.own_path(path, path).map(str::to_owned));
         self.pages(account_sid, first)
     }
 

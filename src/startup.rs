@@ -171,14 +171,14 @@ pub fn standalone_reconciler(settings: &Settings, db: PgPool) -> Result<Arc<Reco
     reconciler(settings, Arc::new(ingest), metrics, db)
 }
 
-/// The archive's settings: media found through the API is on the API's host, which the
-/// archive then trusts with credentials like the hosts in `media.credential_hosts`.
+/// The archive's settings: media found through the API (reconcile, backfill) is on the API's
+/// host, which the archive then trusts with credentials like the hosts in
+/// `media.credential_hosts`.
 fn archive_settings(settings: &Settings) -> crate::config::MediaSettings {
     let mut media = settings.media.clone();
-    if settings.reconcile.enabled
-        && let Some(host) = url::Url::parse(&settings.twilio.api_base_url)
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_owned))
+    if let Some(host) = url::Url::parse(&settings.twilio.api_base_url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
         && !media.credential_hosts.contains(&host)
     {
         media.credential_hosts.push(host);

@@ -118,12 +118,12 @@ impl Report {
         match self {
             Report::Bar(bar) => {
                 bar.set_position((p.done * 1000.0) as u64);
-                bar.set_message(format!("{} pages; {}", p.pages, p.tally));
+                bar.set_message(p.tally.to_string());
             }
             Report::Lines => eprintln!(
-                "backfill: {:.0}% of the range read, {} pages; {}",
+                "backfill: {:.0}% of the range read ({} hours this run); {}",
                 p.done * 100.0,
-                p.pages,
+                p.chunks,
                 p.tally
             ),
         }

@@ -1,11 +1,13 @@
 //! Backfill: importing a range of an account's history (first deploy, after an outage), with
-//! the same import as a gap-fill pass. Resumable: each list's next page is recorded after
-//! every page stored whole, so an interrupted run continues there; a message already stored
-//! is never stored twice.
+//! the same import as a gap-fill pass. The range is read an hour at a time, oldest first
+//! (Twilio lists newest first; each hour is sorted before it is stored), so windows and
+//! sessions come out as if the messages had arrived live. Each hour read and stored whole
+//! is recorded: a rerun of an interrupted backfill reads only the hours left, and a message
+//! already stored is never stored twice.
 
 use super::{ReconcileError, Reconciler, Tally, filters};
-use crate::{rest::ListFilter, store, store::write::Origin};
-use chrono::{DateTime, Utc};
+use crate::{store, store::write::Origin};
+use chrono::{DateTime, Duration, Utc};
 
 /// What to import.
 #[derive(Debug, Clone)]
@@ -21,10 +23,10 @@ pub struct Range {
 /// How far a backfill is.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Progress {
-    /// Of all the lists (accounts times senders), how much of the time range is read, 0 to 1
-    /// (lists are newest first: the oldest `date_sent` read so far says how far).
+    /// Of all the hours (of every account) to read, how many are read, 0 to 1.
     pub done: f64,
-    pub pages: u64,
+    /// Hours read this run (hours done by an earlier run are skipped).
+    pub chunks: u64,
     pub tally: Tally,
 }
 
@@ -32,101 +34,124 @@ pub struct Progress {
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub tally: Tally,
-    /// Why some list could not be read to its end (the next run continues there).
+    /// Why some hours could not be read (the next run reads them again).
     pub errors: Vec<ReconcileError>,
 }
 
 impl Outcome {
-    /// Every message in the range is stored (or was), and every list was read to its end.
+    /// Every message in the range is stored (or was), and every hour was read.
     pub fn complete(&self) -> bool {
         self.errors.is_empty() && self.tally.failed == 0
     }
 }
 
+/// How much of the range one list covers.
+const CHUNK: Duration = Duration::hours(1);
+
 impl Reconciler {
-    /// Imports every message of `range` not stored yet, calling `progress` after each page.
+    /// Imports every message of `range` not stored yet, calling `progress` after each hour.
     pub async fn backfill(&self, range: &Range, mut progress: impl FnMut(&Progress)) -> Outcome {
         let mut outcome = Outcome::default();
-        let mut state = Progress::default();
         let until = range.until.unwrap_or_else(|| self.ingest.now());
-        let span = (until - range.since).num_seconds().max(1) as f64;
-        let lists: Vec<(String, ListFilter)> = self
-            .client
-            .account_sids()
-            .into_iter()
-            .flat_map(|account| {
-                filters(range.since, range.until, &range.senders, self.page_size)
-                    .into_iter()
-                    .map(move |filter| (account.clone(), filter))
-            })
+        let hours = chunks(range.since, until);
+        let accounts = self.client.account_sids();
+        let keys: Vec<String> = accounts
+            .iter()
+            .flat_map(|account| hours.iter().map(move |h| chunk_key(account, range, *h)))
             .collect();
-        let share = 1.0 / lists.len().max(1) as f64;
-        for (n, (account, filter)) in lists.iter().enumerate() {
-            let key = run_key(account, range, filter);
-            let resume = match store::reconcile::backfill_position(&self.db, &key).await {
-                Ok(resume) => resume,
-                Err(e) => {
-                    outcome.errors.push(e.into());
-                    continue;
-                }
-            };
-            let mut pages = match &resume {
-                Some(path) => self.client.resume_messages(account, path),
-                None => self.client.list_messages(account, filter),
-            };
-            let mut complete = true;
-            while let Some(page) = pages.next_page().await {
-                let page = match page {
-                    Ok(page) => page,
-                    Err(e) => {
+        let mut done = match store::reconcile::chunks_done(&self.db, &keys).await {
+            Ok(done) => done,
+            Err(e) => {
+                outcome.errors.push(e.into());
+                return outcome;
+            }
+        };
+        // A finished backfill, run again, reads its whole range again.
+        if done.iter().all(|d| *d) {
+            if let Err(e) = store::reconcile::forget_chunks(&self.db, &keys).await {
+                outcome.errors.push(e.into());
+                return outcome;
+            }
+            done.fill(false);
+        }
+        let mut state = Progress {
+            done: done.iter().filter(|d| **d).count() as f64 / keys.len().max(1) as f64,
+            ..Progress::default()
+        };
+        let chunk_lists = accounts
+            .iter()
+            .flat_map(|account| hours.iter().map(move |h| (account, *h)));
+        for (((account, (start, end)), key), done) in chunk_lists.zip(&keys).zip(&done) {
+            if *done {
+                continue;
+            }
+            if self.stopped() {
+                outcome.errors.push(ReconcileError::Stopped);
+                break;
+            }
+            let filters = filters(start, Some(end), &range.senders, self.page_size);
+            let (found, error) = self.list(account, &filters).await;
+            let tally = self.import(found, Origin::Backfill).await;
+            outcome.tally += tally;
+            state.tally += tally;
+            state.chunks += 1;
+            state.done += 1.0 / keys.len() as f64;
+            match error {
+                Some(e) => outcome.errors.push(e),
+                // An hour with a message that may still be stored is read again next run.
+                None if tally.retryable == 0 => {
+                    if let Err(e) = store::reconcile::chunk_done(&self.db, key).await {
                         outcome.errors.push(e.into());
-                        complete = false;
-                        break;
                     }
-                };
-                let tally = self.import(&page.items, Origin::Backfill).await;
-                state.tally += tally;
-                outcome.tally += tally;
-                state.pages += 1;
-                if let Some(oldest) = page.items.iter().filter_map(|m| m.date_sent).min() {
-                    let read = (until - oldest).num_seconds().clamp(0, span as i64) as f64;
-                    state.done = share * (n as f64 + read / span);
                 }
-                progress(&state);
-                // A page with a failure is read again by the next run.
-                if tally.failed > 0 {
-                    complete = false;
-                    break;
-                }
-                if let Some(next) = pages.next_path()
-                    && let Err(e) =
-                        store::reconcile::backfill_progress(&self.db, &key, Some(next)).await
-                {
-                    outcome.errors.push(e.into());
-                    complete = false;
-                    break;
-                }
+                None => {}
             }
-            if complete {
-                if let Err(e) = store::reconcile::backfill_progress(&self.db, &key, None).await {
-                    outcome.errors.push(e.into());
-                }
-                state.done = share * (n + 1) as f64;
-                progress(&state);
-            }
+            progress(&state);
         }
         outcome
     }
 }
 
-/// What identifies a run: the same account, range and list continue each other.
-fn run_key(account: &str, range: &Range, filter: &ListFilter) -> String {
-    let time = |t: Option<DateTime<Utc>>| t.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339());
+/// The range as hours from `since`, oldest first: inclusive bounds in whole seconds (as
+/// Twilio filters), so that the hours do not overlap.
+fn chunks(since: DateTime<Utc>, until: DateTime<Utc>) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    let mut hours = Vec::new();
+    let mut start = since;
+    while start <= until {
+        let end = (start + CHUNK - Duration::seconds(1)).min(until);
+        hours.push((start, end));
+        start += CHUNK;
+    }
+    hours
+}
+
+/// What identifies an hour of a backfill: the same account, senders and hour.
+fn chunk_key(account: &str, range: &Range, (start, end): (DateTime<Utc>, DateTime<Utc>)) -> String {
     format!(
-        "{account}|{}|{}|to={}|from={}",
-        range.since.to_rfc3339(),
-        time(range.until),
-        filter.to.as_deref().unwrap_or(""),
-        filter.from.as_deref().unwrap_or("")
+        "{account}|{}|{}|{}",
+        start.to_rfc3339(),
+        end.to_rfc3339(),
+        range.senders.join(",")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn hours_cover_the_range_once_oldest_first() {
+        let since = Utc.with_ymd_and_hms(2026, 3, 1, 9, 30, 0).unwrap();
+        let h = chunks(since, since + Duration::minutes(150));
+        assert_eq!(h.len(), 3);
+        assert_eq!(h[0], (since, since + Duration::seconds(3599)));
+        assert_eq!(h[1].0, since + Duration::hours(1));
+        assert_eq!(
+            h[2],
+            (since + Duration::hours(2), since + Duration::minutes(150))
+        );
+        assert_eq!(chunks(since, since), [(since, since)]);
+        assert!(chunks(since, since - Duration::seconds(1)).is_empty());
+    }
 }

@@ -62,7 +62,9 @@ pub fn found(
     put("From", from.ok_or_else(|| unusable("from"))?);
     put("To", to.ok_or_else(|| unusable("to"))?);
     put("Body", m.body.as_deref().unwrap_or(""));
+    // Status callbacks say MessageStatus, inbound webhooks SmsStatus: both parsers read it.
     put("MessageStatus", &m.status);
+    put("SmsStatus", &m.status);
     if let Some(n) = m.num_segments {
         put("NumSegments", &n.to_string());
     }

@@ -8,6 +8,9 @@
 //!   from the API (a queue the write fills in the same transaction).
 //! - **Stale statuses**: outbound messages stuck short of a final status are looked up.
 //! - **Backfill** ([`backfill`]): the same import over a range of history, resumable.
+//!
+//! What a list returns is stored oldest first, each contact's messages one after another,
+//! so windows, sessions and consent come out as if the messages had arrived live.
 
 pub mod backfill;
 pub mod convert;
@@ -19,7 +22,7 @@ use crate::{
     rest::{ListFilter, MAX_PAGE_SIZE, MessageResource, RestClient, RestError},
     store::{
         self, StoreError,
-        reconcile::{Lookup, STALE_CHECKS, Triage},
+        reconcile::{Lookup, PassLock, STALE_CHECKS, Triage},
         write::Origin,
     },
 };
@@ -27,10 +30,19 @@ use chrono::{DateTime, Duration, Utc};
 use convert::{FoundMedia, Unusable};
 use futures_util::{StreamExt, stream::FuturesUnordered};
 use sqlx::PgPool;
-use std::{fmt, ops::AddAssign, sync::Arc};
+use std::{
+    collections::HashMap,
+    fmt,
+    ops::AddAssign,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
 use tokio::sync::watch;
 
-/// Why a message or a pass could not be completed.
+/// Why a message or a list could not be completed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     #[error("Twilio's API: {0}")]
@@ -41,6 +53,8 @@ pub enum ReconcileError {
     Import(#[from] ImportError),
     #[error(transparent)]
     Unusable(#[from] Unusable),
+    #[error("stopped: the process is shutting down")]
+    Stopped,
 }
 
 impl ReconcileError {
@@ -68,12 +82,15 @@ impl ReconcileError {
 pub struct Tally {
     /// Inbound messages stored.
     pub inbound: u64,
-    /// Outbound messages stored, or completed (body, media, Twilio's times).
+    /// Outbound messages stored, or completed (body, media, Twilio's times and price).
     pub outbound: u64,
     pub already_stored: u64,
     /// Messages of erased contacts, skipped.
     pub erased: u64,
     pub failed: u64,
+    /// Of `failed`, those worth trying again (Twilio or the database unavailable); the
+    /// others never will be (a resource without an address, a value too large).
+    pub retryable: u64,
 }
 
 impl AddAssign for Tally {
@@ -83,6 +100,7 @@ impl AddAssign for Tally {
         self.already_stored += o.already_stored;
         self.erased += o.erased;
         self.failed += o.failed;
+        self.retryable += o.retryable;
     }
 }
 
@@ -97,12 +115,22 @@ impl fmt::Display for Tally {
     }
 }
 
-/// Messages imported at once: each a write through the group-commit writer, and a media
-/// list request when it has media (the REST client bounds requests per account).
+/// Contacts imported at once, each a message at a time: every message a write through the
+/// group-commit writer, and a media list request when it has media (the REST client bounds
+/// requests per account).
 const CONCURRENCY: usize = 256;
 
 /// Enrichment jobs and stale messages taken per round.
 const BATCH: i64 = 100;
+
+/// How long one stale sweep may run (rounds of [`BATCH`] until nothing is due).
+const SWEEP_BUDGET: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Gap-fill lists messages sent up to this long before the pass: a message younger than
+/// that may still be on its way as a webhook (Twilio waits up to 15 s for the primary URL,
+/// then calls the fallback), and must be answered by it, not stored unanswered. The next
+/// pass's overlap reads it.
+const SETTLE: Duration = Duration::minutes(2);
 
 /// Reads Twilio's API and stores what it finds through ingest.
 pub struct Reconciler {
@@ -113,7 +141,9 @@ pub struct Reconciler {
     settings: ReconcileSettings,
     page_size: u32,
     /// When the last pass looked for stale statuses.
-    last_sweep: std::sync::Mutex<Option<std::time::Instant>>,
+    last_sweep: Mutex<Option<Instant>>,
+    /// Set when the process stops: lists and rounds end between pages and messages.
+    stopping: AtomicBool,
 }
 
 impl Reconciler {
@@ -131,7 +161,8 @@ impl Reconciler {
             metrics,
             settings,
             page_size: MAX_PAGE_SIZE,
-            last_sweep: std::sync::Mutex::new(None),
+            last_sweep: Mutex::new(None),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -152,19 +183,19 @@ impl Reconciler {
         &self.ingest
     }
 
-    /// One gap-fill pass over every account, then the stale statuses. `None` when another
-    /// replica is running one.
+    fn stopped(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// One gap-fill pass over every account, then (when due) the stale statuses. `None` when
+    /// another replica is running one.
     pub async fn pass(&self) -> Result<Option<Tally>, ReconcileError> {
-        let mut lock = self.db.acquire().await.map_err(StoreError::from)?;
-        if !store::reconcile::try_lock_pass(&mut lock).await? {
+        let Some(lock) = PassLock::try_take(&self.db).await? else {
             self.metrics.reconcile.pass("skipped");
             return Ok(None);
-        }
+        };
         let result = self.pass_locked().await;
-        if store::reconcile::unlock_pass(&mut lock).await.is_err() {
-            // Never hand a connection that may still hold the lock back to the pool.
-            let _ = lock.detach();
-        }
+        lock.release().await;
         self.metrics
             .reconcile
             .pass(if result.is_ok() { "ok" } else { "failed" });
@@ -176,31 +207,25 @@ impl Reconciler {
         let mut tally = Tally::default();
         let mut first_error = None;
         for account in self.client.account_sids() {
-            let started = self.ingest.now();
+            let until = self.ingest.now() - SETTLE;
             let since = store::reconcile::checkpoint(&self.db, &account)
                 .await?
-                .unwrap_or(started)
+                .unwrap_or(until)
                 - overlap;
-            let mut account_tally = Tally::default();
-            let mut complete = true;
-            for filter in filters(since, None, &self.settings.senders, self.page_size) {
-                let mut pages = self.client.list_messages(&account, &filter);
-                while let Some(page) = pages.next_page().await {
-                    match page {
-                        Ok(page) => {
-                            account_tally += self.import(&page.items, Origin::Reconcile).await;
-                        }
-                        Err(e) => {
-                            tracing::warn!(account = %account, error = %e, "reconcile: listing messages failed");
-                            first_error.get_or_insert(ReconcileError::Rest(e));
-                            complete = false;
-                        }
-                    }
+            let filters = filters(since, Some(until), &self.settings.senders, self.page_size);
+            let (found, error) = self.list(&account, &filters).await;
+            let account_tally = self.import(found, Origin::Reconcile).await;
+            // Whatever may still be stored is listed again by the next pass (the
+            // checkpoint stays); a message that never can be does not hold it back.
+            match error {
+                Some(e) => {
+                    tracing::warn!(account = %account, error = %e, "reconcile: listing messages failed");
+                    first_error.get_or_insert(e);
                 }
-            }
-            // Whatever failed is listed again by the next pass: the checkpoint stays.
-            if complete && account_tally.failed == 0 {
-                store::reconcile::set_checkpoint(&self.db, &account, started).await?;
+                None if account_tally.retryable == 0 => {
+                    store::reconcile::set_checkpoint(&self.db, &account, until).await?;
+                }
+                None => {}
             }
             tally += account_tally;
         }
@@ -214,9 +239,34 @@ impl Reconciler {
         }
     }
 
-    /// Stores the messages of one page that are not stored yet (skipping erased contacts).
-    pub async fn import(&self, items: &[MessageResource], origin: Origin) -> Tally {
+    /// Every page of each list, and why the lists stopped early, if they did.
+    async fn list(
+        &self,
+        account: &str,
+        filters: &[ListFilter],
+    ) -> (Vec<MessageResource>, Option<ReconcileError>) {
+        let mut found = Vec::new();
+        for filter in filters {
+            let mut pages = self.client.list_messages(account, filter);
+            while let Some(page) = pages.next_page().await {
+                match page {
+                    Ok(page) => found.extend(page.items),
+                    Err(e) => return (found, Some(e.into())),
+                }
+                if self.stopped() {
+                    return (found, Some(ReconcileError::Stopped));
+                }
+            }
+        }
+        (found, None)
+    }
+
+    /// Stores the messages not stored yet (skipping erased contacts): oldest first, each
+    /// contact's one after another, contacts side by side.
+    pub async fn import(&self, mut items: Vec<MessageResource>, origin: Origin) -> Tally {
         let mut tally = Tally::default();
+        items.sort_by(|a, b| (a.date_created, &a.sid).cmp(&(b.date_created, &b.sid)));
+        items.dedup_by(|a, b| a.sid == b.sid);
         let sids: Vec<&str> = items.iter().map(|m| m.sid.as_str()).collect();
         let contacts: Vec<&str> = items
             .iter()
@@ -227,36 +277,52 @@ impl Reconciler {
             Err(e) => {
                 tracing::warn!(error = %e, "reconcile: cannot tell which messages are stored");
                 tally.failed = items.len() as u64;
+                tally.retryable = tally.failed;
                 return tally;
             }
         };
-        let todo: Vec<&MessageResource> = items
-            .iter()
-            .zip(&triage)
-            .filter_map(|(m, t)| match t {
-                Triage::Import => Some(m),
-                Triage::Stored => {
-                    tally.already_stored += 1;
-                    None
+        // Per contact, in time order.
+        let mut queues: Vec<Vec<&MessageResource>> = Vec::new();
+        let mut queue_of: HashMap<&str, usize> = HashMap::new();
+        for ((m, t), contact) in items.iter().zip(&triage).zip(&contacts) {
+            match t {
+                Triage::Stored => tally.already_stored += 1,
+                Triage::Erased => tally.erased += 1,
+                Triage::Import => {
+                    let q = *queue_of.entry(contact).or_insert_with(|| {
+                        queues.push(Vec::new());
+                        queues.len() - 1
+                    });
+                    queues[q].push(m);
                 }
-                Triage::Erased => {
-                    tally.erased += 1;
-                    None
-                }
-            })
-            .collect();
-        let mut todo = todo.into_iter();
+            }
+        }
+        let mut queues = queues.into_iter();
         let mut running = FuturesUnordered::new();
         loop {
             while running.len() < CONCURRENCY
-                && let Some(m) = todo.next()
+                && let Some(queue) = queues.next()
             {
-                running.push(async move { (m, self.import_one(m, origin).await) });
+                running.push(self.import_in_order(queue, origin));
             }
-            let Some((m, result)) = running.next().await else {
-                break;
-            };
+            match running.next().await {
+                Some(t) => tally += t,
+                None => break,
+            }
+        }
+        tally
+    }
+
+    /// One contact's messages, one after another.
+    async fn import_in_order(&self, queue: Vec<&MessageResource>, origin: Origin) -> Tally {
+        let mut tally = Tally::default();
+        for m in queue {
             let outbound = convert::is_outbound(m);
+            let result = if self.stopped() {
+                Err(ReconcileError::Stopped)
+            } else {
+                self.import_one(m, origin).await
+            };
             match result {
                 Ok(Imported::AlreadyStored) => tally.already_stored += 1,
                 Ok(imported) => {
@@ -272,6 +338,9 @@ impl Reconciler {
                 Err(e) => {
                     tracing::warn!(message_sid = %m.sid, error = %e, "reconcile: message not stored");
                     tally.failed += 1;
+                    if e.retry_after().is_some() {
+                        tally.retryable += 1;
+                    }
                 }
             }
         }
@@ -343,28 +412,34 @@ impl Reconciler {
     }
 
     /// Looks up outbound messages whose status has not moved for `reconcile.stale_after_ms`
-    /// (each at most [`STALE_CHECKS`] times); returns how many advanced.
+    /// (each at most [`STALE_CHECKS`] times), in rounds until none is due or
+    /// [`SWEEP_BUDGET`] is spent; returns how many advanced.
     pub async fn advance_stale(&self) -> Result<usize, ReconcileError> {
         let stale_after = Duration::milliseconds(self.settings.stale_after_ms as i64);
         // Far enough back for every check of a message: its checks are stale_after apart.
         let horizon = stale_after * (i32::from(STALE_CHECKS) + 1) + Duration::days(1);
-        let now = self.ingest.now();
-        let due = store::reconcile::stale(&self.db, now, stale_after, horizon, BATCH).await?;
+        let started = Instant::now();
         let mut advanced = 0;
-        for job in &due {
-            store::reconcile::stale_checked(&self.db, &job.message_sid, now).await?;
-            match self.look_up(job).await {
-                Ok(Imported::Completed { advanced: true }) => {
-                    self.metrics.reconcile.stale_advanced.inc();
-                    advanced += 1;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(message_sid = %job.message_sid, error = %e, "reconcile: stale status not looked up");
+        loop {
+            let now = self.ingest.now();
+            let due = store::reconcile::stale(&self.db, now, stale_after, horizon, BATCH).await?;
+            for job in &due {
+                store::reconcile::stale_checked(&self.db, &job.message_sid, now).await?;
+                match self.look_up(job).await {
+                    Ok(Imported::Completed { advanced: true }) => {
+                        self.metrics.reconcile.stale_advanced.inc();
+                        advanced += 1;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(message_sid = %job.message_sid, error = %e, "reconcile: stale status not looked up");
+                    }
                 }
             }
+            if due.len() < BATCH as usize || started.elapsed() > SWEEP_BUDGET || self.stopped() {
+                return Ok(advanced);
+            }
         }
-        Ok(advanced)
     }
 
     /// Whether this pass looks for stale statuses: at most every eighth of
@@ -376,7 +451,7 @@ impl Reconciler {
         let mut last = self.last_sweep.lock().unwrap_or_else(|e| e.into_inner());
         let due = last.is_none_or(|at| at.elapsed() >= every);
         if due {
-            *last = Some(std::time::Instant::now());
+            *last = Some(Instant::now());
         }
         due
     }
@@ -388,22 +463,20 @@ impl Reconciler {
         }
     }
 
-    /// Passes every `reconcile.interval_ms` and enrichment every few seconds, until `stop`.
-    pub async fn run_until_stopped(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    /// Passes every `reconcile.interval_ms`, and enrichment every few seconds, until `stop`.
+    pub async fn run_until_stopped(self: Arc<Self>, stop: watch::Receiver<bool>) {
         const ENRICH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+        // Until a first checkpoint, its age counts from the start: a reconciler that never
+        // completes a pass still trips the alert.
+        self.metrics
+            .reconcile
+            .checkpoint
+            .set(self.ingest.now().timestamp());
+        self.gauge_checkpoint().await;
         let interval = std::time::Duration::from_millis(self.settings.interval_ms.max(1));
-        let mut passes = tokio::time::interval(interval);
-        passes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut enrich = tokio::time::interval(ENRICH_EVERY);
-        enrich.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let stopped = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
-        tokio::pin!(stopped);
-        loop {
-            tokio::select! {
-                () = &mut stopped => return,
-                _ = passes.tick() => match self.pass().await {
+        let passes = async {
+            loop {
+                match self.pass().await {
                     Ok(Some(tally)) => tracing::info!(
                         inbound = tally.inbound,
                         outbound = tally.outbound,
@@ -413,18 +486,45 @@ impl Reconciler {
                     ),
                     Ok(None) => self.gauge_checkpoint().await,
                     Err(e) => tracing::warn!(error = %e, "reconcile pass incomplete"),
-                },
-                _ = enrich.tick() => {
-                    // Until the queue has nothing due, then wait for the next tick.
-                    while let Ok(taken) = self.enrich_due().await {
-                        if taken == 0 {
-                            break;
-                        }
-                    }
+                }
+                if !pause(&stop, interval).await {
+                    return;
                 }
             }
-        }
+        };
+        let enrichment = async {
+            loop {
+                // Rounds until nothing is due, then a pause: its own loop, so a backlog
+                // never holds up the passes.
+                while let Ok(taken) = self.enrich_due().await {
+                    if taken == 0 || self.stopped() {
+                        break;
+                    }
+                }
+                if !pause(&stop, ENRICH_EVERY).await {
+                    return;
+                }
+            }
+        };
+        let stopped = async {
+            signalled(stop.clone()).await;
+            self.stopping.store(true, Ordering::Relaxed);
+        };
+        tokio::join!(passes, enrichment, stopped);
     }
+}
+
+/// Waits `pause`, or less if the process stops; `false` when it stops.
+async fn pause(stop: &watch::Receiver<bool>, pause: std::time::Duration) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(pause) => true,
+        () = signalled(stop.clone()) => false,
+    }
+}
+
+/// Completes once `stop` turns true (or its sender is gone).
+async fn signalled(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// The lists to read: the whole account, or per sender its inbound (`To`) and outbound

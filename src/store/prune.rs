@@ -77,6 +77,16 @@ pub async fn older_than(
                               where m.business = k.business and m.contact = k.contact)
             limit $2)"
     );
+    // Lookups queued for messages now gone: reconciliation must not bring them back.
+    sqlx::query!(
+        "with jobs as (
+            delete from enrichment_jobs j
+            where not exists (select 1 from messages m where m.message_sid = j.message_sid))
+        delete from stale_checks s
+        where not exists (select 1 from messages m where m.message_sid = s.message_sid)"
+    )
+    .execute(pool)
+    .await?;
     Ok(pruned)
 }
 

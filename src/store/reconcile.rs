@@ -5,26 +5,47 @@
 
 use super::StoreError;
 use chrono::{DateTime, Duration, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgPool, Postgres, pool::PoolConnection};
 
 /// The advisory lock a gap-fill pass holds: one replica at a time ("TWRR" in ASCII).
 const PASS_LOCK: i64 = 0x5457_5252;
 
-/// Takes the pass lock on this connection, unless another session holds it.
-pub async fn try_lock_pass(conn: &mut PgConnection) -> Result<bool, StoreError> {
-    Ok(
-        sqlx::query_scalar!(r#"select pg_try_advisory_lock($1) as "locked!""#, PASS_LOCK)
-            .fetch_one(conn)
-            .await?,
-    )
+/// The pass lock, held by one pooled connection. Dropped without [`PassLock::release`] (a
+/// pass cancelled mid-way), the connection is closed rather than returned to the pool, so
+/// the lock never outlives the pass.
+pub struct PassLock(Option<PoolConnection<Postgres>>);
+
+impl PassLock {
+    /// The lock, unless another session holds it.
+    pub async fn try_take(pool: &PgPool) -> Result<Option<PassLock>, StoreError> {
+        let mut conn = pool.acquire().await?;
+        let locked =
+            sqlx::query_scalar!(r#"select pg_try_advisory_lock($1) as "locked!""#, PASS_LOCK)
+                .fetch_one(&mut *conn)
+                .await?;
+        Ok(locked.then_some(PassLock(Some(conn))))
+    }
+
+    /// Unlocks and returns the connection to the pool.
+    pub async fn release(mut self) {
+        if let Some(mut conn) = self.0.take() {
+            let unlocked =
+                sqlx::query_scalar!(r#"select pg_advisory_unlock($1) as "unlocked!""#, PASS_LOCK)
+                    .fetch_one(&mut *conn)
+                    .await;
+            if unlocked.is_err() {
+                drop(conn.detach());
+            }
+        }
+    }
 }
 
-/// Releases the pass lock (also released when the connection closes).
-pub async fn unlock_pass(conn: &mut PgConnection) -> Result<(), StoreError> {
-    sqlx::query_scalar!(r#"select pg_advisory_unlock($1) as "unlocked!""#, PASS_LOCK)
-        .fetch_one(conn)
-        .await?;
-    Ok(())
+impl Drop for PassLock {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            drop(conn.detach());
+        }
+    }
 }
 
 /// Where the last pass over `account` started, if one finished.
@@ -70,9 +91,11 @@ pub async fn oldest_checkpoint(pool: &PgPool) -> Result<Option<DateTime<Utc>>, S
 /// What reconciliation should do with a message found in Twilio's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Triage {
-    /// Not stored, or an outbound row no resource has completed yet: import it.
+    /// Not stored, or an outbound row the resource has not completed yet (no body, or no
+    /// price: Twilio prices a message after sending it): import it.
     Import,
-    /// Stored, with what the resource adds.
+    /// Stored, with what the resource adds (an inbound message stored from its webhook is
+    /// left as it is).
     Stored,
     /// Its contact was erased: never brought back.
     Erased,
@@ -86,7 +109,8 @@ pub async fn triage(
 ) -> Result<Vec<Triage>, StoreError> {
     let rows = sqlx::query!(
         r#"
-        select (select m.direction = 'inbound' or m.twilio_created_at is not null
+        select (select m.direction = 'inbound'
+                       or (m.twilio_created_at is not null and m.price is not null)
                 from messages m where m.message_sid = d.sid) as stored,
                exists (select 1 from erased_contacts e
                        where e.contact_sha256 = encode(sha256(convert_to(d.contact, 'UTF8')), 'hex'))
@@ -233,34 +257,35 @@ pub async fn stale_checked(
     Ok(())
 }
 
-/// Where an unfinished backfill run stopped: the next page it had to read. (A finished run
-/// is listed again from the start: everything it stored is found stored.)
-pub async fn backfill_position(pool: &PgPool, key: &str) -> Result<Option<String>, StoreError> {
+/// Which of these backfill chunks are done.
+pub async fn chunks_done(pool: &PgPool, keys: &[String]) -> Result<Vec<bool>, StoreError> {
     Ok(sqlx::query_scalar!(
-        "select next_page from backfill_runs where key = $1 and not done",
-        key
+        r#"
+        select exists (select 1 from backfill_chunks c where c.key = k.key) as "done!"
+        from unnest($1::text[]) with ordinality as k (key, n)
+        order by k.n
+        "#,
+        keys,
     )
-    .fetch_optional(pool)
-    .await?
-    .flatten())
+    .fetch_all(pool)
+    .await?)
 }
 
-/// Records where a backfill run is: the next page, or `None` when it is done.
-pub async fn backfill_progress(
-    pool: &PgPool,
-    key: &str,
-    next_page: Option<&str>,
-) -> Result<(), StoreError> {
+/// Records a backfill chunk as read and stored whole.
+pub async fn chunk_done(pool: &PgPool, key: &str) -> Result<(), StoreError> {
     sqlx::query!(
-        r#"
-        insert into backfill_runs (key, next_page, done) values ($1, $2::text, $2::text is null)
-        on conflict (key) do update
-            set next_page = excluded.next_page, done = excluded.done, updated_at = now()
-        "#,
-        key,
-        next_page,
+        "insert into backfill_chunks (key) values ($1) on conflict do nothing",
+        key
     )
     .execute(pool)
     .await?;
+    Ok(())
+}
+
+/// Forgets these chunks (a finished backfill run again reads its whole range).
+pub async fn forget_chunks(pool: &PgPool, keys: &[String]) -> Result<(), StoreError> {
+    sqlx::query!("delete from backfill_chunks where key = any($1)", keys)
+        .execute(pool)
+        .await?;
     Ok(())
 }

@@ -27,6 +27,16 @@ fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap()
 }
 
+/// `minutes` before the test clock's start.
+fn ago(minutes: i64) -> DateTime<Utc> {
+    t0() - TimeDelta::minutes(minutes)
+}
+
+/// How the list filters write a time.
+fn seconds(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
 /// A fake that accepts the test token for ACCOUNT.
 async fn fake() -> FakeTwilio {
     let fake = FakeTwilio::start().await;
@@ -98,7 +108,7 @@ async fn gap_fill_stores_what_is_missing_once_and_a_second_pass_nothing(pool: Pg
     let app = app(pool, &fake);
     let r = reconciler(&app, &fake, 1000);
     // One message arrived as a webhook; two never did.
-    fake.add(inbound(1, ANA, "hi", t0()));
+    fake.add(inbound(1, ANA, "hi", ago(10)));
     assert_eq!(
         app.post_signed("/twilio/messages", &whatsapp_text(&sid(1), ANA, "hi"))
             .await
@@ -126,7 +136,7 @@ async fn gap_fill_stores_what_is_missing_once_and_a_second_pass_nothing(pool: Pg
         (1, 1, 1, 0)
     );
     let found = sqlx::query!(
-        r#"select message_sid, direction, source, body, business, contact, received_at,
+        r#"select message_sid, direction, source, body, business, contact, received_at, status,
                   twilio_created_at, twilio_sent_at, price::text as price, price_unit,
                   num_segments, num_media,
                   (select count(*) from message_media mm where mm.message_sid = m.message_sid) as "media!"
@@ -154,6 +164,7 @@ async fn gap_fill_stores_what_is_missing_once_and_a_second_pass_nothing(pool: Pg
     );
     assert_eq!(photo.twilio_created_at, Some(photo.received_at));
     assert_eq!(photo.twilio_sent_at, Some(t0() - TimeDelta::minutes(5)));
+    assert_eq!(photo.status.as_deref(), Some("received"));
     assert_eq!(
         (
             shipped.direction.as_str(),
@@ -168,6 +179,8 @@ async fn gap_fill_stores_what_is_missing_once_and_a_second_pass_nothing(pool: Pg
         (Some("-0.00500"), Some("USD"))
     );
     assert_eq!(shipped.num_segments, Some(1));
+    assert_eq!(shipped.status.as_deref(), Some("delivered"));
+    assert_eq!(shipped.twilio_sent_at, Some(ago(4)));
     let media_url: String = sqlx::query_scalar("select url from message_media")
         .fetch_one(&app.pool)
         .await
@@ -190,6 +203,27 @@ async fn gap_fill_stores_what_is_missing_once_and_a_second_pass_nothing(pool: Pg
     // Nothing from the API was answered.
     assert_eq!(app.count("select count(*) from replies").await, 1);
 
+    // The first pass, with no checkpoint, listed the overlap before the pass, up to two
+    // minutes before it (what is younger may still arrive as a webhook).
+    let first_list = &list_requests(&fake)[0];
+    assert_eq!(
+        first_list.param("DateSent>"),
+        Some(seconds(ago(62)).as_str())
+    );
+    assert_eq!(
+        first_list.param("DateSent<"),
+        Some(seconds(ago(2)).as_str())
+    );
+    assert_eq!(first_list.param("PageSize"), Some("1000"));
+    let checkpoint: DateTime<Utc> =
+        sqlx::query_scalar("select checkpoint from reconcile_checkpoints")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(checkpoint, ago(2));
+
+    // Half an hour later, the next pass lists from the checkpoint less the overlap.
+    app.set_now(t0() + TimeDelta::minutes(30));
     let second = r.pass().await.unwrap().unwrap();
     assert_eq!(
         second,
@@ -200,17 +234,15 @@ async fn gap_fill_stores_what_is_missing_once_and_a_second_pass_nothing(pool: Pg
     );
     assert_eq!(app.count("select count(*) from messages").await, 3);
     assert_eq!(app.count("select count(*) from message_media").await, 1);
-    // The second pass lists from the first's start, less the overlap.
-    let lists = list_requests(&fake);
-    assert_eq!(lists.len(), 2);
-    let overlap = t0() - TimeDelta::hours(1);
-    for list in &lists {
-        assert_eq!(
-            list.param("DateSent>"),
-            Some(overlap.format("%Y-%m-%dT%H:%M:%SZ").to_string().as_str())
-        );
-        assert_eq!(list.param("PageSize"), Some("1000"));
-    }
+    let second_list = &list_requests(&fake)[1];
+    assert_eq!(
+        second_list.param("DateSent>"),
+        Some(seconds(ago(62)).as_str())
+    );
+    assert_eq!(
+        second_list.param("DateSent<"),
+        Some(seconds(t0() + TimeDelta::minutes(28)).as_str())
+    );
     let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"twilio_receiver_reconcile_found_total{direction="inbound"} 1"#),
@@ -429,7 +461,7 @@ async fn a_stale_sent_is_advanced_to_delivered_at_most_three_times(pool: PgPool)
 async fn three_pages_are_read_to_the_end(pool: PgPool) {
     let fake = fake().await;
     let app = app(pool, &fake);
-    inbound_texts(&fake, 1, 7, t0());
+    inbound_texts(&fake, 1, 7, ago(10));
     let tally = reconciler(&app, &fake, 3).pass().await.unwrap().unwrap();
     assert_eq!(tally.inbound, 7);
     let pages: Vec<Option<String>> = list_requests(&fake)
@@ -448,7 +480,7 @@ async fn three_pages_are_read_to_the_end(pool: PgPool) {
 async fn rate_limits_and_server_errors_are_waited_out(pool: PgPool) {
     let fake = fake().await;
     let app = app(pool, &fake);
-    inbound_texts(&fake, 1, 2, t0());
+    inbound_texts(&fake, 1, 2, ago(10));
     fake.fail_next(1, Failure::RateLimited(Some(1)));
     fake.fail_next(1, Failure::ServerError);
     let started = std::time::Instant::now();
@@ -468,7 +500,7 @@ async fn refused_credentials_are_recorded_and_the_checkpoint_stays(pool: PgPool)
     // The fake accepts no credential of ours.
     fake.accept(ACCOUNT, ACCOUNT, "another-token");
     let app = app(pool, &fake);
-    inbound_texts(&fake, 1, 1, t0());
+    inbound_texts(&fake, 1, 1, ago(10));
     let e = reconciler(&app, &fake, 1000).pass().await.unwrap_err();
     assert!(
         matches!(e, ReconcileError::Rest(RestError::Unauthorized { .. })),
@@ -497,9 +529,9 @@ async fn erased_contacts_are_not_brought_back(pool: PgPool) {
     let fake = fake().await;
     let app = app(pool, &fake);
     let r = reconciler(&app, &fake, 1000);
-    fake.add(inbound(1, ANA, "hi", t0()));
-    fake.add(outbound(2, ANA, "hello", t0()));
-    fake.add(inbound(3, BEA, "hi", t0()));
+    fake.add(inbound(1, ANA, "hi", ago(10)));
+    fake.add(outbound(2, ANA, "hello", ago(10)));
+    fake.add(inbound(3, BEA, "hi", ago(10)));
     assert_eq!(r.pass().await.unwrap().unwrap().inbound, 2);
     twilio_receiver::store::erase::contact(&app.pool, ANA)
         .await
@@ -534,14 +566,21 @@ async fn erased_contacts_are_not_brought_back(pool: PgPool) {
     let backfilled = r.backfill(&range, |_| {}).await;
     assert_eq!(backfilled.tally.erased, 2);
     assert_eq!(app.count("select count(*) from messages").await, 1);
+    // A late status callback of hers stores its event (new data), but queues no lookup that
+    // would bring the message's body back.
+    let late = app
+        .post_signed("/twilio/status", &callback(&sid(2), "read", &[]))
+        .await;
+    assert_eq!(late.status, 204);
+    assert_eq!(app.count("select count(*) from enrichment_jobs").await, 0);
 }
 
 #[sqlx::test]
 async fn two_replicas_reconciling_at_once_store_each_message_once(pool: PgPool) {
     let fake = fake().await;
-    inbound_texts(&fake, 1, 20, t0());
+    inbound_texts(&fake, 1, 20, ago(10));
     for n in 21..=30 {
-        fake.add(outbound(n, BEA, "x", t0()));
+        fake.add(outbound(n, BEA, "x", ago(10)));
     }
     fake.set_delay(std::time::Duration::from_millis(20));
     // Two servers on one database.
@@ -594,17 +633,29 @@ async fn two_replicas_reconciling_at_once_store_each_message_once(pool: PgPool) 
 }
 
 #[sqlx::test]
-async fn an_interrupted_backfill_continues_where_it_stopped(pool: PgPool) {
+async fn an_interrupted_backfill_reads_only_the_hours_left(pool: PgPool) {
     let fake = fake().await;
     let app = app(pool, &fake);
     let r = reconciler(&app, &fake, 3);
-    inbound_texts(&fake, 1, 7, t0() - TimeDelta::days(2));
+    // Seven messages over three hours, two days ago.
+    let day = t0() - TimeDelta::days(2);
+    for (n, minutes) in [
+        (1, 10),
+        (2, 20),
+        (3, 70),
+        (4, 80),
+        (5, 130),
+        (6, 140),
+        (7, 150),
+    ] {
+        fake.add(inbound(n, ANA, "hi", day + TimeDelta::minutes(minutes)));
+    }
     let range = Range {
-        since: t0() - TimeDelta::days(3),
-        until: Some(t0() - TimeDelta::days(1)),
+        since: day,
+        until: Some(day + TimeDelta::minutes(179)),
         senders: Vec::new(),
     };
-    // The second page fails for good (refused credentials) after the first is stored.
+    // The second hour's list is refused (for good) once the first hour is stored.
     let mut seen: Vec<Progress> = Vec::new();
     let first = r
         .backfill(&range, |p| {
@@ -615,8 +666,14 @@ async fn an_interrupted_backfill_continues_where_it_stopped(pool: PgPool) {
         })
         .await;
     assert!(!first.complete());
-    assert_eq!(first.tally.inbound, 3);
-    assert!(seen[0].done > 0.0 && seen[0].done < 1.0, "{:?}", seen[0]);
+    assert!(matches!(
+        first.errors[..],
+        [ReconcileError::Rest(RestError::Unauthorized { .. })]
+    ));
+    // The first and the third hour were stored.
+    assert_eq!(first.tally.inbound, 5);
+    assert_eq!(seen.len(), 3);
+    assert!((seen[0].done - 1.0 / 3.0).abs() < 1e-9, "{:?}", seen[0]);
 
     let requests_before = list_requests(&fake).len();
     let second = r.backfill(&range, |_| {}).await;
@@ -624,20 +681,24 @@ async fn an_interrupted_backfill_continues_where_it_stopped(pool: PgPool) {
     assert_eq!(
         second.tally,
         Tally {
-            inbound: 4,
+            inbound: 2,
             ..Tally::default()
         }
     );
-    // It went on from the page that failed, not from the start.
-    let resumed = &list_requests(&fake)[requests_before];
-    assert_eq!(resumed.param("Page"), Some("1"));
+    // Only the hour that failed was read again.
+    let lists = &list_requests(&fake)[requests_before..];
+    assert_eq!(lists.len(), 1);
+    assert_eq!(
+        lists[0].param("DateSent>"),
+        Some(seconds(day + TimeDelta::hours(1)).as_str())
+    );
     assert_eq!(
         app.count("select count(*) from messages where source = 'backfill'")
             .await,
         7
     );
 
-    // A finished run, run again, lists again and finds everything stored.
+    // A finished backfill, run again, reads everything again and finds it stored.
     let third = r.backfill(&range, |_| {}).await;
     assert_eq!(
         third.tally,
@@ -650,14 +711,48 @@ async fn an_interrupted_backfill_continues_where_it_stopped(pool: PgPool) {
 }
 
 #[sqlx::test]
+async fn backfilled_history_gets_the_sessions_it_had_live(pool: PgPool) {
+    let fake = fake().await;
+    let app = app(pool, &fake);
+    let r = reconciler(&app, &fake, 2);
+    // A window opened at d0 and extended at d0+1h (so open until d0+25h); d0+30h opens the
+    // next. Twilio lists them newest first.
+    let d0 = t0() - TimeDelta::days(3);
+    for (n, hours) in [(1, 0), (2, 1), (3, 30)] {
+        fake.add(inbound(n, ANA, "hello", d0 + TimeDelta::hours(hours)));
+    }
+    let range = Range {
+        since: d0 - TimeDelta::hours(1),
+        until: Some(t0() - TimeDelta::days(1)),
+        senders: Vec::new(),
+    };
+    assert!(r.backfill(&range, |_| {}).await.complete());
+    // date_created is a second before date_sent in the fake.
+    let created = |hours| d0 + TimeDelta::hours(hours) - TimeDelta::seconds(1);
+    let sessions = sqlx::query_as::<_, (DateTime<Utc>, i32)>(
+        "select started_at, inbound_count from sessions order by started_at",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(sessions, [(created(0), 2), (created(30), 1)]);
+    let window: Option<DateTime<Utc>> =
+        sqlx::query_scalar("select window_expires_at from conversations")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(window, Some(created(30) + TimeDelta::hours(24)));
+}
+
+#[sqlx::test]
 async fn a_message_that_cannot_be_stored_is_counted_as_failed(pool: PgPool) {
     let fake = fake().await;
     let app = app(pool, &fake);
     let r = reconciler(&app, &fake, 1000);
-    let mut broken = inbound(1, ANA, "x", t0());
+    let mut broken = inbound(1, ANA, "x", ago(10));
     broken.from = String::new();
     fake.add(broken);
-    inbound_texts(&fake, 2, 1, t0());
+    inbound_texts(&fake, 2, 1, ago(10));
     let range = Range {
         since: t0() - TimeDelta::days(1),
         until: None,
@@ -666,6 +761,17 @@ async fn a_message_that_cannot_be_stored_is_counted_as_failed(pool: PgPool) {
     let outcome = r.backfill(&range, |_| {}).await;
     assert_eq!((outcome.tally.inbound, outcome.tally.failed), (1, 1));
     assert!(!outcome.complete());
+    // It never can be: a pass counts it, and its checkpoint still moves on.
+    let pass = r.pass().await.unwrap().unwrap();
+    assert_eq!(
+        (pass.already_stored, pass.failed, pass.retryable),
+        (1, 1, 0)
+    );
+    assert_eq!(
+        app.count("select count(*) from reconcile_checkpoints")
+            .await,
+        1
+    );
 }
 
 /// Runs `twilio-receiver backfill` against the test's database and `fake`.
@@ -721,7 +827,7 @@ async fn the_backfill_command_prints_progress_and_one_summary_line(pool: PgPool)
         "{err}"
     );
     assert!(
-        err.contains("backfill: 100% of the range read, 1 pages"),
+        err.contains("backfill: 100% of the range read (49 hours this run)"),
         "{err}"
     );
     assert!(!format!("{out}{err}").contains(TOKEN));
@@ -747,7 +853,7 @@ async fn the_backfill_command_prints_progress_and_one_summary_line(pool: PgPool)
         err.contains("forbidden (403)") && err.contains("run the same backfill again"),
         "{err}"
     );
-    assert_eq!(out, "inbound 0, outbound 0, already stored 0, failed 0\n");
+    assert_eq!(out, "inbound 0, outbound 0, already stored 4, failed 0\n");
 
     let bad = backfill_command(&pool, &fake, &["--since", "yesterday"]).await;
     assert_eq!(bad.status.code(), Some(2));

@@ -157,10 +157,14 @@ pub(super) async fn execute(
             on conflict (message_sid, index) do nothing
         ), enrich as (
             -- Outbound messages first seen in a status callback, body unknown: one read of
-            -- their resource each, queued with the row (reconcile.enabled).
+            -- their resource each, queued with the row (reconcile.enabled), unless their
+            -- contact was erased.
             insert into enrichment_jobs (message_sid, account_sid)
             select message_sid, account_sid from sent
             where $120 and created and direction = 'outbound' and no_body
+              and not exists (
+                  select 1 from erased_contacts e
+                  where e.contact_sha256 = encode(sha256(convert_to(sent.contact, 'UTF8')), 'hex'))
             on conflict do nothing
         ), ev as (
             insert into message_status_events (

@@ -50,8 +50,9 @@ select
         select count(*) from sessions a join sessions b
           on a.business = b.business and a.contact = b.contact and a.started_at < b.started_at
         where b.started_at < a.expires_at),
-    -- an inbound message without the reply it was answered with
+    -- an inbound message without the reply it was answered with (one found through the
+    -- REST API was never answered)
     'inbound_without_reply=' || (
         select count(*) from messages m
-        where m.direction = 'inbound'
+        where m.direction = 'inbound' and m.source not in ('reconcile', 'backfill')
           and not exists (select 1 from replies r where r.message_sid = m.message_sid));

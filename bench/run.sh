@@ -28,14 +28,17 @@ RECONCILE=${RECONCILE:-0}
 DB=twr_bench
 
 cargo build --release --locked --quiet --bin twilio-receiver
-cargo bench --locked --quiet --no-run --bench load --bench backfill 2>/dev/null
+cargo bench --locked --quiet --no-run --bench load 2>/dev/null
 work=$(mktemp -d)
 fake=()
 trap 'kill "${servers[@]}" "${fake[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
 if ((RECONCILE)); then
   fake_port=$((PORT + 100))
-  cargo bench --locked --quiet --bench backfill -- --serve-fake "$fake_port" --messages 2000 \
-    2>"$work/fake.log" &
+  # The benchmark's own executable, so that the trap stops the fake itself (not a cargo
+  # process above it) and nothing else holds this script's output open.
+  fake_bin=$(cargo bench --locked --no-run --bench backfill --message-format=json 2>/dev/null |
+    grep -o '"executable":"[^"]*"' | tail -n1 | cut -d'"' -f4)
+  "$fake_bin" --serve-fake "$fake_port" --messages 2000 >"$work/fake.log" 2>&1 &
   fake+=($!)
   until (exec 3<>"/dev/tcp/127.0.0.1/$fake_port") 2>/dev/null; do
     kill -0 "${fake[0]}" 2>/dev/null || { cat "$work/fake.log"; exit 1; }

@@ -2,7 +2,7 @@
 //! in pages of 1,000, into a fresh database, through ingest as `twilio-receiver backfill`
 //! does; then the same range again (everything already stored).
 //!
-//!     cargo bench --bench backfill -- [--messages 20000] [--pgurl postgres://postgres@127.0.0.1:5432]
+//!     cargo bench --bench backfill -- [--messages 50000] [--pgurl postgres://postgres@127.0.0.1:5432]
 //!
 //! With `--serve-fake PORT` it only serves a fake API holding `--messages` messages sent in
 //! the last hour (for `bench/run.sh` with `RECONCILE=1`: a server reconciling every second
@@ -28,7 +28,7 @@ const BUSINESS: &str = "whatsapp:+14155238886";
 
 #[derive(Parser, Debug)]
 struct Args {
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 50_000)]
     messages: u32,
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
     pgurl: String,
@@ -76,7 +76,8 @@ async fn main() {
     }
     let fake = FakeTwilio::start().await;
     fake.accept(ACCOUNT, ACCOUNT, TOKEN);
-    fill(&fake, args.messages, TimeDelta::hours(24));
+    // Two hours: the backfill reads it an hour at a time, in full pages of 1,000.
+    fill(&fake, args.messages, TimeDelta::hours(2));
 
     let db = "twr_bench_backfill";
     let admin = sqlx::PgPool::connect(&format!("{}/postgres", args.pgurl))
@@ -110,8 +111,8 @@ async fn main() {
     let pool = store::pool(&settings.database).unwrap();
     let reconciler = startup::standalone_reconciler(&settings, pool.clone()).unwrap();
     let range = Range {
-        since: Utc::now() - TimeDelta::days(2),
-        until: None,
+        since: Utc::now() - TimeDelta::hours(3),
+        until: Some(Utc::now()),
         senders: Vec::new(),
     };
     for run in ["first run (nothing stored)", "second run (all stored)"] {

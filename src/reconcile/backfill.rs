@@ -1,9 +1,10 @@
 //! Backfill: importing a range of an account's history (first deploy, after an outage), with
 //! the same import as a gap-fill pass. The range is read an hour at a time, oldest first
 //! (Twilio lists newest first; each hour is sorted before it is stored), so windows and
-//! sessions come out as if the messages had arrived live. Each hour read and stored whole
-//! is recorded: a rerun of an interrupted backfill reads only the hours left, and a message
-//! already stored is never stored twice.
+//! sessions come out as if the messages had arrived live. Each whole hour read and stored
+//! whole is recorded: a rerun of an interrupted backfill reads only the hours left (and the
+//! range's last, partial hour, which may have grown), and a message already stored is never
+//! stored twice.
 
 use super::{ReconcileError, Reconciler, Tally, filters};
 use crate::{store, store::write::Origin};
@@ -57,7 +58,15 @@ impl Reconciler {
         let accounts = self.client.account_sids();
         let keys: Vec<String> = accounts
             .iter()
-            .flat_map(|account| hours.iter().map(move |h| chunk_key(account, range, *h)))
+            .flat_map(|account| hours.iter().map(move |h| chunk_key(account, range, h.0)))
+            .collect();
+        let full: Vec<bool> = accounts
+            .iter()
+            .flat_map(|_| {
+                hours
+                    .iter()
+                    .map(|h| h.1 - h.0 == CHUNK - Duration::seconds(1))
+            })
             .collect();
         let mut done = match store::reconcile::chunks_done(&self.db, &keys).await {
             Ok(done) => done,
@@ -66,8 +75,9 @@ impl Reconciler {
                 return outcome;
             }
         };
-        // A finished backfill, run again, reads its whole range again.
-        if done.iter().all(|d| *d) {
+        // A finished backfill (every whole hour done), run again, reads its whole range
+        // again.
+        if full.contains(&true) && done.iter().zip(&full).all(|(d, f)| *d || !*f) {
             if let Err(e) = store::reconcile::forget_chunks(&self.db, &keys).await {
                 outcome.errors.push(e.into());
                 return outcome;
@@ -81,7 +91,9 @@ impl Reconciler {
         let chunk_lists = accounts
             .iter()
             .flat_map(|account| hours.iter().map(move |h| (account, *h)));
-        for (((account, (start, end)), key), done) in chunk_lists.zip(&keys).zip(&done) {
+        for ((((account, (start, end)), key), done), full) in
+            chunk_lists.zip(&keys).zip(&done).zip(&full)
+        {
             if *done {
                 continue;
             }
@@ -98,8 +110,9 @@ impl Reconciler {
             state.done += 1.0 / keys.len() as f64;
             match error {
                 Some(e) => outcome.errors.push(e),
-                // An hour with a message that may still be stored is read again next run.
-                None if tally.retryable == 0 => {
+                // An hour with a message that may still be stored is read again next run, as
+                // is a partial hour (later messages may still come into it).
+                None if tally.retryable == 0 && *full => {
                     if let Err(e) = store::reconcile::chunk_done(&self.db, key).await {
                         outcome.errors.push(e.into());
                     }
@@ -126,11 +139,10 @@ fn chunks(since: DateTime<Utc>, until: DateTime<Utc>) -> Vec<(DateTime<Utc>, Dat
 }
 
 /// What identifies an hour of a backfill: the same account, senders and hour.
-fn chunk_key(account: &str, range: &Range, (start, end): (DateTime<Utc>, DateTime<Utc>)) -> String {
+fn chunk_key(account: &str, range: &Range, start: DateTime<Utc>) -> String {
     format!(
-        "{account}|{}|{}|{}",
+        "{account}|{}|{}",
         start.to_rfc3339(),
-        end.to_rfc3339(),
         range.senders.join(",")
     )
 }

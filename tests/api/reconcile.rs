@@ -652,7 +652,7 @@ async fn an_interrupted_backfill_reads_only_the_hours_left(pool: PgPool) {
     }
     let range = Range {
         since: day,
-        until: Some(day + TimeDelta::minutes(179)),
+        until: Some(day + TimeDelta::hours(3) - TimeDelta::seconds(1)),
         senders: Vec::new(),
     };
     // The second hour's list is refused (for good) once the first hour is stored.

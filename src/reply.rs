@@ -2,7 +2,7 @@
 //! facts the store read back while saving it; the rules (reloadable) decide.
 
 use crate::{
-    rules::{ConsentChange, ConsentState, Facts, Rules},
+    rules::{ConsentCause, ConsentChange, ConsentState, Facts, Rules},
     twilio::{InboundMessage, ReplyLink},
     twiml,
 };
@@ -16,8 +16,8 @@ pub struct Decision {
     pub rule: Vec<String>,
     /// Each message with the rule that produced it.
     pub messages: Vec<(Option<String>, twiml::Message)>,
-    /// A consent change to record.
-    pub consent: Option<ConsentChange>,
+    /// A consent change to record, and what made it.
+    pub consent: Option<(ConsentChange, ConsentCause)>,
 }
 
 /// Chooses replies and renders them.
@@ -65,6 +65,19 @@ impl Replier {
 
     /// Decides with `rules` (taken once per message with [`Replier::rules`]).
     pub fn decide(&self, rules: &Rules, message: &InboundMessage, facts: &Facts) -> Decision {
+        // Twilio's own opt-out handling recognised a keyword and answered it already: consent
+        // follows it, and nothing answers a second time.
+        if let Some(kind) = &message.opt_out_type {
+            let change = match kind.trim().to_ascii_uppercase().as_str() {
+                "STOP" => Some(ConsentChange::OptOut),
+                "START" => Some(ConsentChange::OptIn),
+                _ => None,
+            };
+            return Decision {
+                consent: change.map(|c| (c, ConsentCause::OptOutType)),
+                ..Decision::default()
+            };
+        }
         let evaluation = rules.evaluate(message, facts);
         if !evaluation.matched.is_empty() {
             return Decision {
@@ -74,7 +87,9 @@ impl Replier {
                     .into_iter()
                     .map(|(rule, m)| (Some(rule), m))
                     .collect(),
-                consent: evaluation.consent,
+                consent: evaluation
+                    .consent
+                    .map(|(change, rule)| (change, ConsentCause::Rule(rule))),
             };
         }
         // No rule answered: the default reply, never to a contact who opted out.

@@ -54,7 +54,7 @@ impl Decider {
                         .as_ref()
                         .map(|a| a.bodies.clone())
                         .unwrap_or_default(),
-                    consent: decision.consent.map(|c| c.state()),
+                    consent: decision.consent.map(|(c, cause)| (c.state(), cause)),
                 };
             }
             Answer::Rules => false,
@@ -64,6 +64,7 @@ impl Decider {
             metrics.rule_matched(rule);
         }
         if fallback
+            && msg.opt_out_type.is_none()
             && decision.rule.is_empty()
             && decision.messages.is_empty()
             && facts.consent != ConsentState::OptedOut
@@ -76,7 +77,7 @@ impl Decider {
             rule: decision.rule,
             twiml: rendered.twiml,
             bodies: rendered.bodies,
-            consent: decision.consent.map(|c| c.state()),
+            consent: decision.consent.map(|(c, cause)| (c.state(), cause)),
         }
     }
 }

@@ -32,6 +32,31 @@ impl ConsentState {
     }
 }
 
+/// What changed a contact's consent (`consent_events.cause`, `rule`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsentCause {
+    /// A reply rule with `consent = ...`: its name.
+    Rule(String),
+    /// Twilio's own opt-out handling (`OptOutType` on the inbound message).
+    OptOutType,
+}
+
+impl ConsentCause {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ConsentCause::Rule(_) => "rule",
+            ConsentCause::OptOutType => "opt_out_type",
+        }
+    }
+
+    pub fn rule(&self) -> Option<&str> {
+        match self {
+            ConsentCause::Rule(rule) => Some(rule),
+            ConsentCause::OptOutType => None,
+        }
+    }
+}
+
 /// What the store knows about the conversation once the message is saved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Facts {

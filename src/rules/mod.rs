@@ -8,7 +8,7 @@
 mod facts;
 mod hours;
 
-pub use facts::{ConsentState, Facts};
+pub use facts::{ConsentCause, ConsentState, Facts};
 pub use hours::Hours;
 
 use crate::{twilio::InboundMessage, twiml};
@@ -121,7 +121,8 @@ pub struct Evaluation {
     pub matched: Vec<String>,
     /// Each message with the rule that produced it.
     pub messages: Vec<(String, twiml::Message)>,
-    pub consent: Option<ConsentChange>,
+    /// The consent change of the last rule that made one, and that rule.
+    pub consent: Option<(ConsentChange, String)>,
 }
 
 impl Rules {
@@ -282,8 +283,8 @@ impl Rules {
                 }
             }
             out.matched.push(rule.name.clone());
-            if rule.consent.is_some() {
-                out.consent = rule.consent;
+            if let Some(change) = rule.consent {
+                out.consent = Some((change, rule.name.clone()));
             }
             if !rule.cont {
                 break;

@@ -314,10 +314,16 @@ fn opted_out_contacts_hear_only_from_rules_written_for_them() {
     let e = r.evaluate(&text("start"), &out);
     assert_eq!(
         (e.matched.join(","), e.consent),
-        ("opt-in".into(), Some(ConsentChange::OptIn))
+        (
+            "opt-in".into(),
+            Some((ConsentChange::OptIn, "opt-in".to_owned()))
+        )
     );
     let e = r.evaluate(&text("stop"), &facts());
-    assert_eq!(e.consent, Some(ConsentChange::OptOut));
+    assert_eq!(
+        e.consent,
+        Some((ConsentChange::OptOut, "opt-out".to_owned()))
+    );
     assert_eq!(matched(&r, &text("hi"), &facts()), ["anything"]);
 }
 

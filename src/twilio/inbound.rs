@@ -66,6 +66,11 @@ pub struct InboundMessage {
     pub profile_name: Option<String>,
     pub wa_id: Option<String>,
     pub external_user_id: Option<String>,
+    /// `ParentExternalUserId`, when sent with a business-scoped user ID.
+    pub parent_external_user_id: Option<String>,
+    /// `OptOutType` (`STOP`, `START`, `HELP`): Twilio's own opt-out handling (a Messaging
+    /// Service's Advanced Opt-Out) recognised the keyword and answered it.
+    pub opt_out_type: Option<String>,
     pub message_type: Option<String>,
     pub channel_metadata: Option<Value>,
     pub forwarded: Option<bool>,
@@ -132,6 +137,8 @@ impl InboundMessage {
             profile_name: p.text("ProfileName"),
             wa_id: p.text("WaId"),
             external_user_id: p.text("ExternalUserId"),
+            parent_external_user_id: p.text("ParentExternalUserId"),
+            opt_out_type: p.text("OptOutType"),
             message_type: p.text("MessageType"),
             channel_metadata: json("ChannelMetadata"),
             forwarded: flag("Forwarded"),

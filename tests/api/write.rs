@@ -10,7 +10,7 @@ use twilio_receiver::{
     ingest::{self, Clock, Grouping, Ingest, IngestError, Outcome, Source, Webhook},
     metrics::Metrics,
     reply::Replier,
-    rules::{ConsentState, Facts, Rules},
+    rules::{ConsentCause, ConsentState, Facts, Rules},
     store::{
         StoreError,
         notify::Notifier,
@@ -95,7 +95,7 @@ fn reply(msg: &InboundMessage, facts: &Facts) -> Reply {
         rule: vec!["echo".to_owned()],
         twiml: format!("<Response><Message>{:?}</Message></Response>", seen(facts)),
         bodies: vec![format!("{}", facts.inbound_count)],
-        consent,
+        consent: consent.map(|state| (state, ConsentCause::Rule("echo".to_owned()))),
     }
 }
 

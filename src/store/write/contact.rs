@@ -2,7 +2,7 @@
 //! here once for every write (the statement stores what this computed).
 
 use super::Inbound;
-use crate::rules::{ConsentState, Facts};
+use crate::rules::{ConsentCause, ConsentState, Facts};
 use chrono::{DateTime, Duration, Utc};
 use std::collections::HashMap;
 
@@ -45,6 +45,8 @@ pub(super) struct Session {
     pub started_at: DateTime<Utc>,
     pub last_inbound_at: DateTime<Utc>,
     pub added: i32,
+    /// The batch index of the message that opened it, when this batch opened it.
+    pub opened_by: Option<usize>,
 }
 
 /// One conversation during a batch: its row as read (or remembered), then as each message
@@ -67,6 +69,8 @@ pub(super) struct Contact {
     pub consent: ConsentState,
     /// The last consent change this batch made, and the message that made it.
     pub consent_change: Option<(ConsentState, usize)>,
+    /// Every consent change this batch made, in order: the message and what made it.
+    pub consent_events: Vec<(ConsentState, usize, ConsentCause)>,
     pub recent: Vec<(String, DateTime<Utc>)>,
     /// A message of this batch was applied: the row is written back.
     pub changed: bool,
@@ -88,6 +92,7 @@ impl Contact {
         self.read = self.count;
         self.sessions.clear();
         self.consent_change = None;
+        self.consent_events.clear();
         self.changed = false;
         // Replies this old count towards no limit of any later message (see `recall`).
         let horizon = self.last.map(|last| last - lookback);
@@ -120,6 +125,7 @@ impl Contact {
                 started_at: started,
                 last_inbound_at: last,
                 added: 1,
+                opened_by: None,
             }),
         }
         let since = at - lookback;

@@ -23,7 +23,7 @@ pub use memory::Memory;
 
 use super::StoreError;
 use crate::{
-    rules::{ConsentState, Facts},
+    rules::{ConsentCause, ConsentState, Facts},
     twilio::{InboundMessage, Params, ReplyLink, StatusCallback},
 };
 use chrono::{DateTime, Duration, Utc};
@@ -141,7 +141,8 @@ pub struct Reply {
     pub twiml: String,
     /// The body of each `<Message>`, in order.
     pub bodies: Vec<String>,
-    pub consent: Option<ConsentState>,
+    /// A consent change, and what made it.
+    pub consent: Option<(ConsentState, ConsentCause)>,
 }
 
 /// What happened to a delivery of an inbound message.
@@ -203,6 +204,9 @@ pub struct Options {
     /// (`reconcile.enabled`).
     pub enrich: bool,
 }
+
+/// Twilio's error when it refuses to send to a recipient who unsubscribed (opted out).
+const UNSUBSCRIBED: i32 = 21610;
 
 /// Attempts that read and write without locking anything (the first may trust the writer's
 /// memory instead of reading).
@@ -410,6 +414,16 @@ async fn store_once(
         recorded_failures = result.failure_records.into_iter().collect();
     }
     settle_outbound_creation(keys, &mut contacts, batch.outbound);
+    // A callback Twilio failed with 21610 (the recipient unsubscribed) opts its contact out
+    // in SQL: the next batch reads that contact.
+    let refused: Vec<(&str, &str)> = batch
+        .outbound
+        .batch
+        .iter()
+        .filter(|c| c.cb.error_code == Some(UNSUBSCRIBED))
+        .map(|c| (c.cb.from.expose(), c.cb.to.expose()))
+        .collect();
+    memory.forget(&refused);
     // A message found late may be older than the contact's state (its consent change can
     // lose to a later one in SQL): the next batch reads the contact instead.
     if !inbound.iter().any(|item| item.origin.is_api()) {
@@ -465,10 +479,16 @@ fn decide_new(
         let c = &mut contacts[index[&(item.msg.to.expose(), item.msg.from.expose())]];
         let facts = c.receive(item.at, batch.options.lookback);
         c.latest = i;
+        if facts.new_session
+            && let Some(session) = c.sessions.last_mut()
+        {
+            session.opened_by = Some(i);
+        }
         let reply = decide(i, &facts);
-        if let Some(state) = reply.consent {
-            c.consent = state;
-            c.consent_change = Some((state, i));
+        if let Some((state, cause)) = &reply.consent {
+            c.consent = *state;
+            c.consent_change = Some((*state, i));
+            c.consent_events.push((*state, i, cause.clone()));
         }
         if reply.store {
             c.recent

@@ -24,6 +24,7 @@ pub(super) struct MessageRows<'a> {
     pub profile_name: Vec<Option<&'a str>>,
     pub wa_id: Vec<Option<&'a str>>,
     pub external_user_id: Vec<Option<&'a str>>,
+    pub parent_external_user_id: Vec<Option<&'a str>>,
     pub message_type: Vec<Option<&'a str>>,
     pub latitude: Vec<Option<f64>>,
     pub longitude: Vec<Option<f64>>,
@@ -119,6 +120,8 @@ impl<'a> MessageRows<'a> {
             rows.profile_name.push(msg.profile_name.as_deref());
             rows.wa_id.push(msg.wa_id.as_deref());
             rows.external_user_id.push(msg.external_user_id.as_deref());
+            rows.parent_external_user_id
+                .push(msg.parent_external_user_id.as_deref());
             rows.message_type.push(msg.message_type.as_deref());
             rows.latitude.push(msg.latitude);
             rows.longitude.push(msg.longitude);
@@ -178,11 +181,24 @@ pub(super) struct ContactUpdates<'a> {
     pub session_last: Vec<DateTime<Utc>>,
     pub session_expires: Vec<DateTime<Utc>>,
     pub session_count: Vec<i32>,
+    pub session_channel: Vec<String>,
+    /// The ad or post a session's first message came from (Click-to-WhatsApp).
+    pub session_referral_type: Vec<Option<&'a str>>,
+    pub session_referral_id: Vec<Option<&'a str>>,
+    pub session_ctwa_clid: Vec<Option<&'a str>>,
     pub consent_business: Vec<&'a str>,
     pub consent_contact: Vec<&'a str>,
     pub consent_state: Vec<&'static str>,
     pub consent_sid: Vec<&'a str>,
     pub consent_at: Vec<DateTime<Utc>>,
+    /// Every consent change, for `consent_events`.
+    pub event_business: Vec<&'a str>,
+    pub event_contact: Vec<&'a str>,
+    pub event_state: Vec<&'static str>,
+    pub event_sid: Vec<&'a str>,
+    pub event_cause: Vec<&'static str>,
+    pub event_rule: Vec<Option<String>>,
+    pub event_at: Vec<DateTime<Utc>>,
 }
 
 impl<'a> ContactUpdates<'a> {
@@ -211,6 +227,23 @@ impl<'a> ContactUpdates<'a> {
                 u.session_expires
                     .push(s.last_inbound_at + Duration::hours(24));
                 u.session_count.push(s.added);
+                u.session_channel.push(batch[c.latest].msg.to.channel());
+                let referral = s.opened_by.map(|i| &batch[i].msg.referral);
+                u.session_referral_type
+                    .push(referral.and_then(|r| r.source_type.as_deref()));
+                u.session_referral_id
+                    .push(referral.and_then(|r| r.source_id.as_deref()));
+                u.session_ctwa_clid
+                    .push(referral.and_then(|r| r.ctwa_clid.as_deref()));
+            }
+            for (state, i, cause) in &c.consent_events {
+                u.event_business.push(business);
+                u.event_contact.push(contact);
+                u.event_state.push(state.as_str());
+                u.event_sid.push(batch[*i].msg.sid.as_str());
+                u.event_cause.push(cause.as_str());
+                u.event_rule.push(cause.rule().map(str::to_owned));
+                u.event_at.push(batch[*i].at);
             }
             if let Some((state, i)) = c.consent_change {
                 u.consent_business.push(business);

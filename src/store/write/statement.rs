@@ -46,7 +46,7 @@ pub(super) async fn execute(
                 referral_ctwa_clid, from_country, to_country, channel_metadata, status,
                 status_rank, error_code, error_message, in_reply_to, rule, reply_part,
                 received_at, updated_at, params, source, twilio_created_at, twilio_sent_at,
-                price, price_unit)
+                price, price_unit, parent_external_user_id)
             select t.message_sid, t.account_sid, t.messaging_service_sid, 'inbound',
                    t.channel, t.business, t.contact, t.body, t.num_media, t.num_segments,
                    t.profile_name, t.wa_id, t.external_user_id, t.message_type,
@@ -58,7 +58,7 @@ pub(super) async fn execute(
                    t.channel_metadata, t.status, t.status_rank, null::int4, null::text,
                    null::text, null::text, null::int4, t.received_at, t.received_at,
                    t.params, t.source, t.twilio_created_at, t.twilio_sent_at,
-                   t.price::numeric, t.price_unit
+                   t.price::numeric, t.price_unit, t.parent_external_user_id
             from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                         $6::text[], $7::text[], $8::int4[], $9::int4[], $10::text[],
                         $11::text[], $12::text[], $13::text[], $14::float8[],
@@ -68,7 +68,7 @@ pub(super) async fn execute(
                         $30::text[], $31::text[], $32::jsonb[], $33::text[],
                         $34::timestamptz[], $35::jsonb[], $36::int2[], $102::text[],
                         $103::timestamptz[], $104::timestamptz[], $105::text[],
-                        $106::text[])
+                        $106::text[], $121::text[])
                 as t (message_sid, account_sid, messaging_service_sid, channel, business,
                       contact, body, num_media, num_segments, profile_name, wa_id,
                       external_user_id, message_type, latitude, longitude,
@@ -78,7 +78,7 @@ pub(super) async fn execute(
                       referral_headline, referral_body, referral_ctwa_clid, from_country,
                       to_country, channel_metadata, status, received_at, params,
                       status_rank, source, twilio_created_at, twilio_sent_at, price,
-                      price_unit)
+                      price_unit, parent_external_user_id)
             union all
             select u.message_sid, u.account_sid, u.messaging_service_sid, 'outbound',
                    u.channel, u.business, u.contact,
@@ -90,7 +90,7 @@ pub(super) async fn execute(
                    u.status, u.status_rank, u.error_code, u.error_message,
                    u.in_reply_to, u.rule, u.reply_part, u.received_at, u.updated_at,
                    u.params, u.source, u.twilio_created_at, u.twilio_sent_at,
-                   u.price::numeric, u.price_unit
+                   u.price::numeric, u.price_unit, null
             from unnest($76::text[], $77::text[], $78::text[], $79::text[], $80::text[],
                         $81::text[], $82::text[], $83::int2[], $84::int4[], $85::text[],
                         $86::text[], $87::text[], $88::int4[], $89::timestamptz[],
@@ -174,7 +174,7 @@ pub(super) async fn execute(
                                  $72::text[], $73::timestamptz[], $74::jsonb[],
                                  $75::text[], $119::text[])
             on conflict (message_sid, status, error_code_raw, raw_dlr_done_date) do nothing
-            returning id, message_sid, status, error_code_raw, raw_dlr_done_date
+            returning id, message_sid, status, error_code, error_code_raw, raw_dlr_done_date
         ), conv as (
             -- One row per contact, whichever kinds of webhook the batch has for it (a
             -- statement may touch a row only once). Inbound: inbound_count grows by
@@ -218,19 +218,34 @@ pub(super) async fn execute(
             returning c.business, c.contact, c.inbound_count, c.created_at
         ), sess as (
             insert into sessions as s (
-                business, contact, started_at, last_inbound_at, expires_at, inbound_count)
+                business, contact, started_at, last_inbound_at, expires_at, inbound_count,
+                channel, referral_source_type, referral_source_id, referral_ctwa_clid)
             select * from unnest($51::text[], $52::text[], $53::timestamptz[],
-                                 $54::timestamptz[], $55::timestamptz[], $56::int4[])
+                                 $54::timestamptz[], $55::timestamptz[], $56::int4[],
+                                 $122::text[], $123::text[], $124::text[], $125::text[])
             order by 1, 2, 3
             on conflict (business, contact, started_at) do update set
                 last_inbound_at = excluded.last_inbound_at,
                 expires_at = excluded.expires_at,
                 inbound_count = s.inbound_count + excluded.inbound_count
+        ), refused as (
+            -- Recipients Twilio refused to send to (a new event with error 21610: they
+            -- unsubscribed), opted out as of the message's first sighting, so that an
+            -- opt-in recorded after it was sent still wins.
+            select distinct on (s.business, s.contact)
+                   s.business, s.contact, s.message_sid, s.received_at
+            from ev join sent s using (message_sid)
+            where ev.error_code = 21610
+            order by s.business, s.contact, s.received_at desc
         ), opt as (
             insert into consent as k (business, contact, state, message_sid, changed_at)
-            select * from unnest($57::text[], $58::text[], $59::text[], $60::text[],
-                                 $61::timestamptz[])
-            order by 1, 2
+            select distinct on (c.business, c.contact) c.*
+            from (select * from unnest($57::text[], $58::text[], $59::text[], $60::text[],
+                                       $61::timestamptz[])
+                  union all
+                  select business, contact, 'opted_out', message_sid, received_at
+                  from refused) as c (business, contact, state, message_sid, changed_at)
+            order by c.business, c.contact, c.changed_at desc
             on conflict (business, contact) do update set
                 state = excluded.state,
                 message_sid = excluded.message_sid,
@@ -238,6 +253,15 @@ pub(super) async fn execute(
             -- The latest message decides, also when an older one is stored late (the
             -- spool).
             where k.changed_at <= excluded.changed_at
+        ), consent_history as (
+            -- Every change, also one older than the current state (found late).
+            insert into consent_events (business, contact, state, message_sid, cause, rule, at)
+            select * from unnest($126::text[], $127::text[], $128::text[], $129::text[],
+                                 $130::text[], $131::text[], $132::timestamptz[])
+            union all
+            select business, contact, 'opted_out', message_sid, 'delivery_error', null,
+                   received_at
+            from refused
         ), answer as (
             -- Only for messages this statement inserted: a reply already on record (another
             -- transaction stored the message meanwhile) is left alone and the check fails.
@@ -404,6 +428,18 @@ pub(super) async fn execute(
         &w.media.content_type as &[Option<&str>],
         &e.source as &[&str],
         rows.enrich,
+        &m.parent_external_user_id as &[Option<&str>],
+        &u.session_channel,
+        &u.session_referral_type as &[Option<&str>],
+        &u.session_referral_id as &[Option<&str>],
+        &u.session_ctwa_clid as &[Option<&str>],
+        &u.event_business as &[&str],
+        &u.event_contact as &[&str],
+        &u.event_state as &[&str],
+        &u.event_sid as &[&str],
+        &u.event_cause as &[&str],
+        &u.event_rule as &[Option<String>],
+        &u.event_at,
     )
     .fetch_one(&mut *conn)
     .await?;

@@ -18,7 +18,8 @@ pub struct Erased {
     pub storage_keys: Vec<String>,
 }
 
-/// Deletes every row about `contact` (both directions of every conversation with it) in one
+/// Deletes every row about `contact` (both directions of every conversation with it, its
+/// consent history included) in one
 /// statement, so it either all goes or nothing does, and leaves a tombstone (a hash of the
 /// address) so that reconciliation never brings the contact back from Twilio's log.
 pub async fn contact(pool: &PgPool, contact: &str) -> Result<Erased, StoreError> {
@@ -47,6 +48,8 @@ pub async fn contact(pool: &PgPool, contact: &str) -> Result<Erased, StoreError>
             delete from conversations where contact = $1 returning 1
         ), k as (
             delete from consent where contact = $1 returning 1
+        ), history as (
+            delete from consent_events where contact = $1
         ), jobs as (
             delete from enrichment_jobs where message_sid in (select message_sid from m)
         ), checks as (

@@ -563,6 +563,8 @@ async fn erase_removes_one_contact_everywhere_and_nothing_else(pool: PgPool) {
     let url = database_url(&pool);
     let storage = format!("file://{}", dir.display());
     let spool_setting = spool_dir.to_str().unwrap().to_owned();
+    let history = format!("select count(*) from consent_events where contact = '{ana}'");
+    assert_eq!(app.count(&history).await, 1, "her opt-out is history");
     let out = tokio::task::spawn_blocking(move || {
         run(
             &["erase", "--contact", ana],
@@ -596,7 +598,13 @@ async fn erase_removes_one_contact_everywhere_and_nothing_else(pool: PgPool) {
         "Bob's spooled webhook stays"
     );
     assert!(!dir.join(sid(1)).join("0").exists());
-    for table in ["messages", "sessions", "conversations", "consent"] {
+    for table in [
+        "messages",
+        "sessions",
+        "conversations",
+        "consent",
+        "consent_events",
+    ] {
         let left = app
             .count(&format!(
                 "select count(*) from {table} where contact = '{ana}'"
@@ -693,6 +701,8 @@ async fn prune_deletes_old_history_in_batches_and_keeps_what_is_recent(pool: PgP
         ("select count(*) from sessions", 1),
         // An opt-out is honoured however old it is.
         ("select count(*) from consent where state = 'opted_out'", 1),
+        // So does its history, however old.
+        ("select count(*) from consent_events", 1),
     ] {
         assert_eq!(app.count(sql).await, expected, "{sql}");
     }

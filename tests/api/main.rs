@@ -12,6 +12,7 @@ mod inbound;
 mod logs;
 mod media;
 mod metrics;
+mod questions;
 mod reconcile;
 mod requests;
 pub mod rest;

@@ -13,6 +13,7 @@ mod logs;
 mod media;
 mod metrics;
 mod operator;
+mod questions;
 mod reconcile;
 mod requests;
 pub mod rest;

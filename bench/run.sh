@@ -86,6 +86,7 @@ for workload in $WORKLOADS; do
   psql -q "$PGURL/$DB" -c checkpoint
   idle_kb=$(servers_kb VmRSS)
   server_before=$(servers_ticks); postgres_before=$(postgres_ticks)
+  fake_before=$( ((RECONCILE)) && cpu_ticks "${fake[0]}" || echo 0)
   line=$(cargo bench --locked --quiet --bench load -- --addr "$addrs" \
     --workload "$workload" --connections "$CONNECTIONS" --seconds "$RUN_SECONDS" \
     --token bench-token --public-url https://hooks.example.com \
@@ -93,10 +94,11 @@ for workload in $WORKLOADS; do
     $( ((AFFINITY)) && echo --affinity) 2>/dev/null)
   server_cpu=$(( $(servers_ticks) - server_before ))
   postgres_cpu=$(( $(postgres_ticks) - postgres_before ))
+  fake_cpu=$(( $( ((RECONCILE)) && cpu_ticks "${fake[0]}" || echo 0) - fake_before ))
   peak_kb=$(servers_kb VmHWM)
   stop_servers
   checks=$(psql -At "$PGURL/$DB" -F ' ' -f bench/checks.sql)
-  echo "$line replicas=$REPLICAS affinity=$AFFINITY reconcile=$RECONCILE server_cpu_s=$(tenths "$server_cpu") postgres_cpu_s=$(tenths "$postgres_cpu") server_rss_idle_mb=$((idle_kb / 1024)) server_rss_peak_mb=$((peak_kb / 1024)) $checks"
+  echo "$line replicas=$REPLICAS affinity=$AFFINITY reconcile=$RECONCILE server_cpu_s=$(tenths "$server_cpu") postgres_cpu_s=$(tenths "$postgres_cpu") fake_api_cpu_s=$(tenths "$fake_cpu") server_rss_idle_mb=$((idle_kb / 1024)) server_rss_peak_mb=$((peak_kb / 1024)) $checks"
 done
 
 # Start to ready with migrations already applied (the database of the last run).

@@ -155,3 +155,130 @@ comment on view message_deliveries is 'each outbound message with the time of ea
 comment on view reply_deliveries is 'each reply message we sent for an inbound message, with its delivery and the delay from the inbound message to delivered or read';
 comment on column reply_deliveries.delivered_or_read_at is 'the earlier of delivered_at and read_at (a read can come without or before delivered)';
 comment on column reply_deliveries.delay is 'from the inbound message to delivered_or_read_at';
+
+-- The remaining columns, in one list.
+do $$
+declare r record;
+begin
+    for r in select * from (values
+        ('messages', 'latitude', 'a shared location''s latitude (WhatsApp)'),
+        ('messages', 'longitude', 'a shared location''s longitude (WhatsApp)'),
+        ('messages', 'location_address', 'a shared location''s address, when sent'),
+        ('messages', 'location_label', 'a shared location''s label, when sent'),
+        ('messages', 'button_text', 'the text of the quick-reply button the user pressed'),
+        ('messages', 'button_payload', 'the payload of the quick-reply button the user pressed'),
+        ('messages', 'replied_to_sid', 'the message the user replied to (OriginalRepliedMessageSid)'),
+        ('messages', 'replied_to_sender', 'the sender of the message the user replied to'),
+        ('messages', 'forwarded', 'WhatsApp says the message was forwarded'),
+        ('messages', 'frequently_forwarded', 'WhatsApp says the message was forwarded many times'),
+        ('messages', 'referral_source_type', 'the ad or post the message came from (ReferralSourceType)'),
+        ('messages', 'referral_source_id', 'ReferralSourceId'),
+        ('messages', 'referral_source_url', 'ReferralSourceUrl'),
+        ('messages', 'referral_headline', 'ReferralHeadline'),
+        ('messages', 'referral_body', 'ReferralBody'),
+        ('messages', 'referral_ctwa_clid', 'ReferralCtwaClid: the Click-to-WhatsApp click ID'),
+        ('messages', 'from_country', 'FromCountry (SMS)'),
+        ('messages', 'to_country', 'ToCountry (SMS)'),
+        ('messages', 'channel_metadata', 'ChannelMetadata as JSON (WhatsApp context)'),
+        ('message_media', 'message_sid', 'the message'),
+        ('message_media', 'index', 'N of MediaUrlN (0, 1, …)'),
+        ('message_media', 'url', 'where Twilio serves the media (needs the account''s credentials)'),
+        ('message_media', 'content_type', 'the media''s MIME type'),
+        ('message_media', 'archive_state', 'NULL (archive off), pending, stored, failed (gave up) or refused (a host not allowed)'),
+        ('message_media', 'archive_attempts', 'download attempts so far'),
+        ('message_media', 'archive_next_at', 'when a pending download is next tried'),
+        ('message_media', 'archive_lease_until', 'a worker holds the download until then'),
+        ('message_media', 'stored_at', 'when the archive stored the file'),
+        ('message_media', 'storage_key', 'the file''s key in media storage'),
+        ('message_media', 'bytes', 'the stored file''s size'),
+        ('message_media', 'sha256', 'lower-case hex SHA-256 of the stored bytes'),
+        ('message_media', 'archive_error', 'why the last attempt failed, or why the item was refused'),
+        ('message_status_events', 'id', 'insertion order'),
+        ('message_status_events', 'message_sid', 'the message'),
+        ('message_status_events', 'status', 'MessageStatus as sent (queued, sent, delivered, read, failed, undelivered, …)'),
+        ('message_status_events', 'error_code', 'ErrorCode when it is a number'),
+        ('message_status_events', 'error_code_raw', 'ErrorCode as sent'),
+        ('message_status_events', 'error_message', 'ErrorMessage, when sent'),
+        ('message_status_events', 'raw_dlr_done_date', 'RawDlrDoneDate: the carrier''s delivery time (SMS), as sent'),
+        ('message_status_events', 'params', 'every parameter of the callback (or the API resource''s JSON)'),
+        ('webhook_failures', 'id', 'insertion order'),
+        ('webhook_failures', 'message_sid', 'the message the fallback call carried'),
+        ('webhook_failures', 'received_at', 'when the fallback call arrived'),
+        ('webhook_failures', 'params', 'every parameter of the fallback call'),
+        ('webhook_failures', 'spool_record', 'the spool record it was kept as, when the database was away'),
+        ('conversations', 'business', 'our address'),
+        ('conversations', 'contact', 'the user''s address'),
+        ('conversations', 'channel', 'whatsapp, sms, rcs, …'),
+        ('conversations', 'first_inbound_at', 'the contact''s first message'),
+        ('conversations', 'last_inbound_at', 'the contact''s last message'),
+        ('conversations', 'session_started_at', 'when the current window opened'),
+        ('conversations', 'inbound_count', 'inbound messages so far'),
+        ('conversations', 'last_outbound_at', 'our last message to the contact'),
+        ('conversations', 'outbound_count', 'outbound messages so far'),
+        ('conversations', 'created_at', 'when the conversation began'),
+        ('conversations', 'updated_at', 'when the row last changed'),
+        ('sessions', 'id', 'a row number'),
+        ('sessions', 'business', 'our address'),
+        ('sessions', 'contact', 'the user''s address'),
+        ('sessions', 'last_inbound_at', 'the window''s last inbound message'),
+        ('sessions', 'inbound_count', 'inbound messages in the window'),
+        ('replies', 'message_sid', 'the inbound message answered'),
+        ('replies', 'twiml', 'the TwiML answered (replayed to Twilio''s retries)'),
+        ('replies', 'created_at', 'when it was answered'),
+        ('consent', 'business', 'our address'),
+        ('consent', 'contact', 'the user''s address'),
+        ('consent', 'state', 'opted_in or opted_out'),
+        ('consent', 'message_sid', 'the message that set it'),
+        ('consent', 'changed_at', 'the time of that message'),
+        ('consent_events', 'id', 'insertion order'),
+        ('consent_events', 'business', 'our address'),
+        ('consent_events', 'contact', 'the user''s address'),
+        ('consent_events', 'state', 'opted_in or opted_out'),
+        ('consent_events', 'at', 'the time of the message that caused it'),
+        ('reconcile_checkpoints', 'account_sid', 'the account'),
+        ('reconcile_checkpoints', 'checkpoint', 'the end of what the last complete gap-fill pass listed'),
+        ('reconcile_checkpoints', 'updated_at', 'when the checkpoint last moved'),
+        ('enrichment_jobs', 'message_sid', 'the outbound message to read'),
+        ('enrichment_jobs', 'account_sid', 'its account'),
+        ('enrichment_jobs', 'attempts', 'reads tried'),
+        ('enrichment_jobs', 'next_at', 'when it is next tried (infinity: never, see last_error)'),
+        ('enrichment_jobs', 'last_error', 'why the last read failed'),
+        ('stale_checks', 'message_sid', 'the outbound message'),
+        ('stale_checks', 'checks', 'how often its status was looked up (at most 3)'),
+        ('stale_checks', 'checked_at', 'the last lookup'),
+        ('erased_contacts', 'contact_sha256', 'hex SHA-256 of the erased address'),
+        ('erased_contacts', 'erased_at', 'when it was erased'),
+        ('backfill_chunks', 'key', 'account, hour and senders'),
+        ('backfill_chunks', 'done_at', 'when that hour was read and stored whole'),
+        ('conversation_messages', 'at', 'messages.received_at'),
+        ('open_sessions', 'time_left', 'until the window closes'),
+        ('message_deliveries', 'first_seen_at', 'messages.received_at'),
+        ('message_deliveries', 'queued_at', 'the first queued callback'),
+        ('message_deliveries', 'sent_at', 'the first sent callback'),
+        ('message_deliveries', 'delivered_at', 'the first delivered callback'),
+        ('message_deliveries', 'read_at', 'the first read callback'),
+        ('message_deliveries', 'failed_at', 'the first failed or undelivered callback'),
+        ('reply_deliveries', 'in_reply_to', 'the inbound message answered'),
+        ('reply_deliveries', 'inbound_at', 'when the inbound message arrived'),
+        ('reply_deliveries', 'rule', 'the rules that answered (text[]: unnest(rule) for one row per rule)'),
+        ('reply_deliveries', 'message_sid', 'the reply message'),
+        ('reply_deliveries', 'sent_at', 'the first sent callback'),
+        ('reply_deliveries', 'delivered_at', 'the first delivered callback'),
+        ('reply_deliveries', 'read_at', 'the first read callback')
+    ) as t (tbl, col, txt) loop
+        execute format('comment on column %I.%I is %L', r.tbl, r.col, r.txt);
+    end loop;
+    -- A view's other columns mean what the same column of its table means.
+    for r in select v.relname as view, a.attname as col, col_description(b.oid, ba.attnum) as txt
+             from (values ('conversation_messages', 'messages'), ('open_sessions', 'sessions'),
+                          ('message_deliveries', 'messages'), ('reply_deliveries', 'messages'))
+                  as m (view, base)
+             join pg_class v on v.relname = m.view
+             join pg_class b on b.relname = m.base
+             join pg_attribute a on a.attrelid = v.oid and a.attnum > 0
+             join pg_attribute ba on ba.attrelid = b.oid and ba.attname = a.attname
+             where col_description(v.oid, a.attnum) is null
+               and col_description(b.oid, ba.attnum) is not null loop
+        execute format('comment on column %I.%I is %L', r.view, r.col, r.txt);
+    end loop;
+end $$;

@@ -337,3 +337,25 @@ async fn migration_11_keeps_todays_consent_as_history_and_gives_sessions_their_c
         .unwrap();
     assert_eq!(channel.as_deref(), Some("whatsapp"));
 }
+
+#[sqlx::test]
+async fn every_table_view_and_column_carries_its_comment(pool: PgPool) {
+    let missing: Vec<String> = sqlx::query_scalar(
+        "select c.relname || coalesce('.' || a.attname, '')
+         from pg_class c
+         join pg_namespace n on n.oid = c.relnamespace
+         left join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+         where n.nspname = 'public' and c.relkind in ('r', 'v') and c.relname <> '_sqlx_migrations'
+           and (case when a.attname is null then obj_description(c.oid, 'pg_class')
+                     else col_description(c.oid, a.attnum) end) is null
+         union all
+         select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
+         where n.nspname = 'public' and c.relkind in ('r', 'v') and c.relname <> '_sqlx_migrations'
+           and obj_description(c.oid, 'pg_class') is null
+         order by 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(missing.is_empty(), "without a COMMENT: {missing:?}");
+}

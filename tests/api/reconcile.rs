@@ -859,3 +859,40 @@ async fn the_backfill_command_prints_progress_and_one_summary_line(pool: PgPool)
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad).1.contains("RFC 3339"));
 }
+
+#[sqlx::test]
+async fn the_background_loop_stops_between_pages_and_leaves_the_lock_free(pool: PgPool) {
+    let fake = fake().await;
+    let app = app(pool, &fake);
+    inbound_texts(&fake, 1, 20, ago(10));
+    // Twenty pages of one message, each answered after 100 ms: a pass of two seconds.
+    fake.set_delay(std::time::Duration::from_millis(100));
+    let r = std::sync::Arc::new(reconciler(&app, &fake, 1));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(r.clone().run_until_stopped(stopped));
+    stop.send_replace(true);
+    tokio::time::timeout(std::time::Duration::from_secs(5), task)
+        .await
+        .expect("the loop ends")
+        .unwrap();
+    // It stopped between pages, long before the twentieth.
+    assert!(
+        list_requests(&fake).len() < 5,
+        "{}",
+        list_requests(&fake).len()
+    );
+    // No checkpoint for a pass cut short; the lock is free for the next.
+    assert_eq!(
+        app.count("select count(*) from reconcile_checkpoints")
+            .await,
+        0
+    );
+    fake.set_delay(std::time::Duration::ZERO);
+    let fresh = reconciler(&app, &fake, 1000);
+    assert!(fresh.pass().await.unwrap().is_some());
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("twilio_receiver_reconcile_checkpoint_age_seconds"),
+        "{metrics}"
+    );
+}

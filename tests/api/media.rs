@@ -545,47 +545,35 @@ async fn a_job_whose_worker_died_is_taken_over_after_its_lease(pool: PgPool) {
     );
 }
 
-/// S3 storage against moto's S3-compatible server (`pip install 'moto[server]'`; `.ci/run`
-/// installs it), started here on a port of its own.
+/// S3 storage against an S3-compatible server started here on a port of its own: s3s's
+/// filesystem-backed implementation (a dev-dependency), which checks the archiver's SigV4
+/// signature for the key pair `test` / `test`.
 #[sqlx::test]
 async fn media_is_stored_in_an_s3_compatible_bucket(pool: PgPool) {
-    use std::io::BufRead;
+    use object_store::ObjectStoreExt;
     let s = setup(pool.clone(), &[]).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut moto = std::process::Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("moto_server runs (pip install 'moto[server]')");
-    // Ready once it says so on stderr.
-    let stderr = moto.stderr.take().unwrap();
-    let ready = tokio::task::spawn_blocking(move || {
-        let mut lines = std::io::BufReader::new(stderr).lines();
-        let ready = lines
-            .by_ref()
-            .any(|l| l.is_ok_and(|l| l.contains("Running on")));
-        // Keep draining so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        ready
-    })
-    .await
-    .unwrap();
-    assert!(ready, "moto_server did not start");
+    // Bound before it serves: the port is taken and connections queue until the loop runs.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let root = std::env::temp_dir().join(format!("twr-s3-{}-{port}", std::process::id()));
+    // s3s-fs keeps each bucket as a directory under its root.
+    std::fs::create_dir_all(root.join("twr-media")).unwrap();
+    let s3 = {
+        let mut b = s3s::service::S3ServiceBuilder::new(s3s_fs::FileSystem::new(&root).unwrap());
+        b.set_auth(s3s::auth::SimpleAuth::from_single("test", "test"));
+        b.build()
+    };
+    let server = tokio::spawn(async move {
+        loop {
+            let (socket, _) = listener.accept().await.unwrap();
+            let s3 = s3.clone();
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), s3),
+            );
+        }
+    });
     let endpoint = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    assert!(
-        http.put(format!("{endpoint}/twr-media"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .is_success()
-    );
 
     let settings = settings(&[
         ("TWILIO_RECEIVER__MEDIA__STORAGE", "s3://twr-media/whatsapp"),
@@ -602,6 +590,7 @@ async fn media_is_stored_in_an_s3_compatible_bucket(pool: PgPool) {
     .map(|(k, v)| (k.to_owned(), v.to_owned()));
     let storage =
         twilio_receiver::storage::open_with_options(&settings.media.storage, aws).unwrap();
+    let bucket = storage.0.clone();
     let archiver =
         Archiver::with_storage(pool, settings.media.clone(), settings.verifier(), storage).unwrap();
 
@@ -610,19 +599,24 @@ async fn media_is_stored_in_an_s3_compatible_bucket(pool: PgPool) {
 
     let item = s.item(1).await;
     assert_eq!(item.state.as_deref(), Some("stored"), "{item:?}");
-    assert_eq!(
-        item.key.as_deref(),
-        Some(format!("whatsapp/{}/0", sid(1)).as_str())
-    );
-    let object = http
-        .get(format!("{endpoint}/twr-media/whatsapp/{}/0", sid(1)))
-        .send()
+    let key = format!("whatsapp/{}/0", sid(1));
+    assert_eq!(item.key.as_deref(), Some(key.as_str()));
+    // Read back through the server, signed like the archiver's own requests.
+    let object = bucket
+        .get(&object_store::path::Path::from(key.as_str()))
+        .await
+        .unwrap()
+        .bytes()
         .await
         .unwrap();
-    assert!(object.status().is_success());
-    assert_eq!(object.text().await.unwrap(), "a tiny jpeg");
-    moto.kill().unwrap();
-    moto.wait().unwrap();
+    assert_eq!(&object[..], b"a tiny jpeg");
+    // An unsigned request is refused: the server really checks signatures.
+    let unsigned = reqwest::get(format!("{endpoint}/twr-media/{key}"))
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), reqwest::StatusCode::FORBIDDEN);
+    server.abort();
+    std::fs::remove_dir_all(&root).unwrap();
 }
 
 /// `serve` runs the workers itself, media from the fallback route is queued like any other,

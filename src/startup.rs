@@ -231,8 +231,9 @@ pub struct Application {
     hangups: Option<tokio::signal::unix::Signal>,
 }
 
-/// The longest a shutdown waits for the last notifications to go out.
-const NOTIFY_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// The longest a shutdown (or a command that stored messages) waits for the last
+/// notifications to go out.
+pub const NOTIFY_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Application {
     /// Validates settings, connects (lazily), migrates when configured, binds the listener.

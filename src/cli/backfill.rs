@@ -7,7 +7,7 @@ use crate::{
     startup, store, telemetry,
 };
 use chrono::{DateTime, Utc};
-use std::{io::IsTerminal, process::ExitCode, time::Duration};
+use std::{io::IsTerminal, process::ExitCode};
 
 /// An RFC 3339 time (`2026-11-01T00:00:00Z`, `2026-11-01T01:00:00+01:00`).
 pub(super) fn rfc3339(s: &str) -> Result<DateTime<Utc>, String> {
@@ -15,9 +15,6 @@ pub(super) fn rfc3339(s: &str) -> Result<DateTime<Utc>, String> {
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| format!("not an RFC 3339 time ({e}); e.g. 2026-11-01T00:00:00Z"))
 }
-
-/// How long the last notifications may take to go out before the command exits.
-const NOTIFY_FLUSH_LIMIT: Duration = Duration::from_secs(1);
 
 pub(super) async fn run(
     settings: Settings,
@@ -72,7 +69,7 @@ pub(super) async fn run(
     reconciler
         .ingest()
         .notifier()
-        .flush(NOTIFY_FLUSH_LIMIT)
+        .flush(startup::NOTIFY_FLUSH_LIMIT)
         .await;
     for e in &outcome.errors {
         eprintln!(

@@ -54,20 +54,21 @@ impl Reconciler {
     pub async fn backfill(&self, range: &Range, mut progress: impl FnMut(&Progress)) -> Outcome {
         let mut outcome = Outcome::default();
         let until = range.until.unwrap_or_else(|| self.ingest.now());
-        let hours = chunks(range.since, until);
         let accounts = self.client.account_sids();
-        let keys: Vec<String> = accounts
+        let hours: Vec<Hour<'_>> = accounts
             .iter()
-            .flat_map(|account| hours.iter().map(move |h| chunk_key(account, range, h.0)))
-            .collect();
-        let full: Vec<bool> = accounts
-            .iter()
-            .flat_map(|_| {
-                hours
-                    .iter()
-                    .map(|h| h.1 - h.0 == CHUNK - Duration::seconds(1))
+            .flat_map(|account| {
+                chunks(range.since, until)
+                    .into_iter()
+                    .map(move |(start, end)| Hour {
+                        account,
+                        start,
+                        end,
+                        key: chunk_key(account, range, start),
+                    })
             })
             .collect();
+        let keys: Vec<String> = hours.iter().map(|h| h.key.clone()).collect();
         let mut done = match store::reconcile::chunks_done(&self.db, &keys).await {
             Ok(done) => done,
             Err(e) => {
@@ -77,7 +78,7 @@ impl Reconciler {
         };
         // A finished backfill (every whole hour done), run again, reads its whole range
         // again.
-        if full.contains(&true) && done.iter().zip(&full).all(|(d, f)| *d || !*f) {
+        if hours.iter().any(Hour::whole) && hours.iter().zip(&done).all(|(h, d)| *d || !h.whole()) {
             if let Err(e) = store::reconcile::forget_chunks(&self.db, &keys).await {
                 outcome.errors.push(e.into());
                 return outcome;
@@ -88,12 +89,7 @@ impl Reconciler {
             done: done.iter().filter(|d| **d).count() as f64 / keys.len().max(1) as f64,
             ..Progress::default()
         };
-        let chunk_lists = accounts
-            .iter()
-            .flat_map(|account| hours.iter().map(move |h| (account, *h)));
-        for ((((account, (start, end)), key), done), full) in
-            chunk_lists.zip(&keys).zip(&done).zip(&full)
-        {
+        for (hour, done) in hours.iter().zip(&done) {
             if *done {
                 continue;
             }
@@ -101,8 +97,8 @@ impl Reconciler {
                 outcome.errors.push(ReconcileError::Stopped);
                 break;
             }
-            let filters = filters(start, Some(end), &range.senders, self.page_size);
-            let (found, error) = self.list(account, &filters).await;
+            let filters = filters(hour.start, Some(hour.end), &range.senders, self.page_size);
+            let (found, error) = self.list(hour.account, &filters).await;
             let tally = self.import(found, Origin::Backfill).await;
             outcome.tally += tally;
             state.tally += tally;
@@ -112,8 +108,8 @@ impl Reconciler {
                 Some(e) => outcome.errors.push(e),
                 // An hour with a message that may still be stored is read again next run, as
                 // is a partial hour (later messages may still come into it).
-                None if tally.retryable == 0 && *full => {
-                    if let Err(e) = store::reconcile::chunk_done(&self.db, key).await {
+                None if tally.retryable == 0 && hour.whole() => {
+                    if let Err(e) = store::reconcile::chunk_done(&self.db, &hour.key).await {
                         outcome.errors.push(e.into());
                     }
                 }
@@ -122,6 +118,21 @@ impl Reconciler {
             progress(&state);
         }
         outcome
+    }
+}
+
+/// One hour of one account's history.
+struct Hour<'a> {
+    account: &'a str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    key: String,
+}
+
+impl Hour<'_> {
+    /// A whole hour (not the range's partial last one), which later messages cannot join.
+    fn whole(&self) -> bool {
+        self.end - self.start == CHUNK - Duration::seconds(1)
     }
 }
 

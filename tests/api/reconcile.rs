@@ -896,3 +896,43 @@ async fn the_background_loop_stops_between_pages_and_leaves_the_lock_free(pool: 
         "{metrics}"
     );
 }
+
+#[sqlx::test]
+async fn media_found_through_the_api_is_queued_for_the_archive(pool: PgPool) {
+    let fake = fake().await;
+    let base = fake.base_url();
+    let settings = settings(&[
+        ("TWILIO_ACCOUNT_SID", ACCOUNT),
+        ("TWILIO_RECEIVER__TWILIO__API_BASE_URL", base.as_str()),
+        ("TWILIO_RECEIVER__RECONCILE__ENABLED", "true"),
+        ("TWILIO_RECEIVER__MEDIA__ARCHIVE", "true"),
+        (
+            "TWILIO_RECEIVER__MEDIA__STORAGE",
+            "file:///nonexistent-twr-media",
+        ),
+    ]);
+    let app = TestApp::with_settings(pool, settings);
+    fake.add(inbound(1, ANA, "photo", ago(10)).with_media("image/jpeg", b"jpeg"));
+    fake.add(outbound(2, ANA, "a receipt", ago(9)).with_media("application/pdf", b"%PDF"));
+    assert_eq!(
+        reconciler(&app, &fake, 1000)
+            .pass()
+            .await
+            .unwrap()
+            .unwrap()
+            .failed,
+        0
+    );
+    let queued: Vec<(String, Option<String>)> =
+        sqlx::query_as("select message_sid, archive_state from message_media order by message_sid")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        queued,
+        [
+            (sid(1), Some("pending".to_owned())),
+            (sid(2), Some("pending".to_owned()))
+        ]
+    );
+}

@@ -177,6 +177,9 @@ pub struct TwilioSettings {
     pub api_secret: SecretString,
     /// Where Twilio's REST API answers (another region's edge, or a fake in tests).
     pub api_base_url: String,
+    /// Where Twilio's Messaging API (Messaging Services, channel senders) answers: a host of
+    /// its own.
+    pub messaging_base_url: String,
 }
 
 impl std::fmt::Debug for TwilioSettings {
@@ -200,39 +203,20 @@ impl std::fmt::Debug for TwilioSettings {
                 },
             )
             .field("api_base_url", &self.api_base_url)
+            .field("messaging_base_url", &self.messaging_base_url)
             .finish()
     }
 }
 
 impl TwilioSettings {
-    /// `twilio.api_base_url` without a trailing slash: https to any host, plain http only
-    /// to this machine (a fake API in tests), and no credentials, query or fragment (the
-    /// client appends paths and Twilio's page URIs to it).
+    /// `twilio.api_base_url`, checked ([`base_url`]).
     pub fn api_base(&self) -> Result<String, String> {
-        let raw = self.api_base_url.trim();
-        let key = "twilio.api_base_url";
-        let url = url::Url::parse(raw).map_err(|e| format!("{key}: not a URL ({e}): {raw:?}"))?;
-        let host = url
-            .host_str()
-            .ok_or_else(|| format!("{key}: has no host: {raw:?}"))?;
-        match url.scheme() {
-            "https" => {}
-            "http" if is_loopback_host(host) => {}
-            "http" => {
-                return Err(format!(
-                    "{key}: plain http is allowed only to 127.0.0.1, ::1 or localhost \
-                     (credentials would cross the network in clear): {raw:?}"
-                ));
-            }
-            _ => return Err(format!("{key}: must start with https://: {raw:?}")),
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(format!("{key}: must not contain credentials"));
-        }
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err(format!("{key}: must not have a query or fragment: {raw:?}"));
-        }
-        Ok(url.as_str().trim_end_matches('/').to_owned())
+        base_url("twilio.api_base_url", &self.api_base_url)
+    }
+
+    /// `twilio.messaging_base_url`, checked ([`base_url`]).
+    pub fn messaging_base(&self) -> Result<String, String> {
+        base_url("twilio.messaging_base_url", &self.messaging_base_url)
     }
 
     /// Whether the API key and its secret are both set (then the main account's REST calls
@@ -250,6 +234,35 @@ impl TwilioSettings {
             .find(|(sid, _)| sid.eq_ignore_ascii_case(account_sid.trim()))
             .map_or(self.auth_tokens.as_slice(), |(_, tokens)| tokens.as_slice())
     }
+}
+
+/// A Twilio API base URL without a trailing slash: https to any host, plain http only to this
+/// machine (a fake API in tests), and no credentials, query or fragment (clients append paths
+/// and Twilio's page URIs to it).
+fn base_url(key: &str, raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    let url = url::Url::parse(raw).map_err(|e| format!("{key}: not a URL ({e}): {raw:?}"))?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| format!("{key}: has no host: {raw:?}"))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback_host(host) => {}
+        "http" => {
+            return Err(format!(
+                "{key}: plain http is allowed only to 127.0.0.1, ::1 or localhost \
+                 (credentials would cross the network in clear): {raw:?}"
+            ));
+        }
+        _ => return Err(format!("{key}: must start with https://: {raw:?}")),
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("{key}: must not contain credentials"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("{key}: must not have a query or fragment: {raw:?}"));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
 /// `localhost` or a loopback IP address (`127.0.0.1`, `[::1]`).
@@ -545,8 +558,10 @@ impl Settings {
     fn rest_problems(&self) -> Vec<String> {
         let twilio = &self.twilio;
         let mut out = Vec::new();
-        if let Err(e) = twilio.api_base() {
-            out.push(e);
+        for base in [twilio.api_base(), twilio.messaging_base()] {
+            if let Err(e) = base {
+                out.push(e);
+            }
         }
         let sid = twilio.account_sid.trim();
         if !sid.is_empty() && !is_account_sid(sid) {
@@ -645,6 +660,11 @@ impl Settings {
         Some(self.reply.fallback_body.clone()).filter(|b| !b.trim().is_empty())
     }
 }
+
+/// The webhook routes the server answers, as paths under `server.public_url`.
+pub const MESSAGES_PATH: &str = "/twilio/messages";
+pub const FALLBACK_PATH: &str = "/twilio/fallback";
+pub const STATUS_PATH: &str = "/twilio/status";
 
 /// Where the URL a signature is checked against comes from (DESIGN.md §9).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1088,6 +1108,10 @@ mod tests {
         assert_eq!(s.twilio.api_secret.expose_secret(), "key-secret");
         assert!(s.twilio.has_api_key());
         assert_eq!(s.twilio.api_base().as_deref(), Ok("https://api.twilio.com"));
+        assert_eq!(
+            s.twilio.messaging_base().as_deref(),
+            Ok("https://messaging.twilio.com")
+        );
         assert!(!s.reconcile.enabled);
         assert_eq!(
             (

@@ -18,10 +18,10 @@ pub mod ingest;
 pub mod media;
 /// Prometheus metrics for the admin listener.
 pub mod metrics;
-/// The reply to an inbound message (where the rules engine plugs in).
 /// Completing history from Twilio's REST API through ingest (gap-fill, enrichment, stale
 /// statuses, backfill).
 pub mod reconcile;
+/// The reply to an inbound message (where the rules engine plugs in).
 pub mod reply;
 /// Twilio's REST API for messages and their media: credentials, paging, retries, limits.
 pub mod rest;
@@ -29,6 +29,8 @@ pub mod rest;
 pub mod routes;
 /// Reply rules: the rules file, compiled and evaluated.
 pub mod rules;
+/// Proving a set-up: `doctor`'s checks and `connect`.
+pub mod setup;
 /// The local spool: a durable file queue of webhooks kept while Postgres is away.
 pub mod spool;
 /// Building, running and stopping the server.

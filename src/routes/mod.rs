@@ -10,7 +10,12 @@ mod webhooks;
 pub use error::AppError;
 pub use signed::{Signed, Signing};
 
-use crate::{ingest::Ingest, metrics::Metrics, telemetry};
+use crate::{
+    config::{FALLBACK_PATH, MESSAGES_PATH, STATUS_PATH},
+    ingest::Ingest,
+    metrics::Metrics,
+    telemetry,
+};
 use axum::{
     Router,
     extract::State,
@@ -143,9 +148,9 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .layer(CatchPanicLayer::new());
 
     Router::new()
-        .route("/twilio/messages", webhook(webhooks::inbound))
-        .route("/twilio/fallback", webhook(webhooks::fallback))
-        .route("/twilio/status", webhook(webhooks::status))
+        .route(MESSAGES_PATH, webhook(webhooks::inbound))
+        .route(FALLBACK_PATH, webhook(webhooks::fallback))
+        .route(STATUS_PATH, webhook(webhooks::status))
         .layer(middleware)
         // Health checks are polled every few seconds: kept out of the request log.
         .route("/healthz", get(health::healthz))

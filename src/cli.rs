@@ -1,7 +1,8 @@
 //! The command line: `serve` (the default), `migrate`, `check-config`, `sign`, `verify`,
-//! `healthcheck`. Exit codes: 0 success, 1 a failed check, 2 a usage error.
+//! `healthcheck`, `erase`, `prune`, `backfill`, `doctor`. Exit codes: 0 success, 1 a failed check, 2 a usage error.
 
 mod backfill;
+mod doctor;
 
 use crate::{
     config::{Settings, Sources},
@@ -114,6 +115,22 @@ enum Command {
         #[arg(long = "sender")]
         senders: Vec<String>,
     },
+    /// Check a set-up end to end before the first real message: the configuration, the
+    /// database, the spool, and each webhook URL, with a signed probe through whatever sits
+    /// in front of the server (proxy, tunnel, load balancer). One line per check; exits 0
+    /// when none failed, 1 otherwise.
+    Doctor {
+        /// A webhook URL exactly as Twilio has it (repeatable; default: server.public_url
+        /// with each of the three routes).
+        #[arg(long = "url", value_name = "URL")]
+        urls: Vec<String>,
+        /// Start the server for the checks (otherwise it must be running already).
+        #[arg(long)]
+        serve: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs the command line and returns the process exit code.
@@ -156,6 +173,10 @@ pub fn main() -> ExitCode {
             senders,
         } => with_settings(&sources, |s| {
             runtime().block_on(backfill::run(s, since, until, senders))
+        }),
+        Command::Doctor { urls, serve, json } => with_settings(&sources, |s| {
+            let options = doctor::Options { urls, serve, json };
+            runtime().block_on(doctor::run(s, options))
         }),
     }
 }

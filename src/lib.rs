@@ -18,6 +18,8 @@ pub mod ingest;
 pub mod media;
 /// Prometheus metrics for the admin listener.
 pub mod metrics;
+/// `doctor`'s probe: proof that a test request comes from doctor, and the server's answer.
+pub mod probe;
 /// Completing history from Twilio's REST API through ingest (gap-fill, enrichment, stale
 /// statuses, backfill).
 pub mod reconcile;

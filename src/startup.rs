@@ -91,6 +91,7 @@ pub fn app_state(
             body_limit: settings.server.body_limit_bytes,
             body_read_timeout: settings.server.body_read_timeout(),
             basic_auth: settings.server.basic_auth.header(),
+            probes: Default::default(),
         }),
         ingest: Arc::new(ingest),
         in_flight: Arc::new(tokio::sync::Semaphore::new(

@@ -4,6 +4,7 @@
 
 mod error;
 mod health;
+mod probe;
 mod signed;
 mod webhooks;
 

@@ -5,11 +5,13 @@
 use super::AppError;
 use crate::{
     config::PublicBase,
+    probe,
     twilio::{Params, RawRequest, Rejection, Verifier},
 };
 use axum::{
     extract::{FromRequest, OriginalUri, Request},
     http::{HeaderMap, Method, header},
+    response::{IntoResponse, Response},
 };
 
 /// A verified webhook.
@@ -40,6 +42,8 @@ pub struct Signing {
     pub body_read_timeout: std::time::Duration,
     /// The `Authorization` header required before anything else, when Basic auth is on.
     pub basic_auth: Option<secrecy::SecretString>,
+    /// Nonces of doctor's probes already answered.
+    pub probes: probe::Nonces,
 }
 
 impl Signing {
@@ -50,25 +54,37 @@ impl Signing {
         authority: Option<&str>,
         path_and_query: &str,
     ) -> String {
-        let (scheme, host, prefix) = match &self.base {
-            PublicBase::Configured(base) => return format!("{base}{path_and_query}"),
-            PublicBase::Forwarded => forwarded_origin(headers),
-            PublicBase::Host => (None, None, None),
-        };
-        let host = host
-            .or_else(|| header_str(headers, header::HOST.as_str()).map(str::to_owned))
-            .or_else(|| authority.map(str::to_owned))
-            .unwrap_or_default();
-        let scheme = scheme.unwrap_or_else(|| "http".to_owned());
-        let prefix = prefix.unwrap_or_default();
-        format!("{scheme}://{host}{prefix}{path_and_query}")
+        url_from(&self.base, headers, authority, path_and_query)
     }
 }
 
-impl FromRequest<super::Shared> for Signed {
-    type Rejection = AppError;
+/// The URL Twilio requested, with the public base taken from `base`.
+fn url_from(
+    base: &PublicBase,
+    headers: &HeaderMap,
+    authority: Option<&str>,
+    path_and_query: &str,
+) -> String {
+    let (scheme, host, prefix) = match base {
+        PublicBase::Configured(base) => return format!("{base}{path_and_query}"),
+        PublicBase::Forwarded => forwarded_origin(headers),
+        PublicBase::Host => (None, None, None),
+    };
+    let host = host
+        .or_else(|| header_str(headers, header::HOST.as_str()).map(str::to_owned))
+        .or_else(|| authority.map(str::to_owned))
+        .unwrap_or_default();
+    let scheme = scheme.unwrap_or_else(|| "http".to_owned());
+    let prefix = prefix.unwrap_or_default();
+    format!("{scheme}://{host}{prefix}{path_and_query}")
+}
 
-    async fn from_request(req: Request, state: &super::Shared) -> Result<Self, AppError> {
+impl FromRequest<super::Shared> for Signed {
+    /// An error's answer; or, for doctor's probe, the diagnosis (the handler never runs, so
+    /// a probe is never stored).
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &super::Shared) -> Result<Self, Response> {
         let signing = &state.signing;
         let (parts, body) = req.into_parts();
         let arrived = parts
@@ -86,7 +102,7 @@ impl FromRequest<super::Shared> for Signed {
             let expected = expected.expose_secret().as_bytes();
             // Constant-time; a missing header is Twilio's first try, answered 401 as it expects.
             if given.len() != expected.len() || !bool::from(given.ct_eq(expected)) {
-                return Err(AppError::Unauthorized);
+                return Err(AppError::Unauthorized.into_response());
             }
         }
         // OriginalUri keeps the path Twilio called even when the router is nested. Its
@@ -118,6 +134,7 @@ impl FromRequest<super::Shared> for Signed {
                 } else {
                     AppError::BadBody(e)
                 }
+                .into_response()
             })?;
         let signature = parts
             .headers
@@ -131,7 +148,33 @@ impl FromRequest<super::Shared> for Signed {
             signature: signature.as_deref(),
             signature_settings: header_str(&parts.headers, "x-twilio-webhooks-signature-settings"),
         };
-        match signing.verifier.verify(&request) {
+        let verified = signing.verifier.verify(&request);
+        if let Some(value) = parts.headers.get(probe::HEADER) {
+            let (proto, host, prefix) = forwarded_origin(&parts.headers);
+            let forwarded = proto.is_some() || host.is_some() || prefix.is_some();
+            let seen = super::probe::Seen {
+                url: &url,
+                received_path: path_and_query,
+                if_forwarded: forwarded.then(|| {
+                    let authority = uri.authority().map(|a| a.as_str());
+                    url_from(
+                        &PublicBase::Forwarded,
+                        &parts.headers,
+                        authority,
+                        path_and_query,
+                    )
+                }),
+            };
+            return Err(super::probe::answer(
+                &signing.verifier,
+                &signing.base,
+                &signing.probes,
+                value,
+                seen,
+                &verified,
+            ));
+        }
+        match verified {
             Ok(params) => {
                 if !signing.verifier.enforces() {
                     state.metrics.unverified_requests.inc();
@@ -165,9 +208,10 @@ impl FromRequest<super::Shared> for Signed {
                     // The URL without its query (which may hold phone numbers) is what an
                     // operator needs to spot a proxy or public_url mismatch.
                     checked_url: url.split(['?', '#']).next().unwrap_or_default().to_owned(),
-                })
+                }
+                .into_response())
             }
-            Err(rejection) => Err(rejection.into()),
+            Err(rejection) => Err(AppError::from(rejection).into_response()),
         }
     }
 }
@@ -229,6 +273,7 @@ mod tests {
             body_limit: 1,
             body_read_timeout: std::time::Duration::from_secs(1),
             basic_auth: None,
+            probes: Default::default(),
         }
     }
 

@@ -7,6 +7,7 @@ pub mod notify;
 pub mod prune;
 pub mod reconcile;
 pub mod replies;
+pub mod setup;
 pub mod write;
 
 use crate::config::DatabaseSettings;

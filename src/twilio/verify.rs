@@ -152,6 +152,11 @@ impl Verifier {
             .unwrap_or(&self.tokens)
     }
 
+    /// Every configured auth token: the global list, then each account's own.
+    pub fn all_tokens(&self) -> impl Iterator<Item = &SecretString> {
+        self.tokens.iter().chain(self.accounts.values().flatten())
+    }
+
     /// Checks the signature and returns the parameters. With verification disabled the
     /// parameters are returned unchecked.
     pub fn verify(&self, req: &RawRequest<'_>) -> Result<Params, Rejection> {

@@ -4,6 +4,7 @@
 
 mod cli;
 mod database;
+mod doctor;
 mod fake_twilio;
 mod fallback;
 mod helpers;

@@ -1,0 +1,57 @@
+//! What `doctor` asks Postgres: whether the schema is migrated and whether this role may
+//! write to it. Reads only.
+
+use super::MIGRATOR;
+use sqlx::PgPool;
+
+/// The embedded migrations this database has not applied successfully, oldest first.
+pub async fn pending_migrations(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    let migrated =
+        sqlx::query_scalar!(r#"select to_regclass('_sqlx_migrations') is not null as "migrated!""#)
+            .fetch_one(pool)
+            .await?;
+    let applied = if migrated {
+        sqlx::query_scalar!("select version from _sqlx_migrations where success")
+            .fetch_all(pool)
+            .await?
+    } else {
+        Vec::new()
+    };
+    Ok(MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
+        .map(|m| format!("{} {}", m.version, m.description))
+        .collect())
+}
+
+/// Why this role cannot write: the server is a read-only standby or the session is read-only
+/// (`Some(reason)`), else the tables and sequences of the schema it lacks rights on.
+pub async fn unwritable(pool: &PgPool) -> Result<(Option<&'static str>, Vec<String>), sqlx::Error> {
+    let read_only = sqlx::query!(
+        r#"select pg_is_in_recovery() as "standby!",
+                  current_setting('transaction_read_only') = 'on' as "read_only!""#
+    )
+    .fetch_one(pool)
+    .await?;
+    if read_only.standby {
+        return Ok((Some("the server is a read-only standby"), Vec::new()));
+    }
+    if read_only.read_only {
+        return Ok((
+            Some("the session is read-only (default_transaction_read_only)"),
+            Vec::new(),
+        ));
+    }
+    let missing = sqlx::query_scalar!(
+        r#"select c.relname::text as "name!"
+             from pg_class c join pg_namespace n on n.oid = c.relnamespace
+            where n.nspname = current_schema()
+              and ((c.relkind in ('r', 'p')
+                    and not has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE'))
+                or (c.relkind = 'S' and not has_sequence_privilege(c.oid, 'USAGE')))
+            order by 1"#
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok((None, missing))
+}

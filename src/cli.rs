@@ -127,6 +127,10 @@ enum Command {
         /// Start the server for the checks (otherwise it must be running already).
         #[arg(long)]
         serve: bool,
+        /// For the WhatsApp Sandbox, whose settings Twilio's API cannot read: print what to
+        /// paste where, and probe those URLs.
+        #[arg(long, conflicts_with = "urls")]
+        sandbox: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -174,8 +178,18 @@ pub fn main() -> ExitCode {
         } => with_settings(&sources, |s| {
             runtime().block_on(backfill::run(s, since, until, senders))
         }),
-        Command::Doctor { urls, serve, json } => with_settings(&sources, |s| {
-            let options = doctor::Options { urls, serve, json };
+        Command::Doctor {
+            urls,
+            serve,
+            sandbox,
+            json,
+        } => with_settings(&sources, |s| {
+            let options = doctor::Options {
+                urls,
+                serve,
+                sandbox,
+                json,
+            };
             runtime().block_on(doctor::run(s, options))
         }),
     }

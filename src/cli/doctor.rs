@@ -13,6 +13,9 @@ pub(super) struct Options {
     pub urls: Vec<String>,
     /// Start a server for the checks (`--serve`).
     pub serve: bool,
+    /// Say what to paste into the WhatsApp Sandbox's settings, and probe those URLs
+    /// (`--sandbox`).
+    pub sandbox: bool,
     pub json: bool,
 }
 
@@ -52,7 +55,9 @@ async fn checks(settings: &Settings, options: &Options) -> Vec<Check> {
     let mut checks = doctor::configuration(settings);
     checks.push(doctor::database(settings).await);
     checks.push(doctor::spool(settings));
-    let urls = if !options.urls.is_empty() {
+    let urls = if options.sandbox {
+        sandbox(settings, &mut checks)
+    } else if !options.urls.is_empty() {
         options.urls.clone()
     } else if let Some(base) = public_url(settings) {
         // Reachability and the proxy in front, for the URLs Twilio should hold.
@@ -77,6 +82,31 @@ async fn checks(settings: &Settings, options: &Options) -> Vec<Check> {
         checks.push(doctor::webhook_url(settings, &http, &url).await);
     }
     checks
+}
+
+/// The Sandbox's settings cannot be read or written through Twilio's API: doctor says what to
+/// paste where, and probes those URLs.
+fn sandbox(settings: &Settings, checks: &mut Vec<Check>) -> Vec<String> {
+    let Some(base) = public_url(settings) else {
+        checks.push(Check::fail(
+            "WhatsApp Sandbox",
+            "server.public_url is not set, so there is no URL to paste",
+            "set server.public_url to the public base URL of this server",
+        ));
+        return Vec::new();
+    };
+    let (incoming, status) = (
+        format!("{base}{MESSAGES_PATH}"),
+        format!("{base}{STATUS_PATH}"),
+    );
+    checks.push(Check::warn(
+        "WhatsApp Sandbox",
+        "Twilio's API cannot read or change the Sandbox's settings, so they are checked by hand (the Sandbox has no fallback URL)",
+        format!(
+            "in the Console, Messaging > Try it out > Send a WhatsApp message > Sandbox settings: paste {incoming} into \"When a message comes in\" and {status} into \"Status callback URL\", both with method POST"
+        ),
+    ));
+    vec![incoming, status]
 }
 
 fn public_url(settings: &Settings) -> Option<String> {

@@ -628,3 +628,37 @@ async fn doctor_serve_starts_a_server_for_the_check(pool: PgPool) {
     );
     assert_eq!(stored(&pool).await, 0);
 }
+
+#[sqlx::test]
+async fn doctor_sandbox_says_what_to_paste_where_and_probes_it(pool: PgPool) {
+    let db = database_url(&pool);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let public = format!("http://{listen}/");
+    let env = [
+        ("DATABASE_URL", db.as_str()),
+        ("TWILIO_RECEIVER__SERVER__LISTEN", &listen),
+        ("TWILIO_RECEIVER__SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
+        ("TWILIO_RECEIVER__SERVER__PUBLIC_URL", &public),
+    ];
+    let out = doctor(&["--serve", "--sandbox"], &env).await;
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert!(
+        report.contains(&format!(
+            "paste http://{listen}/twilio/messages into \"When a message comes in\" and http://{listen}/twilio/status into \"Status callback URL\""
+        )),
+        "{report}"
+    );
+    for path in ["/twilio/messages", "/twilio/status"] {
+        let url = format!("http://{listen}{path}");
+        assert!(
+            webhook_lines(&out, &url).starts_with("ok    webhook"),
+            "{report}"
+        );
+    }
+}

@@ -579,6 +579,16 @@ mod tests {
     }
 
     #[test]
+    fn the_filesystem_of_a_path_comes_from_its_longest_mount_point() {
+        if Path::new("/proc/self/mountinfo").exists() {
+            assert_eq!(
+                filesystem_of(Path::new("/proc/self")).as_deref(),
+                Some("proc")
+            );
+        }
+    }
+
+    #[test]
     fn urls_are_split_without_decoding() {
         assert_eq!(
             pieces("https://u:p@[::1]:8443/a%2Fb?x=%27#frag"),

@@ -410,6 +410,35 @@ async fn doctor_names_a_wrong_forwarded_scheme_and_public_url_overrides_it(pool:
 }
 
 #[sqlx::test]
+async fn doctor_names_a_path_prefix_the_proxy_adds_and_public_url_overrides_it(pool: PgPool) {
+    // A proxy that announces a prefix the public URL does not have.
+    let db = database_url(&pool);
+    mismatch_then_fix(
+        &db,
+        |proxy| format!("http://{proxy}/twilio/messages"),
+        &[
+            ("TWILIO_RECEIVER__SERVER__PUBLIC_URL", ""),
+            ("TWILIO_RECEIVER__SERVER__TRUST_FORWARDED_HEADERS", "true"),
+        ],
+        Rewrite {
+            headers: vec![("x-forwarded-prefix", "/api".into())],
+            ..Rewrite::default()
+        },
+        &[
+            "path prefix: the server added /api to the path Twilio calls",
+            "fix: set server.public_url = \"http://127.0.0.1:",
+        ],
+        |proxy| {
+            vec![(
+                "TWILIO_RECEIVER__SERVER__PUBLIC_URL",
+                format!("http://{proxy}"),
+            )]
+        },
+    )
+    .await;
+}
+
+#[sqlx::test]
 async fn doctor_names_a_dropped_query_string(pool: PgPool) {
     let db = database_url(&pool);
     let server = Server::start(&[

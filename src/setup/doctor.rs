@@ -344,6 +344,16 @@ fn default_port(scheme: &str) -> &'static str {
 /// The verdict on a probe's answer: pass when the signature verified; otherwise each way the
 /// URL the server reconstructed differs from Twilio's, and the setting that fixes it.
 fn judge(name: &str, twilio_url: &str, answer: &Answer) -> Check {
+    if answer.signature.starts_with("not checked") {
+        return Check::warn(
+            name,
+            format!(
+                "the server reconstructed {} but does not check signatures: anyone can post to it",
+                answer.url
+            ),
+            "set twilio.verify_signatures = true",
+        );
+    }
     if answer.signature == "valid" {
         let detail = if answer.url == twilio_url {
             "the server reconstructs Twilio's URL exactly and the signature verifies".to_owned()
@@ -493,6 +503,18 @@ mod tests {
         );
         a.signature = "valid".into();
         assert_eq!(judge("w", TWILIO, &a).verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn a_server_that_checks_no_signatures_is_a_warning() {
+        let mut a = answer(TWILIO, "/", "server.public_url", None);
+        a.signature = "not checked (twilio.verify_signatures = false)".into();
+        let check = judge("w", TWILIO, &a);
+        assert_eq!(check.verdict, Verdict::Warn);
+        assert_eq!(
+            check.fix.as_deref(),
+            Some("set twilio.verify_signatures = true")
+        );
     }
 
     #[test]

@@ -691,3 +691,40 @@ async fn doctor_sandbox_says_what_to_paste_where_and_probes_it(pool: PgPool) {
         );
     }
 }
+
+#[sqlx::test]
+async fn doctor_sends_the_urls_basic_credentials_as_twilio_does(pool: PgPool) {
+    let db = database_url(&pool);
+    let server = Server::start(&[
+        ("TWILIO_RECEIVER__SERVER__PUBLIC_URL", ""),
+        ("TWILIO_RECEIVER__DATABASE__URL", &db),
+        ("TWILIO_RECEIVER__SERVER__BASIC_AUTH__USER", "twilio"),
+        (
+            "TWILIO_RECEIVER__SERVER__BASIC_AUTH__PASSWORD",
+            "s3cret p@ss",
+        ),
+    ])
+    .await;
+    let with = format!(
+        "http://twilio:s3cret%20p%40ss@{}/twilio/messages",
+        server.addr
+    );
+    let without = format!("http://{}/twilio/messages", server.addr);
+    let out = doctor(
+        &["--url", &with, "--url", &without],
+        &[("DATABASE_URL", &db)],
+    )
+    .await;
+    let report = text(&out);
+    // Twilio signs the URL without its credentials, and doctor names it that way.
+    let lines = webhook_lines(&out, &without);
+    assert!(lines.starts_with("ok    webhook"), "{report}");
+    assert!(
+        report.contains("FAIL  webhook") && report.contains("answered 401"),
+        "{report}"
+    );
+    assert!(
+        !report.contains("s3cret"),
+        "a password was printed: {report}"
+    );
+}

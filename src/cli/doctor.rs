@@ -19,10 +19,19 @@ pub(super) struct Options {
     pub json: bool,
 }
 
-pub(super) async fn run(settings: Settings, options: Options) -> ExitCode {
-    // `--serve`: the server doctor probes, stopped once the checks are done. It logs nothing
-    // (no subscriber), so the report stays readable.
+pub(super) async fn run(mut settings: Settings, options: Options) -> ExitCode {
+    // What `--serve` would change (the schema, the spool) is checked before it starts.
+    let mut checks = doctor::configuration(&settings);
+    checks.push(doctor::database(&settings).await);
+    checks.push(doctor::spool(&settings));
+    // `--serve`: the server doctor probes, stopped once the checks are done. It answers
+    // probes and touches nothing else: no migration, no spool replay, no reconciliation, no
+    // media downloads. It logs nothing (no subscriber), so the report stays readable.
     let server = if options.serve {
+        settings.database.migrate_on_start = false;
+        settings.spool.dir = String::new();
+        settings.reconcile.enabled = false;
+        settings.media.archive = false;
         match Application::build(&settings).await {
             Ok(app) => {
                 let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -32,18 +41,18 @@ pub(super) async fn run(settings: Settings, options: Options) -> ExitCode {
                 Some((stop, task))
             }
             Err(e) => {
-                let check = Check::fail(
+                checks.push(Check::fail(
                     "serve",
                     format!("the server could not start: {}", super::error_chain(&e)),
                     "fix the problem above, or start the server yourself and run doctor without --serve",
-                );
-                return report(&[check], options.json);
+                ));
+                return report(&checks, options.json);
             }
         }
     } else {
         None
     };
-    let checks = checks(&settings, &options).await;
+    webhooks(&settings, &options, &mut checks).await;
     if let Some((stop, task)) = server {
         let _ = stop.send(());
         let _ = task.await;
@@ -51,12 +60,10 @@ pub(super) async fn run(settings: Settings, options: Options) -> ExitCode {
     report(&checks, options.json)
 }
 
-async fn checks(settings: &Settings, options: &Options) -> Vec<Check> {
-    let mut checks = doctor::configuration(settings);
-    checks.push(doctor::database(settings).await);
-    checks.push(doctor::spool(settings));
+/// Probes each webhook URL: `--url`s, else the routes under `server.public_url`.
+async fn webhooks(settings: &Settings, options: &Options, checks: &mut Vec<Check>) {
     let urls = if options.sandbox {
-        sandbox(settings, &mut checks)
+        sandbox(settings, checks)
     } else if !options.urls.is_empty() {
         options.urls.clone()
     } else if let Some(base) = public_url(settings) {
@@ -79,9 +86,8 @@ async fn checks(settings: &Settings, options: &Options) -> Vec<Check> {
         .build()
         .expect("the HTTP client builds");
     for url in urls {
-        checks.push(doctor::webhook_url(settings, &http, &url).await);
+        checks.extend(doctor::webhook_url(settings, &http, &url).await);
     }
-    checks
 }
 
 /// The Sandbox's settings cannot be read or written through Twilio's API: doctor says what to

@@ -4,6 +4,7 @@
 
 use crate::{
     config::PublicBase,
+    metrics::Metrics,
     probe::{self, Answer, Nonces, Probe},
     twilio::{Params, Rejection, Verifier},
 };
@@ -24,6 +25,7 @@ pub(super) struct Seen<'a> {
 /// The diagnosis, authenticated with the key the probe was made with; for a probe that does
 /// not prove itself, the bare 403 of a bad signature.
 pub(super) fn answer(
+    metrics: &Metrics,
     verifier: &Verifier,
     base: &PublicBase,
     nonces: &Nonces,
@@ -44,7 +46,15 @@ pub(super) fn answer(
         Ok(checked) => checked,
         Err(reason) => {
             tracing::warn!(%reason, "refused a doctor probe");
-            return StatusCode::FORBIDDEN.into_response();
+            metrics
+                .signature_rejections
+                .get_or_create(&crate::metrics::Reason {
+                    reason: "probe".to_owned(),
+                })
+                .inc();
+            // Exactly the answer to a bad signature (error.rs): nothing tells a scanner
+            // that probes exist.
+            return (StatusCode::FORBIDDEN, "").into_response();
         }
     };
     let signature = match verified {

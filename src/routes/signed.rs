@@ -166,6 +166,7 @@ impl FromRequest<super::Shared> for Signed {
                 }),
             };
             return Err(super::probe::answer(
+                &state.metrics,
                 &signing.verifier,
                 &signing.base,
                 &signing.probes,

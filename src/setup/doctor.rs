@@ -73,7 +73,7 @@ pub async fn database(settings: &Settings) -> Check {
         Ok(Ok((_, (None, missing)))) if !missing.is_empty() => Check::fail(
             NAME,
             format!("this role cannot write to {}", missing.join(", ")),
-            "grant it SELECT, INSERT, UPDATE, DELETE on the tables (and USAGE on the sequences) of its schema",
+            "grant it SELECT, INSERT, UPDATE and DELETE on the tables of its schema",
         ),
         Ok(Ok(_)) => Check::pass(NAME, "reachable, migrated, and this role can write"),
     }
@@ -90,14 +90,24 @@ pub fn spool(settings: &Settings) -> Check {
         );
     };
     let shown = dir.display();
-    if let Err(e) = write_test_file(&dir) {
+    // The server creates the directory: where it does not exist yet, its nearest existing
+    // parent must let a directory be made (doctor may run as another user, so it makes
+    // none to keep).
+    let existing = dir.ancestors().find(|d| d.exists()).unwrap_or(&dir);
+    let writable = if existing == dir {
+        write_test_file(&dir)
+    } else {
+        let probe = existing.join(format!(".doctor-{}", std::process::id()));
+        std::fs::create_dir(&probe).and_then(|()| std::fs::remove_dir(&probe))
+    };
+    if let Err(e) = writable {
         return Check::fail(
             NAME,
             format!("{shown} is not writable: {e}"),
             "make spool.dir a directory this user can create and write files in",
         );
     }
-    match filesystem_of(&dir) {
+    match filesystem_of(existing) {
         Some(fs) if EPHEMERAL.contains(&fs.as_str()) => Check::warn(
             NAME,
             format!(
@@ -114,7 +124,6 @@ const EPHEMERAL: &[&str] = &["overlay", "aufs", "tmpfs", "ramfs"];
 
 fn write_test_file(dir: &Path) -> std::io::Result<()> {
     use std::io::Write;
-    std::fs::create_dir_all(dir)?;
     let path = dir.join(format!(".doctor-{}", std::process::id()));
     let mut file = std::fs::File::create(&path)?;
     let written = file.write_all(b"doctor\n").and_then(|()| file.sync_all());
@@ -132,7 +141,7 @@ fn filesystem_of(dir: &Path) -> Option<String> {
         .filter_map(|line| {
             // `id parent major:minor root mount-point options [optional...] - fstype ...`
             let (before, after) = line.split_once(" - ")?;
-            let mount_point = before.split(' ').nth(4)?.replace("\\040", " ");
+            let mount_point = unescape_octal(before.split(' ').nth(4)?);
             let fstype = after.split(' ').next()?;
             dir.starts_with(&mount_point)
                 .then(|| (mount_point.len(), fstype.to_owned()))
@@ -141,20 +150,107 @@ fn filesystem_of(dir: &Path) -> Option<String> {
         .map(|(_, fstype)| fstype)
 }
 
+/// mountinfo writes space, tab, newline and backslash in a path as `\ooo`.
+fn unescape_octal(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let digits = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match (bytes[i], digits) {
+            (b'\\', Some(d)) => {
+                let value = d.iter().fold(0u32, |v, b| v * 8 + u32::from(b - b'0'));
+                out.push(u8::try_from(value).unwrap_or(b'?'));
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Sends a probe to `url`, signed as Twilio would sign it, and judges the server's answer.
-pub async fn webhook_url(settings: &Settings, http: &reqwest::Client, url: &str) -> Check {
-    let name = format!("webhook {}", without_userinfo(url));
+/// A URL an HTTP client cannot send byte for byte adds a warning, and its normal form is
+/// probed instead.
+pub async fn webhook_url(settings: &Settings, http: &reqwest::Client, url: &str) -> Vec<Check> {
+    let target = match Target::of(url) {
+        Ok(target) => target,
+        Err(failed) => return vec![failed],
+    };
+    let mut checks = Vec::new();
+    if target.sent != target.signed {
+        checks.push(Check::warn(
+            target.name.clone(),
+            format!("not in the normal form an HTTP client sends ({}): host case, a default port or percent-encoding differ, and signatures keep them; doctor probes the normal form", target.sent),
+            format!("use {} in Twilio (and in server.public_url)", target.sent),
+        ));
+    }
     let account = settings.twilio.account_sid.trim();
     let Some(token) = settings.twilio.tokens_for(account).first() else {
-        return Check::fail(
-            name,
+        checks.push(Check::fail(
+            target.name,
             "no auth token configured to sign the probe with",
             "set TWILIO_AUTH_TOKEN",
-        );
+        ));
+        return checks;
     };
-    match send_probe(http, token, account, url).await {
-        Ok(answer) => judge(&name, &without_userinfo(url), &answer),
-        Err(failure) => failure.into_check(name),
+    checks.push(match send_probe(http, token, account, &target).await {
+        Ok(answer) => judge(&target.name, &target.sent, &answer),
+        Err(failure) => failure.into_check(target.name),
+    });
+    checks
+}
+
+/// A webhook URL as doctor probes it.
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    /// As Twilio signs it: the URL without credentials and fragment (TWILIO.md §1.2).
+    signed: String,
+    /// As an HTTP client sends it (normalised by the `url` crate).
+    sent: String,
+    /// The check's name: the signed URL, credentials masked.
+    name: String,
+    /// The Basic credentials Twilio sends for `user:password@`, decoded.
+    credentials: Option<(String, Option<String>)>,
+}
+
+impl Target {
+    fn of(url: &str) -> Result<Target, Check> {
+        let url = url.trim();
+        let mut parsed = url::Url::parse(url).map_err(|e| {
+            // Not echoed: a malformed URL may hold a password.
+            Check::fail(
+                "webhook URL",
+                format!("a --url is not a valid URL ({e})"),
+                "pass the URL exactly as it is in the Twilio Console",
+            )
+        })?;
+        // Where the `url` crate parsed, the authority ends at the first `/`, `?` or `#`.
+        let signed = without_userinfo(url.split('#').next().unwrap_or_default());
+        let credentials = (!parsed.username().is_empty()).then(|| {
+            (
+                percent_decode(parsed.username()),
+                parsed.password().map(percent_decode),
+            )
+        });
+        let _ = parsed.set_username("");
+        let _ = parsed.set_password(None);
+        parsed.set_fragment(None);
+        let name = match credentials {
+            Some(_) => format!("webhook {}", signed.replacen("://", "://***@", 1)),
+            None => format!("webhook {signed}"),
+        };
+        Ok(Target {
+            sent: parsed.as_str().to_owned(),
+            signed,
+            name,
+            credentials,
+        })
     }
 }
 
@@ -181,8 +277,8 @@ impl Unanswered {
             ),
             Unanswered::Status(403, _) => Check::fail(
                 name,
-                "answered 403 without a diagnosis: the server there holds none of this configuration's auth tokens, or its clock is more than 5 minutes off",
-                "give that server the same twilio.auth_tokens as this configuration",
+                "answered 403 without a diagnosis: the server there holds none of this configuration's auth tokens, its clock is more than 5 minutes off, it is older than this doctor, or a proxy or firewall in front answers 403",
+                "give that server the same twilio.auth_tokens as this configuration, and check what sits in front of it",
             ),
             Unanswered::Status(404, _) => Check::fail(
                 name,
@@ -215,13 +311,10 @@ async fn send_probe(
     http: &reqwest::Client,
     token: &SecretString,
     account: &str,
-    url: &str,
+    target: &Target,
 ) -> Result<Answer, Unanswered> {
     use secrecy::ExposeSecret;
-    let target = url.split('#').next().unwrap_or(url);
-    // Twilio signs the URL without credentials and fragment, and sends the credentials as
-    // Basic auth (TWILIO.md §1.2).
-    let signed_url = without_userinfo(target);
+    let url = &target.sent;
     let mut params = vec![("Body", "twilio-receiver doctor probe")];
     if !account.is_empty() {
         params.push(("AccountSid", account));
@@ -230,7 +323,7 @@ async fn send_probe(
     let content_type = "application/x-www-form-urlencoded";
     let signature = twilio::verify::sign(
         token.expose_secret().as_bytes(),
-        &signed_url,
+        url,
         Some(content_type),
         body.as_bytes(),
     )
@@ -238,17 +331,13 @@ async fn send_probe(
     let nonce = uuid::Uuid::new_v4().simple().to_string();
     let probe_header = probe::header(token, chrono::Utc::now().timestamp(), &nonce);
     let mut request = http
-        .post(&signed_url)
+        .post(url)
         .header(reqwest::header::CONTENT_TYPE, content_type)
         .header("x-twilio-signature", signature)
         .header(probe::HEADER, probe_header)
         .body(body);
-    if let Ok(parsed) = url::Url::parse(target)
-        && !parsed.username().is_empty()
-    {
-        let user = percent_decode(parsed.username());
-        let password = parsed.password().map(percent_decode);
-        request = request.basic_auth(user, password);
+    if let Some((user, password)) = &target.credentials {
+        request = request.basic_auth(user, password.as_ref());
     }
     let response = request
         .send()
@@ -608,6 +697,41 @@ mod tests {
                 Some("proc")
             );
         }
+    }
+
+    #[test]
+    fn a_target_is_signed_without_credentials_and_fragment_and_named_masked() {
+        let t = Target::of(" https://u:p%40ss@Hooks.example.com:443/twilio/messages?a=%27#rc=3 ")
+            .unwrap();
+        assert_eq!(
+            t.signed,
+            "https://Hooks.example.com:443/twilio/messages?a=%27"
+        );
+        assert_eq!(t.sent, "https://hooks.example.com/twilio/messages?a=%27");
+        assert_eq!(
+            t.name,
+            "webhook https://***@Hooks.example.com:443/twilio/messages?a=%27"
+        );
+        assert_eq!(t.credentials, Some(("u".into(), Some("p@ss".into()))));
+        // A password with an unencoded `#` or `/` does not parse, and is not echoed.
+        for bad in ["https://u:p#w@h/x", "https://u:p/w@h/x"] {
+            let check = Target::of(bad).unwrap_err();
+            assert!(!check.detail.contains("p#w") && !check.detail.contains("p/w"));
+        }
+        let plain = Target::of("https://h.example/twilio/status#rc=3").unwrap();
+        assert_eq!(
+            (plain.signed.as_str(), plain.sent.as_str()),
+            (
+                "https://h.example/twilio/status",
+                "https://h.example/twilio/status"
+            )
+        );
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_octal("/mnt/a\\040b\\011c\\134d"), "/mnt/a b\tc\\d");
+        assert_eq!(unescape_octal("/plain\\x"), "/plain\\x");
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub async fn pending_migrations(pool: &PgPool) -> Result<Vec<String>, sqlx::Erro
 }
 
 /// Why this role cannot write: the server is a read-only standby or the session is read-only
-/// (`Some(reason)`), else the tables and sequences of the schema it lacks rights on.
+/// (`Some(reason)`), else the tables of the schema it cannot read and write.
 pub async fn unwritable(pool: &PgPool) -> Result<(Option<&'static str>, Vec<String>), sqlx::Error> {
     let read_only = sqlx::query!(
         r#"select pg_is_in_recovery() as "standby!",
@@ -42,13 +42,16 @@ pub async fn unwritable(pool: &PgPool) -> Result<(Option<&'static str>, Vec<Stri
             Vec::new(),
         ));
     }
+    // Each privilege on its own: a list in one call asks whether any of them is held.
+    // Identity columns need no right on their sequences, and the schema has no others.
     let missing = sqlx::query_scalar!(
         r#"select c.relname::text as "name!"
              from pg_class c join pg_namespace n on n.oid = c.relnamespace
-            where n.nspname = current_schema()
-              and ((c.relkind in ('r', 'p')
-                    and not has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE'))
-                or (c.relkind = 'S' and not has_sequence_privilege(c.oid, 'USAGE')))
+            where n.nspname = current_schema() and c.relkind in ('r', 'p')
+              and not (has_table_privilege(c.oid, 'SELECT')
+                       and has_table_privilege(c.oid, 'INSERT')
+                       and has_table_privilege(c.oid, 'UPDATE')
+                       and has_table_privilege(c.oid, 'DELETE'))
             order by 1"#
     )
     .fetch_all(pool)

@@ -468,64 +468,134 @@ async fn doctor_names_a_dropped_query_string(pool: PgPool) {
     );
 }
 
+/// A webhook request whose signature is valid (or not), with a probe header (or none), as
+/// a POST form or a GET query.
+async fn webhook(
+    url: &str,
+    get: bool,
+    params: &[(String, String)],
+    probe_header: Option<String>,
+    valid: bool,
+) -> reqwest::Response {
+    let client = reqwest::Client::new();
+    let query = serde_urlencoded::to_string(params).unwrap();
+    let (url, signed_params) = if get {
+        (format!("{url}?{query}"), &[][..])
+    } else {
+        (url.to_owned(), params)
+    };
+    let token = if valid { TOKEN } else { "not-the-token" };
+    let signature =
+        twilio_receiver::twilio::signature::compute(token.as_bytes(), &url, signed_params);
+    let mut request = if get {
+        client.get(&url)
+    } else {
+        client.post(&url).header("content-type", FORM).body(query)
+    };
+    request = request.header("x-twilio-signature", signature);
+    if let Some(value) = probe_header {
+        request = request.header(probe::HEADER, value);
+    }
+    request.send().await.unwrap()
+}
+
+/// Every header but the ones that differ per response.
+fn stable_headers(r: &reqwest::Response) -> Vec<(String, String)> {
+    let mut headers: Vec<_> = r
+        .headers()
+        .iter()
+        .filter(|(name, _)| !["date", "x-request-id"].contains(&name.as_str()))
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+        .collect();
+    headers.sort();
+    headers
+}
+
 #[sqlx::test]
-async fn forged_stale_and_replayed_probes_get_a_bare_403(pool: PgPool) {
+async fn probes_are_answered_on_every_route_and_method_and_never_stored(pool: PgPool) {
     let db = database_url(&pool);
     let server = Server::start(&[
         ("TWILIO_RECEIVER__SERVER__PUBLIC_URL", ""),
         ("TWILIO_RECEIVER__DATABASE__URL", &db),
     ])
     .await;
-    let url = format!("http://{}/twilio/messages", server.addr);
-    let client = reqwest::Client::new();
-    let body = "Body=probe";
-    let signature = twilio_receiver::twilio::signature::compute(
-        TOKEN.as_bytes(),
-        &url,
-        &[("Body".to_owned(), "probe".to_owned())],
-    );
-    let send = |probe_header: String| {
-        client
-            .post(&url)
-            .header("content-type", FORM)
-            .header("x-twilio-signature", &signature)
-            .header(probe::HEADER, probe_header)
-            .body(body)
-            .send()
-    };
-    let now = chrono::Utc::now().timestamp();
     let token = secrecy::SecretString::from(TOKEN.to_owned());
-    let nonce = "0123456789abcdef0123456789abcdef";
-
-    // A genuine probe gets the diagnosis, authenticated.
-    let answer = send(probe::header(&token, now, nonce)).await.unwrap();
-    assert_eq!(answer.status(), 200);
-    let mac = answer.headers()[probe::ANSWER_MAC_HEADER]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let bytes = answer.bytes().await.unwrap();
-    assert!(probe::answer_is_authentic(&token, nonce, &bytes, &mac));
-    let diagnosis: probe::Answer = serde_json::from_slice(&bytes).unwrap();
-    assert_eq!(
-        (diagnosis.url.as_str(), diagnosis.signature.as_str()),
-        (url.as_str(), "valid")
-    );
-
-    // Replayed, stale, or made with another key: the 403 of a bad signature, nothing more.
-    let guess = secrecy::SecretString::from("guess".to_owned());
-    for refused in [
-        probe::header(&token, now, nonce),
-        probe::header(&token, now - 3600, "fedcba9876543210fedcba9876543210"),
-        probe::header(&guess, now, "00112233445566778899aabbccddeeff"),
-        "v1 nonsense".to_owned(),
+    let contact = "whatsapp:+15551234567";
+    let inbound = whatsapp_text(&sid(1), contact, "hello");
+    let mut fallback = inbound.clone();
+    fallback.extend(pairs(&[
+        ("ErrorCode", "11200"),
+        ("ErrorUrl", "https://x.example/"),
+    ]));
+    let status = pairs(&[
+        ("MessageSid", &sid(2)),
+        ("MessageStatus", "delivered"),
+        ("AccountSid", "AC00000000000000000000000000000000"),
+        ("From", BUSINESS),
+        ("To", contact),
+    ]);
+    let mut n = 0u32;
+    for (path, params) in [
+        ("/twilio/messages", &inbound),
+        ("/twilio/fallback", &fallback),
+        ("/twilio/status", &status),
     ] {
-        let answer = send(refused.clone()).await.unwrap();
-        assert_eq!(answer.status(), StatusCode::FORBIDDEN, "{refused}");
-        assert!(answer.headers().get(probe::ANSWER_MAC_HEADER).is_none());
-        assert_eq!(answer.bytes().await.unwrap().len(), 0, "{refused}");
+        let url = format!("http://{}{path}", server.addr);
+        for get in [false, true] {
+            // A genuine probe, with a complete, validly signed webhook: the diagnosis,
+            // authenticated, and nothing handed on.
+            n += 1;
+            let nonce = format!("{n:032}");
+            let header = probe::header(&token, chrono::Utc::now().timestamp(), &nonce);
+            let answer = webhook(&url, get, params, Some(header.clone()), true).await;
+            assert_eq!(answer.status(), 200, "{path} get={get}");
+            let mac = answer.headers()[probe::ANSWER_MAC_HEADER]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let bytes = answer.bytes().await.unwrap();
+            assert!(probe::answer_is_authentic(&token, &nonce, &bytes, &mac));
+            let diagnosis: probe::Answer = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(diagnosis.signature, "valid", "{path} get={get}");
+            assert!(diagnosis.url.starts_with(&url), "{}", diagnosis.url);
+
+            // The same header again (replayed), a stale one, one made with another key, and
+            // a malformed one: exactly the answer to a bad signature without any probe.
+            let bare = webhook(&url, get, params, None, false).await;
+            assert_eq!(bare.status(), StatusCode::FORBIDDEN);
+            let expected = stable_headers(&bare);
+            let guess = secrecy::SecretString::from("guess".to_owned());
+            let now = chrono::Utc::now().timestamp();
+            for refused in [
+                header,
+                probe::header(&token, now - 3600, "fedcba9876543210fedcba9876543210"),
+                probe::header(&guess, now, "00112233445566778899aabbccddeeff"),
+                "v1 nonsense".to_owned(),
+            ] {
+                let answer = webhook(&url, get, params, Some(refused.clone()), true).await;
+                assert_eq!(answer.status(), StatusCode::FORBIDDEN, "{refused}");
+                assert_eq!(stable_headers(&answer), expected, "{refused}");
+                assert_eq!(answer.bytes().await.unwrap().len(), 0, "{refused}");
+            }
+        }
     }
-    assert_eq!(stored(&pool).await, 0, "a probe was stored");
+    for table in [
+        "messages",
+        "webhook_failures",
+        "message_status_events",
+        "conversations",
+        "sessions",
+        "consent",
+        "consent_events",
+        "replies",
+    ] {
+        let rows: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from {table}")))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(rows, 0, "a probe left a row in {table}");
+    }
 }
 
 #[sqlx::test]
@@ -615,11 +685,11 @@ async fn doctor_fails_a_role_that_cannot_write(pool: PgPool) {
             .await
             .unwrap();
     }
-    assert!(
-        report.contains("FAIL  database: this role cannot write to "),
-        "{report}"
-    );
-    assert!(report.contains("messages"), "{report}");
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("FAIL  database: this role cannot write to "))
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(line.contains(" messages,"), "{line}");
 }
 
 #[sqlx::test]
@@ -716,11 +786,14 @@ async fn doctor_sends_the_urls_basic_credentials_as_twilio_does(pool: PgPool) {
     )
     .await;
     let report = text(&out);
-    // Twilio signs the URL without its credentials, and doctor names it that way.
-    let lines = webhook_lines(&out, &without);
-    assert!(lines.starts_with("ok    webhook"), "{report}");
+    // Twilio signs the URL without its credentials; doctor names it with them masked.
+    let masked = format!("http://***@{}/twilio/messages", server.addr);
     assert!(
-        report.contains("FAIL  webhook") && report.contains("answered 401"),
+        webhook_lines(&out, &masked).starts_with("ok    webhook"),
+        "{report}"
+    );
+    assert!(
+        webhook_lines(&out, &without).contains("answered 401"),
         "{report}"
     );
     assert!(

@@ -353,7 +353,11 @@ impl RestClient {
         Some(format!("{}{path}", self.inner.base))
     }
 
-    fn pages<T: ListItem>(&self, account_sid: &str, first: Result<String, RestError>) -> Pages<T> {
+    pub(super) fn pages<T: ListItem>(
+        &self,
+        account_sid: &str,
+        first: Result<String, RestError>,
+    ) -> Pages<T> {
         Pages {
             client: self.clone(),
             account: account_sid.to_owned(),

@@ -1,6 +1,6 @@
 //! Twilio's REST API (TWILIO.md §11): the Messages resources on `api.twilio.com`
-//! ([`messages`]).
-//! This module owns the credentials of each account, the retry policy (429, 5xx, no answer),
+//! ([`messages`]), and the resources that hold the webhook URLs Twilio calls, on the 2010 API
+//! and on the Messaging API's own host ([`webhooks`]). This module owns the credentials of each account, the retry policy (429, 5xx, no answer),
 //! the cap on requests in flight per account, and the typed resources; what is done with them
 //! (reconciliation, `doctor`, `connect`) belongs to its callers.
 //!
@@ -9,17 +9,23 @@
 //! the last page); the Messaging API (`messaging.twilio.com`, Services and channel senders)
 //! writes ISO 8601 dates and pages with `meta.next_page_url` (absolute).
 //!
-//! Nothing here logs or returns a credential, a message body or a phone number: paths are
-//! logged at debug without their query string (where `To`, `From` and `PhoneNumber` travel),
-//! errors carry Twilio's error code and its message with long digit runs masked, and `Debug`
-//! redacts.
+//! Nothing here logs a credential, a message body or a phone number, nor puts one in an
+//! error: paths are logged at debug without their query string (where `To`, `From` and
+//! `PhoneNumber` travel), errors carry Twilio's error code and its message with long digit
+//! runs masked, and the `Debug` of a message or a credential redacts. (The webhook resources
+//! carry the business's own numbers, as their IDs.)
 
 mod messages;
+mod webhooks;
 
 pub use messages::{ListFilter, ListItem, MediaResource, MessageResource, Page, Pages};
+pub use webhooks::{
+    IncomingPhoneNumber, NumberUpdate, SenderResource, SenderWebhook, ServicePhoneNumber,
+    ServiceResource, ServiceUpdate,
+};
 
 use crate::{config::Settings, metrics::Metrics};
-use reqwest::header::{ACCEPT, RETRY_AFTER};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::Value;
@@ -72,7 +78,13 @@ pub struct AccountCredentials {
 pub struct RestSettings {
     /// `https://api.twilio.com`, or a regional edge; no trailing slash.
     pub base_url: String,
+    /// `https://messaging.twilio.com` (Messaging Services, channel senders); no trailing
+    /// slash.
+    pub messaging_base_url: String,
     pub accounts: Vec<AccountCredentials>,
+    /// The account whose credentials the Messaging API's calls use (`twilio.account_sid`):
+    /// its paths name no account, the credentials choose it.
+    pub main_account: Option<String>,
     /// Deadline for one request: connecting, the answer and its body.
     pub timeout: Duration,
     pub connect_timeout: Duration,
@@ -93,7 +105,9 @@ impl Default for RestSettings {
     fn default() -> Self {
         RestSettings {
             base_url: "https://api.twilio.com".into(),
+            messaging_base_url: "https://messaging.twilio.com".into(),
             accounts: Vec::new(),
+            main_account: None,
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             max_attempts: 5,
@@ -111,6 +125,7 @@ impl RestSettings {
     pub fn from_settings(settings: &Settings) -> Result<Self, String> {
         let twilio = &settings.twilio;
         let base_url = twilio.api_base()?;
+        let messaging_base_url = twilio.messaging_base()?;
         let main = twilio.account_sid.trim();
         let mut accounts = Vec::new();
         if !main.is_empty() {
@@ -139,6 +154,8 @@ impl RestSettings {
         }
         Ok(RestSettings {
             base_url,
+            messaging_base_url,
+            main_account: (!main.is_empty()).then(|| canonical_sid(main)),
             accounts,
             ..RestSettings::default()
         })
@@ -221,6 +238,10 @@ impl Problem {
 pub enum RestError {
     #[error("no REST API credentials configured for account {account}")]
     NoCredentials { account: String },
+    #[error(
+        "no main account for the Messaging API: set twilio.account_sid (TWILIO_ACCOUNT_SID) with its auth token or an API key"
+    )]
+    NoMainAccount,
     #[error("the {what} is not a Twilio SID (letters and digits only)")]
     InvalidSid { what: &'static str },
     #[error(
@@ -274,8 +295,11 @@ pub struct RestClient {
 struct Inner {
     http: reqwest::Client,
     base: String,
+    messaging_base: String,
     /// By lower-cased AccountSid.
     accounts: HashMap<String, Account>,
+    /// The Messaging API's account, as Twilio spells its SID.
+    main: Option<String>,
     limits: Limits,
     metrics: Arc<Metrics>,
 }
@@ -308,9 +332,46 @@ impl fmt::Debug for RestClient {
         accounts.sort_unstable();
         f.debug_struct("RestClient")
             .field("base", &self.inner.base)
+            .field("messaging_base", &self.inner.messaging_base)
+            .field("main", &self.inner.main)
             .field("accounts (sid, credentials)", &accounts)
             .field("limits", &self.inner.limits)
             .finish()
+    }
+}
+
+/// Which of Twilio's hosts a request goes to; both with the same credentials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Host {
+    /// `twilio.api_base_url`: the 2010 API (Messages, IncomingPhoneNumbers).
+    Api,
+    /// `twilio.messaging_base_url`: Messaging Services (v1) and channel senders (v2).
+    Messaging,
+}
+
+/// A POST body, encoded once and sent unchanged on every attempt.
+struct Payload {
+    content_type: &'static str,
+    bytes: Vec<u8>,
+}
+
+impl Payload {
+    /// Form-encoded pairs, as the 2010 API and Messaging v1 take updates.
+    fn form<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Payload {
+        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        form.extend_pairs(pairs);
+        Payload {
+            content_type: "application/x-www-form-urlencoded",
+            bytes: form.finish().into_bytes(),
+        }
+    }
+
+    /// A JSON document, as Messaging v2 takes updates.
+    fn json(value: &Value) -> Payload {
+        Payload {
+            content_type: "application/json",
+            bytes: value.to_string().into_bytes(),
+        }
     }
 }
 
@@ -374,7 +435,13 @@ impl RestClient {
             inner: Arc::new(Inner {
                 http,
                 base: settings.base_url.trim().trim_end_matches('/').to_owned(),
+                messaging_base: settings
+                    .messaging_base_url
+                    .trim()
+                    .trim_end_matches('/')
+                    .to_owned(),
                 accounts,
+                main: settings.main_account.as_deref().map(canonical_sid),
                 limits: Limits {
                     max_attempts: settings.max_attempts.max(1),
                     backoff_base: settings.backoff_base,
@@ -389,6 +456,19 @@ impl RestClient {
     /// The API's base URL, without a trailing slash.
     pub fn base_url(&self) -> &str {
         &self.inner.base
+    }
+
+    /// The Messaging API's base URL, without a trailing slash.
+    pub fn messaging_base_url(&self) -> &str {
+        &self.inner.messaging_base
+    }
+
+    /// The main account (`twilio.account_sid`), as Twilio spells its SID, when it has
+    /// credentials: the Messaging API's calls are made as it, and phone numbers are looked up
+    /// in it.
+    pub fn main_account(&self) -> Result<&str, RestError> {
+        let main = self.inner.main.as_deref().ok_or(RestError::NoMainAccount)?;
+        Ok(&self.account(main)?.sid)
     }
 
     /// The accounts with credentials, as Twilio spells their SIDs.
@@ -427,12 +507,34 @@ impl RestClient {
             })
     }
 
-    /// GETs `path` (with its query) as `account_sid`: the body of a 2xx answer. A 401 moves
-    /// on to the account's next credential (a rotation in progress) until each was refused
-    /// once; 429, 408, 5xx and no answer are tried again, up to `max_attempts`.
+    /// GETs `path` (with its query) on the 2010 API as `account_sid`: the body of a 2xx
+    /// answer.
     async fn get(&self, account_sid: &str, path: &str) -> Result<Vec<u8>, RestError> {
+        self.send(account_sid, Host::Api, path, None).await
+    }
+
+    /// Sends one request as `account_sid` (a GET, or a POST of `payload`): the body of a 2xx
+    /// answer. A 401 moves on to the account's next credential (a rotation in progress) until
+    /// each was refused once; 429, 408, 5xx and no answer are tried again, up to
+    /// `max_attempts`.
+    ///
+    /// Retrying a POST is safe here because every POST this client makes is an update that
+    /// sets fields to given values (a webhook URL, a method, a flag): applied twice it leaves
+    /// the resource as applied once. Nothing here creates a resource or sends a message,
+    /// where a retry after a lost answer could do it twice.
+    async fn send(
+        &self,
+        account_sid: &str,
+        host: Host,
+        path: &str,
+        payload: Option<&Payload>,
+    ) -> Result<Vec<u8>, RestError> {
         let account = self.account(account_sid)?;
-        let url = format!("{}{path}", self.inner.base);
+        let base = match host {
+            Host::Api => &self.inner.base,
+            Host::Messaging => &self.inner.messaging_base,
+        };
+        let url = format!("{base}{path}");
         // Never the query string: the filter's phone numbers travel there.
         let shown = path.split('?').next().unwrap_or_default();
         let limits = self.inner.limits;
@@ -440,7 +542,10 @@ impl RestClient {
         let mut credential = account.current.load(Ordering::Relaxed) % count;
         let (mut refused, mut attempts) = (0, 0);
         loop {
-            match self.attempt(account, credential, &url, shown).await {
+            match self
+                .attempt(account, credential, &url, shown, payload)
+                .await
+            {
                 Verdict::Success(body) => {
                     account.current.store(credential, Ordering::Relaxed);
                     return Ok(body);
@@ -492,11 +597,13 @@ impl RestClient {
         credential: usize,
         url: &str,
         shown: &str,
+        payload: Option<&Payload>,
     ) -> Verdict {
         let answer = {
             // The permit covers the request and its body, never the waits between attempts.
             let _permit = account.in_flight.acquire().await.ok();
-            self.exchange(&account.credentials[credential], url).await
+            self.exchange(&account.credentials[credential], url, payload)
+                .await
         };
         let metrics = &self.inner.metrics;
         let (status, retry_after, body) = match answer {
@@ -543,16 +650,24 @@ impl RestClient {
         }
     }
 
-    /// The status, `Retry-After` (in seconds, the form Twilio sends) and body of one GET.
+    /// The status, `Retry-After` (in seconds, the form Twilio sends) and body of one GET, or
+    /// of one POST of `payload`.
     async fn exchange(
         &self,
         credential: &Credential,
         url: &str,
+        payload: Option<&Payload>,
     ) -> Result<(u16, Option<Duration>, Vec<u8>), reqwest::Error> {
-        let response = self
-            .inner
-            .http
-            .get(url)
+        let request = match payload {
+            None => self.inner.http.get(url),
+            Some(payload) => self
+                .inner
+                .http
+                .post(url)
+                .header(CONTENT_TYPE, payload.content_type)
+                .body(payload.bytes.clone()),
+        };
+        let response = request
             .basic_auth(&credential.user, Some(credential.secret.expose_secret()))
             .header(ACCEPT, "application/json")
             .send()
@@ -710,6 +825,9 @@ mod tests {
         );
         let rest = RestSettings::from_settings(&s).unwrap();
         assert_eq!(rest.base_url, "http://127.0.0.1:9");
+        assert_eq!(rest.messaging_base_url, "https://messaging.twilio.com");
+        // The Messaging API's calls are made as the main account, spelled as Twilio does.
+        assert_eq!(rest.main_account.as_deref(), Some(SID));
         let users = |rest: &RestSettings| -> Vec<(String, Vec<String>)> {
             rest.accounts
                 .iter()

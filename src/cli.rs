@@ -1,7 +1,9 @@
 //! The command line: `serve` (the default), `migrate`, `check-config`, `sign`, `verify`,
-//! `healthcheck`. Exit codes: 0 success, 1 a failed check, 2 a usage error.
+//! `healthcheck`, `erase`, `prune`, `backfill`, `connect`. Exit codes: 0 success, 1 a failed
+//! check, 2 a usage error.
 
 mod backfill;
+mod connect;
 
 use crate::{
     config::{Settings, Sources},
@@ -9,7 +11,7 @@ use crate::{
     store, telemetry,
     twilio::{RawRequest, verify},
 };
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use secrecy::{ExposeSecret, SecretString};
 use std::{
     io::Read,
@@ -114,6 +116,48 @@ enum Command {
         #[arg(long = "sender")]
         senders: Vec<String>,
     },
+    /// Point a WhatsApp sender, a Messaging Service or a phone number at this server: set
+    /// its incoming, fallback and status callback URLs (a phone number: incoming and
+    /// fallback) to the routes under server.public_url, method POST, through Twilio's REST
+    /// API, printing each value before and after. A second run changes nothing.
+    Connect {
+        #[command(flatten)]
+        target: Target,
+        /// Only print what would change.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write a server.public_url that is http, not https (a local tunnel, a test).
+        #[arg(long)]
+        allow_http: bool,
+    },
+}
+
+/// The one resource `connect` points at this server.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct Target {
+    /// A WhatsApp sender of the account: whatsapp:+E164.
+    #[arg(long, value_name = "whatsapp:+E164", value_parser = crate::setup::twilio::parse_sender)]
+    sender: Option<String>,
+    /// A Messaging Service: its SID, MG….
+    #[arg(long, value_name = "MG…", value_parser = crate::setup::twilio::parse_service_sid)]
+    messaging_service: Option<String>,
+    /// A phone number of the account, in E.164.
+    #[arg(long, value_name = "+E164", value_parser = crate::setup::twilio::parse_phone_number)]
+    phone_number: Option<String>,
+}
+
+impl Target {
+    fn resource(self) -> crate::setup::Resource {
+        use crate::setup::Resource;
+        match (self.sender, self.messaging_service, self.phone_number) {
+            (Some(sender), _, _) => Resource::Sender(sender),
+            (_, Some(sid), _) => Resource::MessagingService(sid),
+            (_, _, Some(number)) => Resource::PhoneNumber(number),
+            // clap's group requires exactly one.
+            (None, None, None) => unreachable!("connect without a resource"),
+        }
+    }
 }
 
 /// Runs the command line and returns the process exit code.
@@ -156,6 +200,13 @@ pub fn main() -> ExitCode {
             senders,
         } => with_settings(&sources, |s| {
             runtime().block_on(backfill::run(s, since, until, senders))
+        }),
+        Command::Connect {
+            target,
+            dry_run,
+            allow_http,
+        } => with_settings(&sources, |s| {
+            runtime().block_on(connect::run(s, target.resource(), dry_run, allow_http))
         }),
     }
 }

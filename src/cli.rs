@@ -1,7 +1,9 @@
 //! The command line: `serve` (the default), `migrate`, `check-config`, `sign`, `verify`,
-//! `healthcheck`, `erase`, `prune`, `backfill`, `doctor`. Exit codes: 0 success, 1 a failed check, 2 a usage error.
+//! `healthcheck`, `erase`, `prune`, `backfill`, `doctor`, `connect`. Exit codes: 0 success, 1
+//! a failed check, 2 a usage error.
 
 mod backfill;
+mod connect;
 mod doctor;
 
 use crate::{
@@ -10,7 +12,7 @@ use crate::{
     store, telemetry,
     twilio::{RawRequest, verify},
 };
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use secrecy::{ExposeSecret, SecretString};
 use std::{
     io::Read,
@@ -131,10 +133,62 @@ enum Command {
         /// paste where, and probe those URLs.
         #[arg(long, conflicts_with = "urls")]
         sandbox: bool,
+        /// Read this WhatsApp sender's URLs from Twilio, judge them and probe those that are
+        /// this server's (repeatable).
+        #[arg(long = "sender", value_name = "whatsapp:+E164", value_parser = crate::setup::twilio::parse_sender)]
+        senders: Vec<String>,
+        /// ... this Messaging Service's (repeatable).
+        #[arg(long = "messaging-service", value_name = "MG…", value_parser = crate::setup::twilio::parse_service_sid)]
+        messaging_services: Vec<String>,
+        /// ... this phone number's (repeatable).
+        #[arg(long = "phone-number", value_name = "+E164", value_parser = crate::setup::twilio::parse_phone_number)]
+        phone_numbers: Vec<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
+    /// Point a WhatsApp sender, a Messaging Service or a phone number at this server: set
+    /// its incoming, fallback and status callback URLs (a phone number: incoming and
+    /// fallback) to the routes under server.public_url, method POST, through Twilio's REST
+    /// API, printing each value before and after. A second run changes nothing.
+    Connect {
+        #[command(flatten)]
+        target: Target,
+        /// Only print what would change.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write a server.public_url that is http, not https (a local tunnel, a test).
+        #[arg(long)]
+        allow_http: bool,
+    },
+}
+
+/// The one resource `connect` points at this server.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct Target {
+    /// A WhatsApp sender of the account: whatsapp:+E164.
+    #[arg(long, value_name = "whatsapp:+E164", value_parser = crate::setup::twilio::parse_sender)]
+    sender: Option<String>,
+    /// A Messaging Service: its SID, MG….
+    #[arg(long, value_name = "MG…", value_parser = crate::setup::twilio::parse_service_sid)]
+    messaging_service: Option<String>,
+    /// A phone number of the account, in E.164.
+    #[arg(long, value_name = "+E164", value_parser = crate::setup::twilio::parse_phone_number)]
+    phone_number: Option<String>,
+}
+
+impl Target {
+    fn resource(self) -> crate::setup::Resource {
+        use crate::setup::Resource;
+        match (self.sender, self.messaging_service, self.phone_number) {
+            (Some(sender), _, _) => Resource::Sender(sender),
+            (_, Some(sid), _) => Resource::MessagingService(sid),
+            (_, _, Some(number)) => Resource::PhoneNumber(number),
+            // clap's group requires exactly one.
+            (None, None, None) => unreachable!("connect without a resource"),
+        }
+    }
 }
 
 /// Runs the command line and returns the process exit code.
@@ -182,15 +236,35 @@ pub fn main() -> ExitCode {
             urls,
             serve,
             sandbox,
+            senders,
+            messaging_services,
+            phone_numbers,
             json,
         } => with_settings(&sources, |s| {
+            use crate::setup::Resource;
+            let resources = (senders.into_iter().map(Resource::Sender))
+                .chain(
+                    messaging_services
+                        .into_iter()
+                        .map(Resource::MessagingService),
+                )
+                .chain(phone_numbers.into_iter().map(Resource::PhoneNumber))
+                .collect();
             let options = doctor::Options {
                 urls,
+                resources,
                 serve,
                 sandbox,
                 json,
             };
             runtime().block_on(doctor::run(s, options))
+        }),
+        Command::Connect {
+            target,
+            dry_run,
+            allow_http,
+        } => with_settings(&sources, |s| {
+            runtime().block_on(connect::run(s, target.resource(), dry_run, allow_http))
         }),
     }
 }

@@ -3,14 +3,18 @@
 
 use crate::{
     config::{FALLBACK_PATH, MESSAGES_PATH, STATUS_PATH, Settings},
-    setup::{Check, Verdict, doctor},
+    metrics::Metrics,
+    rest::{RestClient, RestSettings},
+    setup::{Check, Resource, Routes, Verdict, doctor, twilio},
     startup::Application,
 };
-use std::process::ExitCode;
+use std::{process::ExitCode, sync::Arc};
 
 pub(super) struct Options {
     /// Webhook URLs exactly as Twilio has them (`--url`).
     pub urls: Vec<String>,
+    /// Resources whose URLs are read from Twilio's API (`--sender`, ...).
+    pub resources: Vec<Resource>,
     /// Start a server for the checks (`--serve`).
     pub serve: bool,
     /// Say what to paste into the WhatsApp Sandbox's settings, and probe those URLs
@@ -60,26 +64,34 @@ pub(super) async fn run(mut settings: Settings, options: Options) -> ExitCode {
     report(&checks, options.json)
 }
 
-/// Probes each webhook URL: `--url`s, else the routes under `server.public_url`.
+/// What Twilio holds for the named resources, then a probe of each webhook URL: the
+/// resources' URLs that point at one of this server's routes, and the `--url`s; with
+/// neither, the routes under `server.public_url`.
 async fn webhooks(settings: &Settings, options: &Options, checks: &mut Vec<Check>) {
-    let urls = if options.sandbox {
-        sandbox(settings, checks)
-    } else if !options.urls.is_empty() {
-        options.urls.clone()
-    } else if let Some(base) = public_url(settings) {
-        // Reachability and the proxy in front, for the URLs Twilio should hold.
-        [MESSAGES_PATH, FALLBACK_PATH, STATUS_PATH]
-            .iter()
-            .map(|path| format!("{base}{path}"))
-            .collect()
-    } else {
-        checks.push(Check::fail(
-            "webhook URL",
-            "nothing to probe: no --url given and server.public_url is not set",
-            "pass the webhook URL as it is in the Twilio Console with --url, or set server.public_url",
-        ));
-        Vec::new()
-    };
+    let mut urls = options.urls.clone();
+    for url in held_by_twilio(settings, &options.resources, checks).await {
+        if !urls.contains(&url) {
+            urls.push(url);
+        }
+    }
+    if options.sandbox {
+        urls.extend(sandbox(settings, checks));
+    } else if urls.is_empty() && options.resources.is_empty() {
+        match public_url(settings) {
+            // Reachability and the proxy in front, for the URLs Twilio should hold.
+            Some(base) => {
+                urls = [MESSAGES_PATH, FALLBACK_PATH, STATUS_PATH]
+                    .iter()
+                    .map(|path| format!("{base}{path}"))
+                    .collect();
+            }
+            None => checks.push(Check::fail(
+                "webhook URL",
+                "nothing to probe: no --url given and server.public_url is not set",
+                "pass the webhook URL as it is in the Twilio Console with --url, or set server.public_url",
+            )),
+        }
+    }
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(std::time::Duration::from_secs(10))
@@ -88,6 +100,43 @@ async fn webhooks(settings: &Settings, options: &Options, checks: &mut Vec<Check
     for url in urls {
         checks.extend(doctor::webhook_url(settings, &http, &url).await);
     }
+}
+
+/// Judges what Twilio holds for each resource; returns the URLs Twilio calls that end in
+/// one of this server's routes, to probe.
+async fn held_by_twilio(
+    settings: &Settings,
+    resources: &[Resource],
+    checks: &mut Vec<Check>,
+) -> Vec<String> {
+    if resources.is_empty() {
+        return Vec::new();
+    }
+    let client = match RestSettings::from_settings(settings)
+        .and_then(|rest| RestClient::new(rest, Arc::new(Metrics::new())))
+    {
+        Ok(client) => client,
+        Err(e) => {
+            checks.push(Check::fail(
+                "Twilio's configuration",
+                format!("cannot read it: {e}"),
+                "set twilio.account_sid (TWILIO_ACCOUNT_SID) and its auth token or an API key",
+            ));
+            return Vec::new();
+        }
+    };
+    let routes = public_url(settings).map(|base| Routes::under(&base));
+    let mut urls = Vec::new();
+    for resource in resources {
+        match twilio::held(&client, resource).await {
+            Ok(held) => {
+                checks.extend(twilio::judge(&held, routes.as_ref()));
+                urls.extend(held.iter().filter_map(|h| h.probe_url().map(str::to_owned)));
+            }
+            Err(e) => checks.push(twilio::lookup_failed(resource, &e, routes.as_ref())),
+        }
+    }
+    urls
 }
 
 /// The Sandbox's settings cannot be read or written through Twilio's API: doctor says what to

@@ -2,7 +2,9 @@
 //! database, spool, the public URL end to end, what Twilio holds) and `connect`, which points
 //! a Twilio resource at this server.
 
+pub mod connect;
 pub mod doctor;
+pub mod twilio;
 
 use crate::config::{FALLBACK_PATH, MESSAGES_PATH, STATUS_PATH};
 use serde::Serialize;

@@ -801,3 +801,100 @@ async fn doctor_sends_the_urls_basic_credentials_as_twilio_does(pool: PgPool) {
         "a password was printed: {report}"
     );
 }
+
+#[sqlx::test]
+async fn doctor_reads_a_senders_urls_from_twilio_flags_the_wrong_one_and_connect_fixes_it(
+    pool: PgPool,
+) {
+    use crate::fake_twilio::{FakeSender, FakeTwilio};
+    const ACCOUNT: &str = "AC00000000000000000000000000000000";
+    let db = database_url(&pool);
+    let server = Server::start(&[
+        ("TWILIO_RECEIVER__SERVER__PUBLIC_URL", ""),
+        ("TWILIO_RECEIVER__DATABASE__URL", &db),
+    ])
+    .await;
+    let here = format!("http://{}", server.addr);
+    let fake = FakeTwilio::start().await;
+    fake.accept(ACCOUNT, ACCOUNT, TOKEN);
+    fake.add_sender(
+        FakeSender::new(ACCOUNT, 1, "whatsapp:+15550001111").pointing_at(
+            &format!("{here}/twilio/messages"),
+            "https://old.example.test/fallback",
+            &format!("{here}/twilio/status"),
+        ),
+    );
+    let api = fake.base_url();
+    let env = [
+        ("DATABASE_URL", db.as_str()),
+        ("TWILIO_ACCOUNT_SID", ACCOUNT),
+        ("TWILIO_RECEIVER__TWILIO__API_BASE_URL", &api),
+        ("TWILIO_RECEIVER__TWILIO__MESSAGING_BASE_URL", &api),
+        ("TWILIO_RECEIVER__SERVER__PUBLIC_URL", &here),
+    ];
+    let out = doctor(&["--sender", "whatsapp:+15550001111"], &env).await;
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    let fallback = report
+        .lines()
+        .skip_while(|l| !(l.starts_with("FAIL") && l.contains("fallback")))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        fallback.contains("https://old.example.test/fallback"),
+        "{report}"
+    );
+    assert!(
+        fallback.contains("connect --sender whatsapp:+15550001111"),
+        "{report}"
+    );
+    // The two URLs that are this server's are probed through the network, as Twilio calls
+    // them; the other one is not (it is someone else's).
+    for path in ["/twilio/messages", "/twilio/status"] {
+        let url = format!("{here}{path}");
+        assert!(
+            webhook_lines(&out, &url).starts_with("ok    webhook"),
+            "{report}"
+        );
+    }
+    assert!(
+        !report.contains("webhook https://old.example.test"),
+        "{report}"
+    );
+
+    // The fix doctor named, then doctor again: every line passes.
+    let connect = tokio::task::spawn_blocking({
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_twilio-receiver"))
+                .args([
+                    "connect",
+                    "--sender",
+                    "whatsapp:+15550001111",
+                    "--allow-http",
+                ])
+                .env_clear()
+                .env("TWILIO_AUTH_TOKEN", TOKEN)
+                .envs(env)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(connect.status.code(), Some(0), "{}", text(&connect));
+    let out = doctor(&["--sender", "whatsapp:+15550001111", "--json"], &env).await;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], true, "{report:#}");
+    let probed = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"].as_str().unwrap().starts_with("webhook "))
+        .count();
+    assert_eq!(probed, 3, "{report:#}");
+}

@@ -3,6 +3,7 @@
 //! client's tests (`rest`) run against `fake_twilio` and need no database.
 
 mod cli;
+mod connect;
 mod database;
 mod doctor;
 mod fake_twilio;

@@ -64,19 +64,44 @@ pub(super) async fn run(mut settings: Settings, options: Options) -> ExitCode {
     report(&checks, options.json)
 }
 
-/// What Twilio holds for the named resources, then a probe of each webhook URL: the
-/// resources' URLs that point at one of this server's routes, and the `--url`s; with
-/// neither, the routes under `server.public_url`.
+/// What Twilio holds for the named resources (none named: `reconcile.senders`), then a probe
+/// of each webhook URL: the resources' URLs that point at one of this server's routes, and
+/// the `--url`s; with neither, the routes under `server.public_url`.
 async fn webhooks(settings: &Settings, options: &Options, checks: &mut Vec<Check>) {
     let mut urls = options.urls.clone();
-    for url in held_by_twilio(settings, &options.resources, checks).await {
+    // Nothing named: the senders reconcile reads, when REST credentials are set.
+    let configured: Vec<Resource>;
+    let resources = if options.resources.is_empty()
+        && options.urls.is_empty()
+        && !options.sandbox
+        && !settings.twilio.account_sid.trim().is_empty()
+    {
+        configured = settings
+            .reconcile
+            .senders
+            .iter()
+            .filter_map(|s| {
+                if s.starts_with("whatsapp:") {
+                    Some(Resource::Sender(s.clone()))
+                } else if s.starts_with('+') {
+                    Some(Resource::PhoneNumber(s.clone()))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        &configured
+    } else {
+        &options.resources
+    };
+    for url in held_by_twilio(settings, resources, checks).await {
         if !urls.contains(&url) {
             urls.push(url);
         }
     }
     if options.sandbox {
         urls.extend(sandbox(settings, checks));
-    } else if urls.is_empty() && options.resources.is_empty() {
+    } else if urls.is_empty() && resources.is_empty() {
         match public_url(settings) {
             // Reachability and the proxy in front, for the URLs Twilio should hold.
             Some(base) => {

@@ -9,7 +9,8 @@
 # a template database (bench/template.sh) and copy it for each run.
 #
 # Settings (environment): PGURL (as in bench/run.sh), ROWS (1000000), CONTACTS (ROWS / 100,
-# at least 1,000: the load generator's 1,000 contacts are the fixture's first ones), DB
+# at least 1,000: the load generator's 1,000 contacts are the fixture's first ones), EVENTS
+# (1; 0: outbound messages without their status events, about a third less disk), DB
 # (twr_scale_fixture; dropped and created), BIN (the build whose migrations make the schema;
 # ${CARGO_TARGET_DIR:-target}/release/twilio-receiver). Prints a line per day, then what was
 # stored and how long it took.
@@ -19,13 +20,14 @@ cd "$(dirname "$0")/.."
 PGURL=${PGURL:-postgres://postgres@127.0.0.1:5432}
 ROWS=${ROWS:-1000000}
 CONTACTS=${CONTACTS:-$((ROWS / 100 > 1000 ? ROWS / 100 : 1000))}
+EVENTS=${EVENTS:-1}
 DB=${DB:-twr_scale_fixture}
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/twilio-receiver}
 
 started=$(date +%s%N)
 psql -q "$PGURL/postgres" -c "drop database if exists $DB with (force)" -c "create database $DB"
 DATABASE_URL="$PGURL/$DB" "$BIN" migrate >/dev/null
-psql -qAt -v rows="$ROWS" -v contacts="$CONTACTS" -f bench/fixture.sql "$PGURL/$DB"
+psql -qAt -v rows="$ROWS" -v contacts="$CONTACTS" -v events="$EVENTS" -f bench/fixture.sql "$PGURL/$DB"
 loaded=$(date +%s%N)
 # As a table that has lived for months: statistics, visibility map, hint bits.
 psql -q "$PGURL/$DB" -c "vacuum analyze"

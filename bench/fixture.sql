@@ -11,7 +11,8 @@
 --            t + 2 s, "read" at t + 20 s: three message_status_events rows, status read
 --   t + 30 s inbound B: "thanks", answered with an empty <Response/>: a replies row
 --
--- plus one session per exchange (a contact's exchanges are over 24 hours apart) and one
+-- (with :events = 0, the outbound messages keep no status events: a third less disk, for an
+-- A/B of the inbound load at 10M, which never reads them), plus one session per exchange (a contact's exchanges are over 24 hours apart) and one
 -- conversation per contact whose counters and times agree with its messages, so every
 -- figure of bench/checks.sql is 0. A day's rows all lie within the day, so a prune with a
 -- cutoff at the second day's midnight removes exactly the oldest day of messages.
@@ -29,6 +30,10 @@ select round(:rows / 270.0)::int as per_day,
 \if :{?contacts}
 \else
 \set contacts 1000
+\endif
+\if :{?events}
+\else
+\set events 1
 \endif
 select :contacts * 86280.0 / :per_day > 86430 as spaced \gset
 \if :spaced
@@ -97,7 +102,7 @@ $$;
 
 -- Day d's rows in every table; returns a progress line.
 create function pg_temp.fixture_day(d int, t0 timestamptz, per_day int, contacts int,
-                                    started timestamptz) returns text
+                                    events boolean, started timestamptz) returns text
 language plpgsql as $$
 declare
     question constant text := 'Hola! ¿A qué hora abren mañana? Quiero pedir 2 cafés & 1 tostada';
@@ -168,6 +173,7 @@ begin
     from pg_temp.fixture_exchanges(d, t0, per_day, contacts) x
     cross join (values ('sent', interval '1 s'), ('delivered', interval '2 s'),
                        ('read', interval '20 s')) as s (status, after)
+    where events
     order by 3;
 
     insert into sessions (business, contact, started_at, last_inbound_at, expires_at,
@@ -198,6 +204,6 @@ from generate_series(0, least(:contacts, 90 * :per_day) - 1) as c,
      lateral (select (90 * :per_day - 1 - c) / :contacts + 1) as k (n),
      lateral (select c + :contacts * (n - 1)) as z (l);
 
-select format('select pg_temp.fixture_day(%s, %L, %s, %s, %L)', d, :'t0', :per_day,
-              :contacts, :'started')
+select format('select pg_temp.fixture_day(%s, %L, %s, %s, %L, %L)', d, :'t0', :per_day,
+              :contacts, :events::int::boolean, :'started')
 from generate_series(0, 89) as d \gexec

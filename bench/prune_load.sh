@@ -13,9 +13,9 @@
 # transaction (a count of the last 2 days, then pg_sleep(4)), as a dashboard might.
 #
 # Settings (environment): PGURL, CONNECTIONS (64), RULES and BIN as in bench/run.sh;
-# FIXTURE_ROWS (1000000), RUN_SECONDS (30), PRUNE_AT (8), REPORT (0), REQUESTS (25,000 per
+# FIXTURE_ROWS (1000000) and FIXTURE_EVENTS (1) as in bench/run.sh, RUN_SECONDS (30), PRUNE_AT (8), REPORT (0), REQUESTS (25,000 per
 # second of the run: the generator stops early when they run out), PORT (18280), DB
-# (twr_scale_prune: dropped and created from the fixture's template).
+# (twr_scale_prune: created from the fixture's template, dropped at the end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -92,6 +92,7 @@ if ((REPORT)); then
 fi
 wait "$load_pid"
 stop_servers
+psql -q "$PGURL/postgres" -c "drop database $DB"
 
 # Seconds of the run (from the generator's start) as s.mmm.
 at() { local ms=$(($1 - start)); echo "$((ms / 1000)).$(printf %03d $((ms % 1000)))"; }

@@ -8,10 +8,10 @@
 #
 #   bash bench/reads.sh
 #
-# Settings (environment): PGURL and BIN as in bench/run.sh; FIXTURE_ROWS (1000000), DB (the
-# fixture's template itself, read in place: nothing here writes), CONTACT (a contact of the
-# fixture and of the load generator, whatsapp:+15550000042), RUNS (3), PLANS (0; 1: also
-# print each query's last plan).
+# Settings (environment): PGURL and BIN as in bench/run.sh; FIXTURE_ROWS (1000000) and
+# FIXTURE_EVENTS (1) as there; DB (the fixture's template itself, read in place: nothing here
+# writes); CONTACT (a contact of the fixture and of the load generator,
+# whatsapp:+15550000042); RUNS (3); PLANS (0; 1: also print each query's last plan).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -13,7 +13,8 @@
 # messages of the last hour on PORT+100, and the servers reconcile against it every second,
 # as with reconcile.enabled), FIXTURE_ROWS (0; N: each workload starts on a copy of the
 # history of bench/fixture.sh with about N messages over the last 90 days, its template built
-# once a day by bench/template.sh), DB (twr_bench). The database DB is dropped and created for
+# once a day by bench/template.sh; FIXTURE_EVENTS=0 leaves out its status events, and the
+# copy is dropped at the end), DB (twr_bench). The database DB is dropped and created for
 # each workload; after each run bench/checks.sql prints its consistency checks (all must be 0;
 # CHECKS=0 skips them, which takes minutes on a large fixture).
 set -euo pipefail
@@ -123,3 +124,5 @@ start_server 0
 ready=$(date +%s%N)
 echo "start_to_ready_ms=$(( (ready - started) / 1000000 )) server_rss_idle_mb=$(( $(servers_kb VmRSS) / 1024 ))"
 stop_servers
+# A copy of a large fixture is no use after the run.
+if ((FIXTURE_ROWS)); then psql -q "$PGURL/postgres" -c "drop database $DB"; fi

@@ -24,6 +24,13 @@ EVENTS=${EVENTS:-1}
 DB=${DB:-twr_scale_fixture}
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/twilio-receiver}
 
+# A contact's exchanges (bench/fixture.sql) must be over 24 hours and 30 s apart.
+per_day=$(((ROWS + 135) / 270))
+if ((CONTACTS * 86280 <= per_day * 86430)); then
+  echo "CONTACTS must exceed $per_day, the exchanges of a day" >&2
+  exit 2
+fi
+
 started=$(date +%s%N)
 psql -q "$PGURL/postgres" -c "drop database if exists $DB with (force)" -c "create database $DB"
 DATABASE_URL="$PGURL/$DB" "$BIN" migrate >/dev/null

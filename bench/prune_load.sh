@@ -48,7 +48,8 @@ sleep_until_ms() {
   if ((wait > 0)); then sleep "$((wait / 1000)).$(printf %03d $((wait % 1000)))"; fi
 }
 
-fixture_copy "$DB" "$(fixture_template)"
+template=$(fixture_template)
+fixture_copy "$DB" "$template"
 start_server 0
 psql -q "$PGURL/$DB" -c checkpoint
 # The fixture's oldest day ends at this midnight (Unix seconds).

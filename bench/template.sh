@@ -15,21 +15,22 @@ FIXTURE_EVENTS=${FIXTURE_EVENTS:-1}
 # fixture's SQL and of its settings.
 fixture_key() {
   local probe=twr_scale_probe_$$ migrations
-  psql -q "$PGURL/postgres" -c "drop database if exists $probe" -c "create database $probe"
-  DATABASE_URL="$PGURL/$probe" "$BIN" migrate >/dev/null
-  migrations=$(psql -At "$PGURL/$probe" \
-    -c "select string_agg(version || ':' || encode(checksum, 'hex'), ',' order by version)
-        from _sqlx_migrations")
-  psql -q "$PGURL/postgres" -c "drop database $probe"
+  psql -q "$PGURL/postgres" -c "drop database if exists $probe" -c "create database $probe" &&
+    DATABASE_URL="$PGURL/$probe" "$BIN" migrate >/dev/null &&
+    migrations=$(psql -At "$PGURL/$probe" \
+      -c "select string_agg(version || ':' || encode(checksum, 'hex'), ',' order by version)
+          from _sqlx_migrations") &&
+    psql -q "$PGURL/postgres" -c "drop database $probe" || return
   { echo "$migrations events=$FIXTURE_EVENTS contacts=${CONTACTS:-}"; cat bench/fixture.sql; } |
     md5sum | cut -c1-8
 }
 
 # Prints the template's name, building it first when it does not exist (its progress goes to
-# stderr).
+# stderr). Called as $(fixture_template), where errexit does not reach: every step that can
+# fail returns.
 fixture_template() {
   local key day name stale
-  key=$(fixture_key)
+  key=$(fixture_key) || return
   day=$(date -u +%Y%m%d)
   name=twr_scale_tpl_${FIXTURE_ROWS}_${day}_$key
   for stale in $(psql -At "$PGURL/postgres" -c "select datname from pg_database
@@ -38,8 +39,9 @@ fixture_template() {
   done
   if [[ -z $(psql -At "$PGURL/postgres" -c "select 1 from pg_database where datname = '$name'") ]]; then
     # Built under another name and renamed when complete: an interrupted build is never used.
-    ROWS=$FIXTURE_ROWS EVENTS=$FIXTURE_EVENTS DB=twr_scale_building_$key bash bench/fixture.sh >&2
-    psql -q "$PGURL/postgres" -c "alter database twr_scale_building_$key rename to $name"
+    ROWS=$FIXTURE_ROWS EVENTS=$FIXTURE_EVENTS DB=twr_scale_building_$key bash bench/fixture.sh >&2 ||
+      return
+    psql -q "$PGURL/postgres" -c "alter database twr_scale_building_$key rename to $name" || return
   fi
   echo "$name"
 }

@@ -73,9 +73,12 @@ report_start=0 report_end=0
 if ((REPORT)); then
   sleep_until_ms $((start + PRUNE_AT * 1000 - 500))
   report_start=$(now_ms)
-  psql -q -o /dev/null "$PGURL/$DB" -c "begin" \
-    -c "select count(*) from messages where received_at > now() - interval '2 days'" \
-    -c "select pg_sleep(4)" -c "commit" &
+  {
+    psql -q -o /dev/null "$PGURL/$DB" -c "begin" \
+      -c "select count(*) from messages where received_at > now() - interval '2 days'" \
+      -c "select pg_sleep(4)" -c "commit"
+    now_ms >"$work/report_end"
+  } &
   report_pid=$!
   pids+=("$report_pid")
 fi
@@ -89,7 +92,7 @@ DATABASE_URL="$PGURL/$DB" RUST_LOG=warn "$BIN" prune --older-than "$age" >"$work
 prune_end=$(now_ms)
 if ((REPORT)); then
   wait "$report_pid"
-  report_end=$(now_ms)
+  report_end=$(cat "$work/report_end")
 fi
 wait "$load_pid"
 stop_servers

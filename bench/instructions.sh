@@ -7,7 +7,7 @@
 #
 #   bash bench/instructions.sh [workload]      (inbound by default; status, mixed, duplicates)
 #
-# BIN (target/release/twilio-receiver, built if missing), PGURL and RULES as in
+# BIN (${CARGO_TARGET_DIR:-target}/release/twilio-receiver, built if missing), PGURL and RULES as in
 # bench/run.sh, PORT (18180). The database twr_instructions is dropped and created for each run. Note that
 # valgrind counts a `rep movsb` copy per byte, so large memcpy weighs more here than in time.
 set -euo pipefail
@@ -17,7 +17,7 @@ PGURL=${PGURL:-postgres://postgres@127.0.0.1:5432}
 PORT=${PORT:-18180}
 RULES=${RULES:-config/rules.toml}
 DB=twr_instructions
-[ -x "${BIN:-target/release/twilio-receiver}" ] ||
+[ -x "${BIN:-${CARGO_TARGET_DIR:-target}/release/twilio-receiver}" ] ||
   cargo build --release --locked --quiet --bin twilio-receiver
 cargo bench --locked --quiet --no-run --bench load 2>/dev/null
 work=$(mktemp -d)

@@ -11,8 +11,12 @@
 # database and the connections; AFFINITY=1 sends each contact to one replica only, as a load
 # balancer hashing on the numbers would), RECONCILE (0; 1: a fake Twilio API with 2,000
 # messages of the last hour on PORT+100, and the servers reconcile against it every second,
-# as with reconcile.enabled). The database twr_bench is dropped and created for each
-# workload; after each run bench/checks.sql prints its consistency checks (all must be 0).
+# as with reconcile.enabled), FIXTURE_ROWS (0; N: each workload starts on a copy of the
+# history of bench/fixture.sh with about N messages over the last 90 days, its template built
+# once a day by bench/template.sh; FIXTURE_EVENTS=0 leaves out its status events, and the
+# copy is dropped at the end), DB (twr_bench). The database DB is dropped and created for
+# each workload; after each run bench/checks.sql prints its consistency checks (all must be 0;
+# CHECKS=0 skips them, which takes minutes on a large fixture).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +29,9 @@ PORT=${PORT:-18080}
 REPLICAS=${REPLICAS:-1}
 AFFINITY=${AFFINITY:-0}
 RECONCILE=${RECONCILE:-0}
-DB=twr_bench
+FIXTURE_ROWS=${FIXTURE_ROWS:-0}
+CHECKS=${CHECKS:-1}
+DB=${DB:-twr_bench}
 
 cargo build --release --locked --quiet --bin twilio-receiver
 cargo bench --locked --quiet --no-run --bench load 2>/dev/null
@@ -50,6 +56,11 @@ if ((RECONCILE)); then
 fi
 # shellcheck source=bench/server.sh
 source bench/server.sh
+if ((FIXTURE_ROWS)); then
+  # shellcheck source=bench/template.sh
+  source bench/template.sh
+  template=$(fixture_template)
+fi
 
 # utime + stime of a process, in clock ticks.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
@@ -80,7 +91,11 @@ addrs=127.0.0.1:$PORT
 for ((i = 1; i < REPLICAS; i++)); do addrs+=",127.0.0.1:$((PORT + i))"; done
 
 for workload in $WORKLOADS; do
-  psql -q "$PGURL/postgres" -c "drop database if exists $DB with (force)"
+  if ((FIXTURE_ROWS)); then
+    fixture_copy "$DB" "$template"
+  else
+    psql -q "$PGURL/postgres" -c "drop database if exists $DB with (force)"
+  fi
   for ((i = 0; i < REPLICAS; i++)); do start_server "$i"; done
   # Every run starts just after a checkpoint, so each pays the same full-page writes.
   psql -q "$PGURL/$DB" -c checkpoint
@@ -97,7 +112,9 @@ for workload in $WORKLOADS; do
   fake_cpu=$(( $( ((RECONCILE)) && cpu_ticks "${fake[0]}" || echo 0) - fake_before ))
   peak_kb=$(servers_kb VmHWM)
   stop_servers
-  checks=$(psql -At "$PGURL/$DB" -F ' ' -f bench/checks.sql)
+  checks=checks=skipped
+  ((CHECKS)) && checks=$(psql -At "$PGURL/$DB" -F ' ' -f bench/checks.sql)
+  ((FIXTURE_ROWS)) && checks+=" fixture_rows=$FIXTURE_ROWS"
   echo "$line replicas=$REPLICAS affinity=$AFFINITY reconcile=$RECONCILE server_cpu_s=$(tenths "$server_cpu") postgres_cpu_s=$(tenths "$postgres_cpu") fake_api_cpu_s=$(tenths "$fake_cpu") server_rss_idle_mb=$((idle_kb / 1024)) server_rss_peak_mb=$((peak_kb / 1024)) $checks"
 done
 
@@ -107,3 +124,5 @@ start_server 0
 ready=$(date +%s%N)
 echo "start_to_ready_ms=$(( (ready - started) / 1000000 )) server_rss_idle_mb=$(( $(servers_kb VmRSS) / 1024 ))"
 stop_servers
+# A copy of a large fixture is no use after the run.
+if ((FIXTURE_ROWS)); then psql -q "$PGURL/postgres" -c "drop database $DB"; fi

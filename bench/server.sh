@@ -1,7 +1,8 @@
 # Sourced by bench/run.sh and bench/instructions.sh: starting and stopping the release server
 # the way the benchmarks run it. Needs PGURL, DB, PORT, RULES and a scratch directory $work;
-# BIN (target/release/twilio-receiver) names another build of the server; SERVER_ENV holds
-# more NAME=value settings for it (bench/run.sh's RECONCILE=1).
+# BIN (${CARGO_TARGET_DIR:-target}/release/twilio-receiver, where cargo builds it) names
+# another build of the server; SERVER_ENV holds more NAME=value settings for it
+# (bench/run.sh's RECONCILE=1).
 servers=()
 
 # Starts server number $1 (0, 1, ...) on PORT + $1, each with its own spool, and waits until
@@ -19,7 +20,7 @@ start_server() {
   TWILIO_RECEIVER__SPOOL__DIR="$work/spool$n" \
   TWILIO_RECEIVER__RULES__PATH="$RULES" \
   DATABASE_URL="$PGURL/$DB" RUST_LOG=warn \
-    env ${SERVER_ENV:-} "$@" "${BIN:-target/release/twilio-receiver}" serve >"$work/log$n" 2>&1 &
+    env ${SERVER_ENV:-} "$@" "${BIN:-${CARGO_TARGET_DIR:-target}/release/twilio-receiver}" serve >"$work/log$n" 2>&1 &
   pid=$!
   servers+=("$pid")
   # Migrations run before the listener is bound, so an accepted connection means ready.

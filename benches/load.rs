@@ -67,6 +67,10 @@ struct Args {
     /// Extra text for the results line (e.g. the rules file used).
     #[arg(long, default_value = "")]
     label: String,
+    /// Also print `started_unix_ms=` when the clock starts, and before the results line one
+    /// line per second of the run: 2xx answers completed in it and the slowest of them.
+    #[arg(long)]
+    per_second: bool,
     // `cargo bench` passes --bench to every bench binary.
     #[arg(long, hide = true)]
     bench: bool,
@@ -205,13 +209,21 @@ struct Queue {
     next: AtomicUsize,
 }
 
+/// One answer: which request, its status code, and when it completed (µs into the run).
+struct Answer {
+    request: usize,
+    code: u16,
+    at_us: u64,
+}
+
 /// One keep-alive connection: send, read the answer, repeat until time or requests run out.
 async fn connection(
     addr: String,
     requests: Arc<Vec<Prepared>>,
     queue: Arc<Queue>,
+    started: Instant,
     until: Instant,
-) -> (Vec<u32>, Vec<(usize, u16)>) {
+) -> (Vec<u32>, Vec<Answer>) {
     let mut stream = TcpStream::connect(&addr).await.expect("the server accepts");
     stream.set_nodelay(true).unwrap();
     let mut latencies = Vec::new();
@@ -225,11 +237,16 @@ async fn connection(
             break;
         };
         let request = &requests[i];
-        let started = Instant::now();
+        let sent = Instant::now();
         stream.write_all(&request.bytes).await.unwrap();
         let code = read_response(&mut stream, &mut buf).await;
-        latencies.push(started.elapsed().as_micros() as u32);
-        answers.push((i, code));
+        let done = Instant::now();
+        latencies.push((done - sent).as_micros() as u32);
+        answers.push(Answer {
+            request: i,
+            code,
+            at_us: (done - started).as_micros() as u64,
+        });
     }
     (latencies, answers)
 }
@@ -302,6 +319,17 @@ async fn main() {
         })]
     };
     let started = Instant::now();
+    if args.per_second {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        // Flushed at once: a script waits for this line to time what it runs beside the load.
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "started_unix_ms={unix_ms}").unwrap();
+        out.flush().unwrap();
+    }
     let until = started + Duration::from_secs_f64(args.seconds);
     let tasks: Vec<_> = (0..args.connections)
         .map(|i| {
@@ -309,6 +337,7 @@ async fn main() {
                 addrs[i % addrs.len()].to_owned(),
                 requests.clone(),
                 queues[i % addrs.len() % queues.len()].clone(),
+                started,
                 until,
             ))
         })
@@ -321,15 +350,16 @@ async fn main() {
         answers.extend(a);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    if args.per_second {
+        print_per_second(&answers, &latencies);
+    }
     latencies.sort_unstable();
-    let non_2xx = answers
-        .iter()
-        .filter(|(_, c)| !(200..300).contains(c))
-        .count();
+    let ok = |a: &&Answer| (200..300).contains(&a.code);
+    let non_2xx = answers.iter().filter(|a| !ok(a)).count();
     let acknowledged: HashSet<&Key> = answers
         .iter()
-        .filter(|(_, c)| (200..300).contains(c))
-        .map(|(i, _)| &requests[*i].key)
+        .filter(ok)
+        .map(|a| &requests[a.request].key)
         .collect();
     let stored = if args.database_url.is_empty() {
         "not counted".to_owned()
@@ -355,6 +385,26 @@ async fn main() {
             format!(" {}", args.label)
         },
     );
+}
+
+/// One line per second of the run: the 2xx answers completed in it, and the slowest of them
+/// (`latencies` in the order of `answers`).
+fn print_per_second(answers: &[Answer], latencies: &[u32]) {
+    let seconds = answers.iter().map(|a| a.at_us / 1_000_000 + 1).max();
+    let mut per_second = vec![(0u64, 0u32); seconds.unwrap_or(0) as usize];
+    for (a, &latency) in answers.iter().zip(latencies) {
+        if (200..300).contains(&a.code) {
+            let s = &mut per_second[(a.at_us / 1_000_000) as usize];
+            s.0 += 1;
+            s.1 = s.1.max(latency);
+        }
+    }
+    for (second, (n, max)) in per_second.iter().enumerate() {
+        println!(
+            "second={second} acknowledged={n} max_ms={:.1}",
+            f64::from(*max) / 1000.0
+        );
+    }
 }
 
 /// How many of the acknowledged webhooks have their rows: the message, or the status event.

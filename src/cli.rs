@@ -118,12 +118,14 @@ enum Command {
         senders: Vec<String>,
     },
     /// Check a set-up end to end before the first real message: the configuration, the
-    /// database, the spool, and each webhook URL, with a signed probe through whatever sits
-    /// in front of the server (proxy, tunnel, load balancer). One line per check; exits 0
-    /// when none failed, 1 otherwise.
+    /// database, the spool, what Twilio holds for the named senders, Messaging Services and
+    /// numbers (none named: reconcile.senders), and each webhook URL, with a signed probe
+    /// through whatever sits in front of the server (proxy, tunnel, load balancer). One line
+    /// per check; exits 0 when none failed, 1 otherwise.
     Doctor {
-        /// A webhook URL exactly as Twilio has it (repeatable; default: server.public_url
-        /// with each of the three routes).
+        /// A webhook URL exactly as Twilio has it (repeatable; default: the URLs Twilio
+        /// holds that point at this server's routes, else server.public_url with each of
+        /// the three routes).
         #[arg(long = "url", value_name = "URL")]
         urls: Vec<String>,
         /// Start the server for the checks (otherwise it must be running already).

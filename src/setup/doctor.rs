@@ -369,7 +369,10 @@ async fn send_probe(
     }
 }
 
+/// Percent-decodes a URL's user or password. Through the form decoder, with `+` escaped
+/// first: in userinfo a `+` is itself, not a space.
 fn percent_decode(s: &str) -> String {
+    let s = s.replace('+', "%2B");
     url::form_urlencoded::parse(format!("x={s}").as_bytes())
         .next()
         .map(|(_, v)| v.into_owned())
@@ -713,6 +716,8 @@ mod tests {
             "webhook https://***@Hooks.example.com:443/twilio/messages?a=%27"
         );
         assert_eq!(t.credentials, Some(("u".into(), Some("p@ss".into()))));
+        let plus = Target::of("https://u:a+b%20c@h.example/x").unwrap();
+        assert_eq!(plus.credentials, Some(("u".into(), Some("a+b c".into()))));
         // A password with an unencoded `#` or `/` does not parse, and is not echoed.
         for bad in ["https://u:p#w@h/x", "https://u:p/w@h/x"] {
             let check = Target::of(bad).unwrap_err();

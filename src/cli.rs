@@ -90,14 +90,16 @@ enum Command {
         #[arg(long)]
         contact: String,
     },
-    /// Delete what is older than an age (messages with their media rows, archived files,
-    /// replies and status events; fallback calls; expired sessions; conversations with nothing
-    /// left), in small batches that never lock for long. Consent is kept.
+    /// Delete what is older than an age, by whole days: each day wholly older than the
+    /// cutoff goes with its archived files, its messages with their media rows, replies and
+    /// status events, its fallback calls and sessions; then conversations with nothing left.
+    /// Days are detached without blocking writers. Consent is kept.
     Prune {
         /// How old is too old: a number and a unit (d, h, m, s), e.g. 90d.
         #[arg(long)]
         older_than: String,
-        /// Rows per statement.
+        /// Rows per statement for what is deleted row by row (the SID directory's keys of
+        /// the dropped days, conversations).
         #[arg(long, default_value_t = 5000)]
         batch: i64,
     },
@@ -483,8 +485,19 @@ async fn erase(settings: Settings, contact: &str) -> ExitCode {
 
 /// Deletes archived media files after their rows are committed; reports any it cannot.
 async fn delete_archived(settings: &Settings, keys: &[String]) -> ExitCode {
+    let failed = delete_files(settings, keys).await;
+    println!("deleted {} archived files", keys.len() - failed);
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Deletes archived media files; returns how many it could not (each reported).
+async fn delete_files(settings: &Settings, keys: &[String]) -> usize {
     if keys.is_empty() {
-        return ExitCode::SUCCESS;
+        return 0;
     }
     let store = match crate::storage::open(&settings.media.storage) {
         Ok((store, _)) => store,
@@ -493,7 +506,7 @@ async fn delete_archived(settings: &Settings, keys: &[String]) -> ExitCode {
                 "error: {} archived files not deleted: media.storage: {e}",
                 keys.len()
             );
-            return ExitCode::FAILURE;
+            return keys.len();
         }
     };
     let mut failed = 0;
@@ -507,12 +520,7 @@ async fn delete_archived(settings: &Settings, keys: &[String]) -> ExitCode {
             eprintln!("error: cannot delete archived file {key}: {e}");
         }
     }
-    println!("deleted {} archived files", keys.len() - failed);
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    failed
 }
 
 async fn prune(settings: Settings, older_than: &str, batch: i64) -> ExitCode {
@@ -524,30 +532,36 @@ async fn prune(settings: Settings, older_than: &str, batch: i64) -> ExitCode {
         }
     };
     let cutoff = chrono::Utc::now() - age;
+    let settings = &settings;
     let pruned = match store::pool(&settings.database) {
-        Ok(pool) => store::prune::older_than(&pool, cutoff, batch)
-            .await
-            .map_err(|e| error_chain(&e)),
+        Ok(pool) => store::prune::older_than(&pool, cutoff, batch, |keys| async move {
+            delete_files(settings, &keys).await
+        })
+        .await
+        .map_err(|e| error_chain(&e)),
         Err(e) => Err(e),
     };
     let pruned = match pruned {
         Ok(pruned) => pruned,
-        // Batches already committed stay deleted; running it again finishes the job.
+        // Days already dropped stay dropped; running it again finishes the job.
         Err(e) => {
             eprintln!("error: prune stopped: {e}");
             return ExitCode::FAILURE;
         }
     };
     println!(
-        "pruned before {}: {} messages, {} status events, {} fallback calls, {} sessions, {} conversations",
-        cutoff.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "pruned the days before {} (UTC): {} messages, {} status events, {} fallback calls, {} sessions, {} conversations ({} partitions, {} directory keys)",
+        cutoff.date_naive(),
         pruned.messages,
         pruned.status_events,
         pruned.failures,
         pruned.sessions,
-        pruned.conversations
+        pruned.conversations,
+        pruned.partitions,
+        pruned.keys,
     );
-    delete_archived(&settings, &pruned.storage_keys).await
+    println!("deleted {} archived files", pruned.files);
+    ExitCode::SUCCESS
 }
 
 async fn healthcheck(settings: Settings) -> ExitCode {

@@ -295,6 +295,8 @@ pub struct DatabaseSettings {
     pub group_writers: usize,
     /// Most webhooks in one group-commit transaction.
     pub group_size: usize,
+    /// Whole days after today whose partitions every replica keeps made (hourly).
+    pub partition_days_ahead: u32,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -510,6 +512,9 @@ impl Settings {
         }
         if self.database.group_size > 10_000 {
             out.push("database.group_size: must be at most 10000".into());
+        }
+        if !(2..=365).contains(&self.database.partition_days_ahead) {
+            out.push("database.partition_days_ahead: must be from 2 to 365".into());
         }
         if self.database.acquire_timeout_ms == 0 {
             out.push("database.acquire_timeout_ms: must be greater than 0".into());

@@ -47,3 +47,5 @@ pub mod telemetry;
 pub mod twilio;
 /// TwiML rendering.
 pub mod twiml;
+/// Partition upkeep: the coming days made ahead, and how far ahead they go.
+pub mod upkeep;

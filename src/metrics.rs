@@ -139,6 +139,10 @@ pub struct Metrics {
     pub spool_replayed: Counter,
     pub spool_set_aside: Counter,
     pub spool_pending: Gauge,
+    /// Whole days after today every partitioned table covers, once checked (see
+    /// [`Metrics::partition_days`]).
+    pub partition_days_ahead: Gauge,
+    partitions_checked: std::sync::atomic::AtomicBool,
     pub rest_responses: Family<RestStatus, Counter>,
     pub reconcile: ReconcileMetrics,
 }
@@ -225,6 +229,11 @@ impl Metrics {
                 "Spooled webhooks that could not be read or stored, moved to the spool's failed/ folder"
             ),
             spool_pending: metric!("spool_pending", "Webhooks waiting in the local spool"),
+            partition_days_ahead: metric!(
+                "partition_days_ahead",
+                "Whole days after today (UTC) that every daily-partitioned table covers (-1: today is missing; alert below 2)"
+            ),
+            partitions_checked: std::sync::atomic::AtomicBool::new(false),
             rest_responses: metric!(
                 "rest_responses",
                 "Answers from Twilio's REST API by HTTP status (\"error\": none came, a connection or timeout failure)"
@@ -279,6 +288,20 @@ impl Metrics {
         self.rest_responses
             .get_or_create(&RestStatus { status })
             .inc();
+    }
+
+    /// What partition upkeep found: days after today covered by every partitioned table.
+    pub fn partitions_checked(&self, days_ahead: i64) {
+        self.partition_days_ahead.set(days_ahead);
+        self.partitions_checked
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Days ahead the partitions go, once upkeep has looked.
+    pub fn partition_days(&self) -> Option<i64> {
+        self.partitions_checked
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| self.partition_days_ahead.get())
     }
 
     pub fn database_time(&self, took: Duration) {

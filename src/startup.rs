@@ -223,6 +223,8 @@ pub struct Application {
     archiver: Option<Archiver>,
     /// Reads Twilio's API in the background (`reconcile.enabled`).
     reconciler: Option<Arc<Reconciler>>,
+    /// Makes the coming days' partitions.
+    upkeep: crate::upkeep::Upkeep,
     /// Replays the spool in the background; flushes the last notifications at shutdown.
     ingest: Arc<Ingest>,
     http: HttpLimits,
@@ -305,6 +307,11 @@ impl Application {
         Ok(Application {
             listener,
             admin_listener,
+            upkeep: crate::upkeep::Upkeep {
+                db: db.clone(),
+                metrics: state.metrics.clone(),
+                ahead: settings.database.partition_days_ahead,
+            },
             admin_router: routes::admin_router(state.metrics.clone(), db),
             replier: state.ingest.replier().clone(),
             ingest: state.ingest.clone(),
@@ -363,6 +370,10 @@ impl Application {
             .archiver
             .map(|a| a.spawn(workers_stop.clone()))
             .unwrap_or_default();
+        workers.push(tokio::spawn(
+            self.upkeep
+                .run_until_stopped(self.schema_ready.clone(), workers_stop.clone()),
+        ));
         if let Some(reconciler) = self.reconciler {
             workers.push(tokio::spawn(
                 reconciler.run_until_stopped(workers_stop.clone()),

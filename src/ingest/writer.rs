@@ -71,6 +71,9 @@ pub(super) struct Writer {
     cx: Context,
     /// The longest a webhook waits for a writer to take it.
     acquire_timeout: Duration,
+    /// With group commit off: the days (partitions) known to exist, shared by the requests
+    /// (each writer task keeps its own in its memory).
+    days: Arc<std::sync::Mutex<std::collections::BTreeSet<chrono::NaiveDate>>>,
 }
 
 /// A webhook waiting for its batch, and the request waiting for its result. (By value:
@@ -106,6 +109,7 @@ impl Writer {
             queues: queues.into(),
             acquire_timeout: cx.db.options().get_acquire_timeout(),
             cx,
+            days: Arc::default(),
         }
     }
 
@@ -142,9 +146,16 @@ impl Writer {
         callbacks: &[Callback],
     ) -> Result<write::Written, WriteError> {
         let mut conn = self.cx.db.acquire().await.map_err(StoreError::from)?;
-        let mut memory = Memory::default();
+        let days = || {
+            self.days
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let mut memory = Memory::with_days(days().clone());
         let cx = &self.cx;
-        Ok(write_with(&mut conn, cx, inbound, deciders, callbacks, &mut memory).await?)
+        let written = write_with(&mut conn, cx, inbound, deciders, callbacks, &mut memory).await;
+        days().extend(memory.days());
+        Ok(written?)
     }
 
     /// Queues `item` for writer `share` and waits for its result. Not taken by a writer

@@ -26,22 +26,31 @@ pub async fn contact(pool: &PgPool, contact: &str) -> Result<Erased, StoreError>
     let r = sqlx::query!(
         r#"
         with m as (
-            select message_sid from messages where contact = $1
+            select received_at, message_sid from messages where contact = $1
         ), keys as (
             select storage_key from message_media
-            where message_sid in (select message_sid from m) and storage_key is not null
+            where (message_received_at, message_sid) in (select * from m)
+              and storage_key is not null
         ), ev as (
-            delete from message_status_events where message_sid in (select message_sid from m)
+            delete from message_status_events
+            where (message_received_at, message_sid) in (select * from m)
             returning 1
         ), f as (
             delete from webhook_failures where message_sid in (select message_sid from m)
             returning 1
         ), r as (
-            delete from replies where message_sid in (select message_sid from m) returning 1
+            delete from replies where (message_received_at, message_sid) in (select * from m)
+            returning 1
         ), mm as (
-            delete from message_media where message_sid in (select message_sid from m) returning 1
+            delete from message_media
+            where (message_received_at, message_sid) in (select * from m)
+            returning 1
         ), msg as (
             delete from messages where contact = $1 returning 1
+        ), directory as (
+            -- Its SIDs leave the directory with their rows: a retry of one of them would
+            -- be new again (and the tombstone keeps reconciliation from bringing it back).
+            delete from message_keys where message_sid in (select message_sid from m)
         ), s as (
             delete from sessions where contact = $1 returning 1
         ), c as (

@@ -11,6 +11,8 @@ use std::time::Duration;
 /// A media item to download.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
+    /// The message's day (its partition).
+    pub message_received_at: chrono::DateTime<chrono::Utc>,
     pub message_sid: String,
     pub index: i32,
     pub url: String,
@@ -21,14 +23,17 @@ pub struct Job {
 }
 
 /// Claims the next due job, if any, for `lease`.
-pub async fn claim(pool: &PgPool, lease: Duration) -> Result<Option<Job>, StoreError> {
+pub async fn claim(
+    db: impl sqlx::PgExecutor<'_>,
+    lease: Duration,
+) -> Result<Option<Job>, StoreError> {
     let row = sqlx::query!(
         r#"
         update message_media mm
         set archive_attempts = mm.archive_attempts + 1,
             archive_lease_until = now() + $1::float8 * interval '1 second'
         from (
-            select message_sid, index
+            select message_received_at, message_sid, index
             from message_media
             where archive_state = 'pending'
               and archive_next_at <= now()
@@ -36,17 +41,22 @@ pub async fn claim(pool: &PgPool, lease: Duration) -> Result<Option<Job>, StoreE
             order by archive_next_at
             limit 1
             for update skip locked
-        ) due, messages m
-        where mm.message_sid = due.message_sid and mm.index = due.index
-          and m.message_sid = mm.message_sid
-        returning mm.message_sid, mm.index, mm.url, mm.content_type, m.account_sid,
+        ) due
+        where mm.message_received_at = due.message_received_at
+          and mm.message_sid = due.message_sid and mm.index = due.index
+        -- The account from the message, in its day: one partition probed.
+        returning mm.message_received_at, mm.message_sid, mm.index, mm.url, mm.content_type,
+                  (select m.account_sid from messages m
+                   where m.received_at = mm.message_received_at
+                     and m.message_sid = mm.message_sid) as "account_sid!",
                   mm.archive_attempts
         "#,
         lease.as_secs_f64(),
     )
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await?;
     Ok(row.map(|r| Job {
+        message_received_at: r.message_received_at,
         message_sid: r.message_sid,
         index: r.index,
         url: r.url,
@@ -131,7 +141,8 @@ pub async fn finish(pool: &PgPool, job: &Job, outcome: &Outcome) -> Result<(), S
             archive_lease_until = null
         -- Only the attempt that holds the job may record it: a worker whose lease ran out
         -- (and whose job was taken over) changes nothing.
-        where message_sid = $1 and index = $2 and archive_attempts = $10
+        where message_received_at = $12 and message_sid = $1 and index = $2
+          and archive_attempts = $10
           and archive_state = 'pending'
         returning archive_state
         )
@@ -155,6 +166,7 @@ pub async fn finish(pool: &PgPool, job: &Job, outcome: &Outcome) -> Result<(), S
         retry_after,
         job.attempt,
         refund,
+        job.message_received_at,
     )
     .fetch_one(pool)
     .await?;

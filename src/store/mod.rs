@@ -2,8 +2,10 @@
 //! HTTP or ingest; it returns [`StoreError`], classified by what the caller must do.
 
 pub mod erase;
+mod legacy;
 pub mod media;
 pub mod notify;
+pub mod partitions;
 pub mod prune;
 pub mod reconcile;
 pub mod replies;
@@ -24,8 +26,9 @@ pub static MIGRATOR: Migrator = sqlx::migrate!();
 /// A database failure, classified by what the caller must do about it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// Postgres is unreachable, the pool is exhausted, or a statement timed out: retryable
-    /// later (the webhook is spooled and answered 503, so Twilio tries the fallback URL).
+    /// Postgres is unreachable, the pool is exhausted, a statement timed out, or no
+    /// partition holds a row's day (partition upkeep stopped): retryable later (the webhook
+    /// is spooled and answered 503, so Twilio tries the fallback URL).
     #[error("database unavailable")]
     Unavailable(#[source] Cause),
     /// A value Postgres cannot store as given: a key longer than an index entry may be
@@ -99,8 +102,10 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // 08: connection exceptions; 53: insufficient resources (too many connections);
             // 57: operator intervention (statement timeout 57014, admin shutdown 57P01);
-            // 40001/40P01: serialization failure and deadlock, safe to retry.
-            code.starts_with("08")
+            // 40001/40P01: serialization failure and deadlock, safe to retry; 23514 without
+            // a constraint: no partition for the row's day (an outage of upkeep, not a bug).
+            (code == "23514" && db.constraint().is_none())
+                || code.starts_with("08")
                 || code.starts_with("53")
                 || code.starts_with("57")
                 || code == "40001"
@@ -145,9 +150,33 @@ pub async fn migrate(settings: &DatabaseSettings) -> Result<(), MigrateError> {
         }
         connected => connected?,
     };
-    let result = MIGRATOR.run(&conn).await;
+    let mut result = migrate_pool(&conn).await;
+    if result.is_ok() {
+        // The coming days, as upkeep would make them (it runs only in the server).
+        result = partitions::upkeep(&conn, settings.partition_days_ahead)
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                StoreError::Unavailable(c) | StoreError::TooLarge(c) | StoreError::Bug(c) => {
+                    MigrateError::Execute(sqlx::Error::Protocol(format!("making partitions: {c}")))
+                }
+                StoreError::Conflict => unreachable!("no write check here"),
+            });
+    }
     conn.close().await;
     result
+}
+
+/// The migration that creates the SID directory: an installation with history is prepared
+/// for daily partitions after it, before the next one (see [`legacy`]).
+const DIRECTORY_MIGRATION: i64 = 20261206000012;
+
+/// Applies pending migrations on `pool`, preparing stored history for daily partitions on
+/// the way.
+pub async fn migrate_pool(pool: &PgPool) -> Result<(), MigrateError> {
+    MIGRATOR.run_to(DIRECTORY_MIGRATION, pool).await?;
+    legacy::prepare(pool).await?;
+    MIGRATOR.run(pool).await
 }
 
 /// Whether a migration failed only because Postgres could not be reached (worth retrying).

@@ -1,142 +1,230 @@
-//! Retention: deleting what is older than a cutoff in bounded batches, each its own short
-//! transaction, so a prune of millions of rows never holds long locks or one huge
-//! transaction while webhooks keep arriving.
+//! Retention by whole days. Every table that grows with traffic is split into daily
+//! partitions (migration 13), so a day wholly older than the cutoff goes as a whole: its
+//! archived media files first, then each table's partition is detached (`DETACH PARTITION
+//! … CONCURRENTLY`, which never queues writers behind a long report the way a plain `DROP`
+//! of a partition does) and dropped. Only then do the directory's keys of those days go
+//! (a key must never go before its rows: a late callback would store its message again),
+//! in bounded batches, and the conversations with nothing left.
 //!
-//! What goes: messages received before the cutoff (with their media rows, replies and status
-//! events), status events and fallback calls received before it, sessions that expired
-//! before it, and conversations with no message left and no activity since. Consent rows
-//! stay: an opt-out must be honoured however old it is.
+//! Rows up to a day younger than the cutoff stay until the next run; a status event is
+//! kept as long as its message. Consent rows stay: an opt-out must be honoured however old
+//! it is.
 
 use super::StoreError;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+use std::future::Future;
 
 /// What one prune removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pruned {
+    /// Partitions dropped (one per table per day).
+    pub partitions: i64,
     pub messages: i64,
     pub status_events: i64,
     pub failures: i64,
     pub sessions: i64,
     pub conversations: i64,
-    /// Archived files of deleted messages, to delete from media storage (after the commits).
-    pub storage_keys: Vec<String>,
+    /// Directory keys of the dropped days.
+    pub keys: i64,
+    /// Archived files deleted from media storage.
+    pub files: usize,
 }
 
-/// Deletes everything older than `cutoff`, `batch` rows per statement.
-pub async fn older_than(
+/// Why a prune stopped. What it dropped before stays dropped; a second run goes on.
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The day's files could not all be deleted, so its rows (the only record of them) stay.
+    #[error("{failed} archived files of {day} could not be deleted; that day is kept")]
+    Files { day: String, failed: usize },
+}
+
+/// One partition, from `day_partitions` (migration 13).
+struct Partition {
+    parent: String,
+    name: String,
+    upper: DateTime<Utc>,
+    detach_pending: bool,
+}
+
+/// Drops every day wholly older than `cutoff`, oldest first, then the directory keys of
+/// those days and the conversations with nothing left, `batch` rows per statement.
+/// `delete_files` deletes a day's archived files from media storage and returns how many it
+/// could not; it runs before that day's rows go.
+pub async fn older_than<F, Fut>(
     pool: &PgPool,
     cutoff: DateTime<Utc>,
     batch: i64,
-) -> Result<Pruned, StoreError> {
-    // Runs `$delete` (which deletes at most $2 rows older than $1) until a batch comes back
-    // short; evaluates to the total. A macro, not a function, so each query stays checked.
-    macro_rules! in_batches {
-        ($delete:literal) => {{
-            let mut total = 0;
-            loop {
-                let n = sqlx::query_scalar!(
-                    "with gone as ("
-                        + $delete
-                        + r#" returning 1) select count(*) as "n!" from gone"#,
-                    cutoff,
-                    batch,
-                )
-                .fetch_one(pool)
-                .await?;
-                total += n;
-                if n < batch {
-                    break total;
-                }
+    mut delete_files: F,
+) -> Result<Pruned, PruneError>
+where
+    F: FnMut(Vec<String>) -> Fut,
+    Fut: Future<Output = usize>,
+{
+    let mut pruned = Pruned::default();
+    let old = sqlx::query_as!(
+        Partition,
+        r#"
+        select parent as "parent!", partition as "name!", upper as "upper!", detach_pending as "detach_pending!"
+        from day_partitions
+        where upper <= $1
+        order by upper, parent
+        "#,
+        cutoff,
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::from)?;
+    let mut kept = None;
+    'days: for day in old.chunk_by(|a, b| a.upper == b.upper) {
+        // The files first: once the rows are gone, nothing says which files were the day's.
+        let media: Vec<&Partition> = day.iter().filter(|p| p.parent == "message_media").collect();
+        for p in media {
+            let keys = storage_keys(pool, &p.name).await?;
+            let count = keys.len();
+            let failed = delete_files(keys).await;
+            pruned.files += count.saturating_sub(failed);
+            if failed > 0 {
+                // This day and the later ones stay; what went before is cleaned up below.
+                kept = Some(PruneError::Files {
+                    day: p.name.clone(),
+                    failed,
+                });
+                break 'days;
             }
-        }};
+        }
+        for p in day {
+            let rows = drop_partition(pool, p).await?;
+            pruned.partitions += 1;
+            match p.parent.as_str() {
+                "messages" => pruned.messages += rows,
+                "message_status_events" => pruned.status_events += rows,
+                "webhook_failures" => pruned.failures += rows,
+                "sessions" => pruned.sessions += rows,
+                _ => {}
+            }
+        }
     }
-    let mut pruned = messages_older_than(pool, cutoff, batch).await?;
-    pruned.status_events += in_batches!(
-        "delete from message_status_events where id in (
-            select id from message_status_events where received_at < $1 limit $2)"
-    );
-    pruned.failures += in_batches!(
-        "delete from webhook_failures where id in (
-            select id from webhook_failures where received_at < $1 limit $2)"
-    );
-    // Expired before the cutoff, so started before it: the index on started_at finds them
-    // (expires_at has no index, so its updates stay HOT).
-    pruned.sessions += in_batches!(
-        "delete from sessions where id in (
-            select id from sessions where started_at < $1 and expires_at < $1 limit $2)"
-    );
-    // A conversation goes only once nothing of it is left: no message, no activity since
-    // the cutoff (its remaining sessions, all expired, follow by cascade).
-    pruned.conversations += in_batches!(
-        "delete from conversations c
-        where (c.business, c.contact) in (
-            select business, contact from conversations k
-            where greatest(k.last_inbound_at, k.last_outbound_at, k.updated_at) < $1
-              and not exists (select 1 from messages m
-                              where m.business = k.business and m.contact = k.contact)
-            limit $2)"
-    );
+    pruned.keys = keys_without_rows(pool, batch).await?;
+    pruned.conversations = conversations_without_messages(pool, cutoff, batch).await?;
     // Lookups queued for messages now gone: reconciliation must not bring them back.
     sqlx::query!(
         "with jobs as (
             delete from enrichment_jobs j
-            where not exists (select 1 from messages m where m.message_sid = j.message_sid))
+            where not exists (select 1 from message_keys k where k.message_sid = j.message_sid))
         delete from stale_checks s
-        where not exists (select 1 from messages m where m.message_sid = s.message_sid)"
+        where not exists (select 1 from message_keys k where k.message_sid = s.message_sid)"
     )
     .execute(pool)
-    .await?;
-    Ok(pruned)
+    .await
+    .map_err(StoreError::from)?;
+    kept.map_or(Ok(pruned), Err)
 }
 
-/// Deletes messages older than `cutoff` with their media and events, a batch at a time.
-async fn messages_older_than(
+/// The archived files of one day of `message_media`.
+async fn storage_keys(pool: &PgPool, partition: &str) -> Result<Vec<String>, StoreError> {
+    let sql = format!(
+        "select storage_key from {} where storage_key is not null",
+        quote(partition)
+    );
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_all(pool)
+        .await?)
+}
+
+/// Counts a partition's rows, detaches it without blocking writers, and drops it. A detach
+/// that an earlier run started and could not finish is finished.
+async fn drop_partition(pool: &PgPool, p: &Partition) -> Result<i64, StoreError> {
+    let (parent, name) = (quote(&p.parent), quote(&p.name));
+    let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from {name}")))
+        .fetch_one(pool)
+        .await?;
+    // Neither may run inside a transaction block: each is sent alone.
+    let detach = if p.detach_pending {
+        format!("alter table {parent} detach partition {name} finalize")
+    } else {
+        format!("alter table {parent} detach partition {name} concurrently")
+    };
+    sqlx::raw_sql(sqlx::AssertSqlSafe(detach))
+        .execute(pool)
+        .await?;
+    // No longer a partition: dropping it locks nothing anyone else reads.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop table {name}")))
+        .execute(pool)
+        .await?;
+    tracing::info!(partition = %p.name, rows, "dropped a day");
+    Ok(rows)
+}
+
+/// Deletes the directory keys older than every message day still kept, `batch` at a time.
+async fn keys_without_rows(pool: &PgPool, batch: i64) -> Result<i64, StoreError> {
+    let mut total = 0;
+    loop {
+        // `= any(array(…))`: a lookup per key. As `in (subquery)` it was planned as a hash
+        // join reading the whole directory for every batch (SCALE.md 3.4).
+        let n = sqlx::query_scalar!(
+            r#"
+            with gone as (
+                delete from message_keys
+                where message_sid = any (array(
+                    select message_sid from message_keys
+                    where received_at < (select coalesce(min(lower), '-infinity')
+                                         from day_partitions where parent = 'messages')
+                    order by received_at
+                    limit $1))
+                returning 1)
+            select count(*) as "n!" from gone
+            "#,
+            batch,
+        )
+        .fetch_one(pool)
+        .await?;
+        total += n;
+        if n < batch {
+            return Ok(total);
+        }
+    }
+}
+
+/// Deletes conversations with no message left and no activity since the cutoff (their
+/// remaining sessions, all expired, follow by cascade), `batch` at a time.
+async fn conversations_without_messages(
     pool: &PgPool,
     cutoff: DateTime<Utc>,
     batch: i64,
-) -> Result<Pruned, StoreError> {
-    let mut pruned = Pruned::default();
+) -> Result<i64, StoreError> {
+    let mut total = 0;
     loop {
-        // Messages first: their own events go with them, whatever their age.
-        let r = sqlx::query!(
+        let n = sqlx::query_scalar!(
             r#"
-            with old as (
-                select message_sid from messages
-                where received_at < $1
-                order by received_at
-                limit $2
-                for update skip locked
-            ), keys as (
-                select storage_key from message_media
-                where message_sid in (select message_sid from old) and storage_key is not null
-            ), ev as (
-                delete from message_status_events
-                where message_sid in (select message_sid from old)
-                returning 1
-            ), gone as (
-                -- message_media follows by its foreign key's cascade, replies by the
-                -- trigger on messages (migration 7).
-                delete from messages where message_sid in (select message_sid from old)
-                returning 1
-            )
-            select (select count(*) from gone) as "messages!",
-                   (select count(*) from ev) as "events!",
-                   array(select storage_key from keys) as "storage_keys!: Vec<String>"
+            with gone as (
+                delete from conversations c
+                where (c.business, c.contact) in (
+                    select business, contact from conversations k
+                    where greatest(k.last_inbound_at, k.last_outbound_at, k.updated_at) < $1
+                      and not exists (select 1 from messages m
+                                      where m.business = k.business and m.contact = k.contact)
+                    limit $2)
+                returning 1)
+            select count(*) as "n!" from gone
             "#,
             cutoff,
             batch,
         )
         .fetch_one(pool)
         .await?;
-        pruned.messages += r.messages;
-        pruned.status_events += r.events;
-        pruned.storage_keys.extend(r.storage_keys);
-        if r.messages < batch {
-            break;
+        total += n;
+        if n < batch {
+            return Ok(total);
         }
     }
-    Ok(pruned)
+}
+
+/// A catalog name as an SQL identifier.
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Parses an age such as `90d`, `12h`, `30m` or `45s`.

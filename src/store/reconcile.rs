@@ -103,7 +103,7 @@ pub enum Triage {
 
 /// For each (SID, contact) found, what to do with it, in the order given.
 pub async fn triage(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     sids: &[&str],
     contacts: &[&str],
 ) -> Result<Vec<Triage>, StoreError> {
@@ -111,7 +111,10 @@ pub async fn triage(
         r#"
         select (select m.direction = 'inbound'
                        or (m.twilio_created_at is not null and m.price is not null)
-                from messages m where m.message_sid = d.sid) as stored,
+                from messages m
+                where m.received_at = (select k.received_at from message_keys k
+                                       where k.message_sid = d.sid)
+                  and m.message_sid = d.sid) as stored,
                exists (select 1 from erased_contacts e
                        where e.contact_sha256 = encode(sha256(convert_to(d.contact, 'UTF8')), 'hex'))
                    as "erased!"
@@ -121,7 +124,7 @@ pub async fn triage(
         sids as &[&str],
         contacts as &[&str],
     )
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?;
     Ok(rows
         .into_iter()

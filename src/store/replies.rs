@@ -19,11 +19,13 @@ pub async fn answer_once(
     // foreign key: see migration 7).
     let inserted = sqlx::query_scalar!(
         r#"
-        insert into replies (message_sid, rule, twiml, bodies, created_at)
-        select m.message_sid, null, $2, $3, $4
-        from messages m where m.message_sid = $1
+        insert into replies (message_received_at, message_sid, rule, twiml, bodies, created_at)
+        select m.received_at, m.message_sid, null, $2, $3, $4
+        from messages m
+        where m.received_at = (select k.received_at from message_keys k where k.message_sid = $1)
+          and m.message_sid = $1
         for key share
-        on conflict (message_sid) do nothing
+        on conflict (message_received_at, message_sid) do nothing
         returning twiml
         "#,
         message_sid,
@@ -45,14 +47,16 @@ pub async fn answer_once(
 
 /// The TwiML answered to `message_sid`, if one is recorded.
 pub async fn reply_on_record(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     message_sid: &str,
 ) -> Result<Option<String>, StoreError> {
     Ok(sqlx::query_scalar!(
-        "select twiml from replies where message_sid = $1",
+        "select twiml from replies
+         where message_received_at = (select received_at from message_keys where message_sid = $1)
+           and message_sid = $1",
         message_sid
     )
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await?)
 }
 
@@ -62,7 +66,9 @@ pub async fn contact_opted_out(pool: &PgPool, message_sid: &str) -> Result<bool,
         r#"
         select exists (select 1 from messages m
                        join consent k on k.business = m.business and k.contact = m.contact
-                       where m.message_sid = $1 and k.state = 'opted_out') as "opted_out!"
+                       where m.received_at = (select d.received_at from message_keys d
+                                              where d.message_sid = $1)
+                         and m.message_sid = $1 and k.state = 'opted_out') as "opted_out!"
         "#,
         message_sid
     )

@@ -4,6 +4,7 @@
 
 use crate::helpers::*;
 use axum::{body::Body, http::Request};
+use chrono::TimeZone as _;
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
 
@@ -283,6 +284,11 @@ async fn the_documented_least_privilege_role_runs_the_server(pool: PgPool) {
             .await
             .unwrap();
     }
+    // Days are made by the owner (`migrate`, the owner's upkeep): the test clock's day.
+    sqlx::query("select create_day_partitions('2026-03-01', '2026-03-01')")
+        .execute(&pool)
+        .await
+        .unwrap();
     let url = database_url(&pool).replacen("://postgres@", &format!("://{role}:app-secret@"), 1);
     let settings = settings(&[("TWILIO_RECEIVER__DATABASE__URL", &url)]);
     let app_pool = twilio_receiver::store::pool(&settings.database).unwrap();
@@ -303,12 +309,18 @@ async fn the_documented_least_privilege_role_runs_the_server(pool: PgPool) {
         204
     );
     assert_eq!(app.count("select count(*) from messages").await, 3);
-    // It cannot change the schema: migrations need the owner.
+    // It cannot change the schema: migrations need the owner, and so does making a day.
     assert!(
         sqlx::query("create table intruder (id int)")
             .execute(&app_pool)
             .await
             .is_err()
+    );
+    app.set_now(chrono::Utc.with_ymd_and_hms(2026, 4, 1, 9, 0, 0).unwrap());
+    assert_eq!(
+        app.post_text(4).await.status,
+        503,
+        "a day nobody made is an outage (spooled where there is a spool), not a 500"
     );
     app_pool.close().await;
     sqlx::query(sqlx::AssertSqlSafe(format!("drop owned by {role}")))

@@ -15,6 +15,7 @@ mod logs;
 mod media;
 mod metrics;
 mod operator;
+mod partitions;
 mod questions;
 mod reconcile;
 mod requests;

@@ -321,7 +321,7 @@ async fn migration_11_keeps_todays_consent_as_history_and_gives_sessions_their_c
     ] {
         sqlx::query(sql).bind(at).execute(&pool).await.unwrap();
     }
-    all.run(&pool).await.unwrap();
+    twilio_receiver::store::migrate_pool(&pool).await.unwrap();
     let history: (String, String, String, DateTime<Utc>) =
         sqlx::query_as("select state, message_sid, cause, at from consent_events")
             .fetch_one(&pool)
@@ -345,12 +345,14 @@ async fn every_table_view_and_column_carries_its_comment(pool: PgPool) {
          from pg_class c
          join pg_namespace n on n.oid = c.relnamespace
          left join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
-         where n.nspname = 'public' and c.relkind in ('r', 'v') and c.relname <> '_sqlx_migrations'
+         where n.nspname = 'public' and c.relkind in ('r', 'p', 'v') and not c.relispartition
+           and c.relname <> '_sqlx_migrations'
            and (case when a.attname is null then obj_description(c.oid, 'pg_class')
                      else col_description(c.oid, a.attnum) end) is null
          union all
          select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
-         where n.nspname = 'public' and c.relkind in ('r', 'v') and c.relname <> '_sqlx_migrations'
+         where n.nspname = 'public' and c.relkind in ('r', 'p', 'v') and not c.relispartition
+           and c.relname <> '_sqlx_migrations'
            and obj_description(c.oid, 'pg_class') is null
          order by 1",
     )

@@ -432,6 +432,9 @@ async fn every_question_runs_and_answers_a_week_written_through_the_routes(pool:
 /// few of them failed or refused; fallback calls; sessions and conversations as the server
 /// keeps them; STOP now and then, START after some.
 const FIXTURE: &str = r#"
+select create_day_partitions(((now() - interval '31 days') at time zone 'UTC')::date,
+                             (now() at time zone 'UTC')::date);
+
 insert into messages (message_sid, account_sid, direction, channel, business, contact, body,
                       num_media, profile_name, message_type, status, error_code,
                       in_reply_to, rule, reply_part, received_at, updated_at, params)
@@ -462,9 +465,11 @@ cross join lateral (
     select abs(hashint4(case when n % 4 = 0 and n % 20 <> 0 then n - 1 else n end)) % 2000 as c,
            now() - interval '30 days' + n * interval '25.92 seconds' as at) as x;
 
-insert into message_status_events (message_sid, status, error_code, error_code_raw,
-                                   received_at, params)
-select m.message_sid, s.status,
+insert into message_keys (message_sid, received_at) select message_sid, received_at from messages;
+
+insert into message_status_events (message_received_at, message_sid, status, error_code,
+                                   error_code_raw, received_at, params)
+select m.received_at, m.message_sid, s.status,
        case when s.status = m.status then m.error_code end,
        case when s.status = m.status then m.error_code::text end,
        m.received_at + s.after, '{}'::jsonb
@@ -478,8 +483,8 @@ where m.direction = 'outbound'
                     when 'undelivered' then s.status in ('sent', 'undelivered')
                     else s.status = 'failed' end;
 
-insert into replies (message_sid, rule, twiml, bodies, created_at)
-select i.message_sid, case when o.rule is not null then array[o.rule] end,
+insert into replies (message_received_at, message_sid, rule, twiml, bodies, created_at)
+select i.received_at, i.message_sid, case when o.rule is not null then array[o.rule] end,
        case when o.message_sid is null then '<Response/>'
             else '<Response><Message/></Response>' end,
        case when o.message_sid is null then '{}' else array[o.body] end,
@@ -488,9 +493,9 @@ from messages i
 left join messages o on o.in_reply_to = i.message_sid
 where i.direction = 'inbound';
 
-insert into message_media (message_sid, index, url, content_type, archive_state,
-                           archive_attempts)
-select message_sid, 0, 'https://api.twilio.com/media/' || message_sid, 'image/jpeg',
+insert into message_media (message_received_at, message_sid, index, url, content_type,
+                           archive_state, archive_attempts)
+select received_at, message_sid, 0, 'https://api.twilio.com/media/' || message_sid, 'image/jpeg',
        case when abs(hashtext(message_sid || 'm')) % 100 = 0 then 'failed'
             when abs(hashtext(message_sid || 'r')) % 200 = 0 then 'refused'
             else 'stored' end,

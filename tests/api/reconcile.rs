@@ -603,6 +603,10 @@ async fn two_replicas_reconciling_at_once_store_each_message_once(pool: PgPool) 
         .execute(&one.pool)
         .await
         .unwrap();
+    sqlx::query("delete from message_keys")
+        .execute(&one.pool)
+        .await
+        .unwrap();
     sqlx::query("delete from conversations")
         .execute(&one.pool)
         .await

@@ -393,10 +393,17 @@ async fn wait_for_a_lock(pool: &PgPool) {
 #[sqlx::test]
 async fn a_message_stored_by_another_transaction_meanwhile_is_a_duplicate(pool: PgPool) {
     let at = Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap();
-    // Another process is storing the same SID (its first delivery), not yet committed.
+    // Another process is storing the same SID (its first delivery), not yet committed: it
+    // claimed the SID in the directory first, as every write does.
+    sqlx::query("select create_day_partitions($1, $1)")
+        .bind(at.date_naive())
+        .execute(&pool)
+        .await
+        .unwrap();
     let mut other = pool.begin().await.unwrap();
     sqlx::query(
-        "insert into messages (message_sid, account_sid, direction, channel, business,
+        "with key as (insert into message_keys (message_sid, received_at) values ($1, $4))
+         insert into messages (message_sid, account_sid, direction, channel, business,
                                contact, received_at, updated_at, params)
          values ($1, 'AC1', 'inbound', 'whatsapp', $2, $3, $4, $4, '{}')",
     )

@@ -18,6 +18,8 @@ pub struct Memory {
     lookback: Duration,
     contacts: Generations<Contact>,
     sids: Generations<()>,
+    /// The days (partitions) this writer has seen exist: it asks only about others.
+    pub(super) days: std::collections::BTreeSet<chrono::NaiveDate>,
 }
 
 /// Contacts remembered per generation, for each writer (a few hundred bytes each).
@@ -26,6 +28,20 @@ const MEMORY_CONTACTS: usize = 4096;
 const MEMORY_SIDS: usize = 16_384;
 
 impl Memory {
+    /// A memory that knows only which days exist (for a batch of one, whose writer keeps
+    /// nothing else between webhooks).
+    pub fn with_days(days: std::collections::BTreeSet<chrono::NaiveDate>) -> Self {
+        Memory {
+            days,
+            ..Memory::default()
+        }
+    }
+
+    /// The days this writer has seen exist.
+    pub fn days(&self) -> &std::collections::BTreeSet<chrono::NaiveDate> {
+        &self.days
+    }
+
     /// Forgets everything if the rules changed how far back they look (a longer lookback
     /// needs replies that were not kept).
     pub(super) fn rules_look_back(&mut self, lookback: Duration) {

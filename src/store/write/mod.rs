@@ -216,6 +216,11 @@ const OPTIMISTIC: usize = 2;
 /// conversation created meanwhile can still fail the check, once). After these the write
 /// reports [`StoreError::Conflict`].
 const LOCKED: usize = 4;
+/// Days a write may create on the way (a batch from the past: a spool replay, backfill,
+/// reconciliation), one per failed try.
+const MISSING_DAYS: usize = 8;
+/// How long making a missing day may wait for a lock while a webhook waits for its answer.
+const CREATE_DAY_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Stores every item once, in one transaction, and returns what each got, in the order
 /// given. `decide(i, facts)` chooses the reply to `inbound[i]`: once per new message, in
@@ -245,6 +250,16 @@ pub async fn write(
     mut decide: impl FnMut(usize, &Facts) -> Reply,
 ) -> Result<Written, StoreError> {
     memory.rules_look_back(options.lookback);
+    super::partitions::ensure(
+        conn,
+        &mut memory.days,
+        inbound
+            .iter()
+            .map(|m| m.at)
+            .chain(callbacks.iter().map(|c| c.at)),
+        CREATE_DAY_LOCK_TIMEOUT,
+    )
+    .await;
     let shared_sid = !inbound.is_empty() && !callbacks.is_empty() && {
         let sids: HashSet<&str> = inbound.iter().map(|m| m.msg.sid.as_str()).collect();
         callbacks.iter().any(|c| sids.contains(c.cb.sid.as_str()))
@@ -272,6 +287,7 @@ async fn attempts(
     decide: &mut impl FnMut(usize, &Facts) -> Reply,
 ) -> Result<Written, StoreError> {
     let mut attempt = 1;
+    let mut days_made = 0;
     loop {
         let batch = Batch {
             inbound,
@@ -301,6 +317,22 @@ async fn attempts(
                     "a batch's contact changed while it was decided; again"
                 );
                 attempt += 1;
+            }
+            // A row for a day with no partition: make the day and store the batch now, if
+            // that can be done at once; otherwise the batch is unavailable (spooled).
+            Err(e) if days_made < MISSING_DAYS && e.missing_partition().is_some() => {
+                let day = e.missing_partition().unwrap_or_default().date_naive();
+                let made = super::partitions::create(conn, day, day, CREATE_DAY_LOCK_TIMEOUT).await;
+                match made {
+                    Ok(n) => {
+                        tracing::debug!(%day, partitions = n, "made a missing day for a write")
+                    }
+                    Err(made) => {
+                        tracing::warn!(%day, error = %made, "cannot make a missing day");
+                        return Err(e);
+                    }
+                }
+                days_made += 1;
             }
             result => return result,
         }

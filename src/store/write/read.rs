@@ -38,7 +38,9 @@ pub(super) async fn read(
         with stored as (
             select d.sid, d.n
             from unnest($5::text[]) with ordinality as d (sid, n)
-            where (select m.message_sid from messages m where m.message_sid = d.sid) is not null
+            -- The directory: one probe of one index, whatever the number of days kept.
+            where (select k.message_sid from message_keys k where k.message_sid = d.sid)
+                  is not null
         )
         select c.created_at as "created_at?", c.first_inbound_at, c.last_inbound_at,
                c.window_expires_at,
@@ -53,7 +55,13 @@ pub(super) async fn read(
                -- Not correlated: computed once, the same in every row. (Scalar subqueries,
                -- not `exists`, which the planner may turn into a join.)
                array(select x.sid from stored x order by x.n) as "stored!",
-               array(select (select r.twiml from replies r where r.message_sid = x.sid)
+               -- The reply in its message's day: the day as a parameter, so only that
+               -- day's partition is probed.
+               array(select (select r.twiml from replies r
+                             where r.message_received_at = (select k.received_at
+                                                            from message_keys k
+                                                            where k.message_sid = x.sid)
+                               and r.message_sid = x.sid)
                      from stored x order by x.n) as "stored_twiml!: Vec<Option<String>>"
         from unnest($1::text[], $2::text[], $3::timestamptz[]) with ordinality
             as k (business, contact, since, n)
@@ -67,7 +75,8 @@ pub(super) async fn read(
         left join lateral (select array_agg(u.rule) as rules, array_agg(x.received_at) as times
                            from (select m.received_at,
                                         (select r.rule from replies r
-                                         where r.message_sid = m.message_sid) as rule
+                                         where r.message_received_at = m.received_at
+                                           and r.message_sid = m.message_sid) as rule
                                  from messages m
                                  where $4::bool and m.business = k.business
                                    and m.contact = k.contact and m.received_at > k.since) as x

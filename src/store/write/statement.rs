@@ -33,9 +33,30 @@ pub(super) async fn execute(
     let row = sqlx::query_as!(
         Output,
         r#"
-        with upserted as (
+        with claimed as (
+            -- The SID directory first (migration 12): the one place a bare SID is unique.
+            -- A concurrent copy of a SID waits here, and finds it taken once that commits.
+            -- What is claimed here is new, and its time is the day of all its rows.
+            insert into message_keys (message_sid, received_at)
+            select * from (select * from unnest($1::text[], $34::timestamptz[])
+                           union all
+                           select * from unnest($76::text[], $89::timestamptz[])) as k
+            order by 1
+            on conflict (message_sid) do nothing
+            returning message_sid, received_at
+        ), outbound_keys as (
+            -- The day of each message the callbacks name: new, or stored before. (A SID
+            -- claimed by another transaction after this statement's snapshot is in
+            -- neither: the check below fails and the batch is read again.)
+            select message_sid, received_at from claimed
+            where message_sid = any($76::text[])
+            union all
+            select k.message_sid, k.received_at from message_keys k
+            where k.message_sid = any($76::text[])
+        ), upserted as (
             -- Every message row the batch adds or changes, in one insert: new inbound
-            -- messages, and the outbound messages its status callbacks name.
+            -- messages, and the outbound messages its status callbacks name. Each goes to
+            -- its day's partition, found by the key (received_at, message_sid).
             insert into messages as m (
                 message_sid, account_sid, messaging_service_sid, direction, channel,
                 business, contact, body, num_media, num_segments, profile_name, wa_id,
@@ -79,16 +100,21 @@ pub(super) async fn execute(
                       to_country, channel_metadata, status, received_at, params,
                       status_rank, source, twilio_created_at, twilio_sent_at, price,
                       price_unit, parent_external_user_id)
+            join claimed using (message_sid)
             union all
             select u.message_sid, u.account_sid, u.messaging_service_sid, 'outbound',
                    u.channel, u.business, u.contact,
-                   coalesce(u.body, (select r.bodies[u.reply_part + 1] from replies r
-                                     where r.message_sid = u.in_reply_to)),
+                   coalesce(u.body,
+                            (select r.bodies[u.reply_part + 1] from replies r
+                             where r.message_received_at = (select k.received_at
+                                                            from message_keys k
+                                                            where k.message_sid = u.in_reply_to)
+                               and r.message_sid = u.in_reply_to)),
                    u.num_media, u.num_segments,
                    null, null, null, null, null, null, null, null, null, null, null, null,
                    null, null, null, null, null, null, null, null, null, null, null,
                    u.status, u.status_rank, u.error_code, u.error_message,
-                   u.in_reply_to, u.rule, u.reply_part, u.received_at, u.updated_at,
+                   u.in_reply_to, u.rule, u.reply_part, k.received_at, u.updated_at,
                    u.params, u.source, u.twilio_created_at, u.twilio_sent_at,
                    u.price::numeric, u.price_unit, null
             from unnest($76::text[], $77::text[], $78::text[], $79::text[], $80::text[],
@@ -102,7 +128,8 @@ pub(super) async fn execute(
                       in_reply_to, rule, reply_part, received_at, updated_at, params, body,
                       num_media, num_segments, twilio_created_at, twilio_sent_at, price,
                       price_unit, source)
-            on conflict (message_sid) do update set
+            join outbound_keys k using (message_sid)
+            on conflict (received_at, message_sid) do update set
                 -- A higher rank wins; an unknown status (NULL rank) never replaces a
                 -- known one.
                 status = case when excluded.status_rank > coalesce(m.status_rank, -1)
@@ -130,23 +157,27 @@ pub(super) async fn execute(
             -- An inbound message stored before is a duplicate: left as it is (and not
             -- returned, so the check sees it was not new).
             where excluded.direction = 'outbound'
-            -- xmax is 0 on a row this statement inserted rather than updated.
-            returning m.message_sid, (m.xmax = 0) as created, m.direction, m.status,
-                      m.business, m.contact, m.channel, m.received_at, m.account_sid,
-                      (m.body is null) as no_body
+            returning m.message_sid, m.direction, m.status, m.business, m.contact,
+                      m.channel, m.received_at, m.account_sid, (m.body is null) as no_body
         ), msg as (
             -- The inbound messages new to the table.
-            select message_sid from upserted where created and direction = 'inbound'
+            select u.message_sid, u.received_at
+            from upserted u join claimed c using (message_sid)
+            where u.direction = 'inbound'
         ), sent as (
             -- The messages the batch's status callbacks created or changed (an inbound
-            -- message's row too, should a callback name one).
-            select * from upserted where not (created and direction = 'inbound')
+            -- message's row too, should a callback name one). Created: its SID was claimed
+            -- here (Postgres refuses xmax on a partitioned table).
+            select u.*, (c.message_sid is not null) as created
+            from upserted u left join claimed c using (message_sid)
+            where not (c.message_sid is not null and u.direction = 'inbound')
         ), media as (
             -- New inbound messages' media, and an outbound message's read from the API
             -- (kept when it is stored already).
             insert into message_media (
-                message_sid, index, url, content_type, archive_state, archive_next_at)
-            select m.message_sid, m.index, m.url, m.content_type,
+                message_received_at, message_sid, index, url, content_type, archive_state,
+                archive_next_at)
+            select upserted.received_at, m.message_sid, m.index, m.url, m.content_type,
                    case when $41 then 'pending' end, case when $41 then now() end
             from (select * from unnest($37::text[], $38::int4[], $39::text[], $40::text[])
                   union all
@@ -154,7 +185,7 @@ pub(super) async fn execute(
                                        $118::text[]))
                 as m (message_sid, index, url, content_type)
             join upserted using (message_sid)
-            on conflict (message_sid, index) do nothing
+            on conflict (message_received_at, message_sid, index) do nothing
         ), enrich as (
             -- Outbound messages first seen in a status callback, body unknown: one read of
             -- their resource each, queued with the row (reconcile.enabled), unless their
@@ -167,13 +198,21 @@ pub(super) async fn execute(
                   where e.contact_sha256 = encode(sha256(convert_to(sent.contact, 'UTF8')), 'hex'))
             on conflict do nothing
         ), ev as (
+            -- In their message's day.
             insert into message_status_events (
-                message_sid, status, error_code, error_message, raw_dlr_done_date,
-                received_at, params, error_code_raw, source)
-            select * from unnest($68::text[], $69::text[], $70::int4[], $71::text[],
-                                 $72::text[], $73::timestamptz[], $74::jsonb[],
-                                 $75::text[], $119::text[])
-            on conflict (message_sid, status, error_code_raw, raw_dlr_done_date) do nothing
+                message_received_at, message_sid, status, error_code, error_message,
+                raw_dlr_done_date, received_at, params, error_code_raw, source)
+            select k.received_at, e.message_sid, e.status, e.error_code, e.error_message,
+                   e.raw_dlr_done_date, e.received_at, e.params, e.error_code_raw, e.source
+            from unnest($68::text[], $69::text[], $70::int4[], $71::text[], $72::text[],
+                        $73::timestamptz[], $74::jsonb[], $75::text[], $119::text[])
+                with ordinality
+                as e (message_sid, status, error_code, error_message, raw_dlr_done_date,
+                      received_at, params, error_code_raw, source, n)
+            join outbound_keys k using (message_sid)
+            order by e.n
+            on conflict (message_received_at, message_sid, status, error_code_raw,
+                         raw_dlr_done_date) do nothing
             returning id, message_sid, status, error_code, error_code_raw, raw_dlr_done_date
         ), conv as (
             -- One row per contact, whichever kinds of webhook the batch has for it (a
@@ -266,8 +305,10 @@ pub(super) async fn execute(
             -- Only for messages this statement inserted: a reply already on record (another
             -- transaction stored the message meanwhile) is left alone and the check fails.
             -- Rules and bodies are slices of one flat array each (see ReplyRows).
-            insert into replies (message_sid, rule, twiml, bodies, created_at)
-            select r.message_sid, nullif(($63::text[])[r.rule_from:r.rule_to], '{}'),
+            insert into replies (message_received_at, message_sid, rule, twiml, bodies,
+                                 created_at)
+            select msg.received_at, r.message_sid,
+                   nullif(($63::text[])[r.rule_from:r.rule_to], '{}'),
                    r.twiml, ($65::text[])[r.body_from:r.body_to], r.created_at
             from unnest($62::text[], $64::text[], $66::timestamptz[], $98::int4[],
                         $99::int4[], $100::int4[], $101::int4[])
@@ -281,7 +322,7 @@ pub(super) async fn execute(
                 message_sid, error_code, error_url, received_at, params, spool_record)
             select * from unnest($92::text[], $93::int4[], $94::text[], $95::timestamptz[],
                                  $96::jsonb[], $97::text[])
-            on conflict (spool_record) do nothing
+            on conflict (received_at, spool_record) do nothing
             returning spool_record
         )
         select array(select message_sid from ev order by id) as "event_sid!",
@@ -295,11 +336,13 @@ pub(super) async fn execute(
                array(select status from sent) as "status!: Vec<Option<String>>",
                array(select spool_record from failed where spool_record is not null)
                    as "failure_records!"
-        -- The check: every message new, every conversation the row that was read (the
+        -- The check: every message new, the day of every message a callback names found,
+        -- every conversation the row that was read (the
         -- same created_at: not erased and created again) and every count as expected. When
         -- it fails, write_check raises SQLSTATE TR409, which aborts the whole statement:
         -- none of the writes above is kept.
         where write_check((select count(*) from msg) = cardinality($1::text[])
+                           and (select count(*) from outbound_keys) = cardinality($76::text[])
                            and (select count(*)
                                 from conv join unnest($42::text[], $43::text[], $50::int8[],
                                                       $67::timestamptz[])

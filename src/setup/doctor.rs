@@ -40,7 +40,12 @@ pub async fn database(settings: &Settings) -> Check {
     let checked = async {
         let pending = store::setup::pending_migrations(&pool).await?;
         let unwritable = store::setup::unwritable(&pool).await?;
-        Ok::<_, sqlx::Error>((pending, unwritable))
+        let days = if pending.is_empty() {
+            Some(store::setup::partition_days_ahead(&pool).await?)
+        } else {
+            None
+        };
+        Ok::<_, sqlx::Error>((pending, unwritable, days))
     };
     let result = tokio::time::timeout(TIMEOUT, checked).await;
     pool.close().await;
@@ -56,7 +61,7 @@ pub async fn database(settings: &Settings) -> Check {
             format!("cannot connect: {e}"),
             "check database.url and that Postgres is running and reachable from here",
         ),
-        Ok(Ok((pending, _))) if !pending.is_empty() => Check::fail(
+        Ok(Ok((pending, _, _))) if !pending.is_empty() => Check::fail(
             NAME,
             format!(
                 "{} migration(s) not applied (first: {})",
@@ -65,15 +70,25 @@ pub async fn database(settings: &Settings) -> Check {
             ),
             "run `twilio-receiver migrate` (or start the server with database.migrate_on_start = true)",
         ),
-        Ok(Ok((_, (Some(reason), _)))) => Check::fail(
+        Ok(Ok((_, (Some(reason), _), _))) => Check::fail(
             NAME,
             format!("cannot write: {reason}"),
             "point database.url at the primary",
         ),
-        Ok(Ok((_, (None, missing)))) if !missing.is_empty() => Check::fail(
+        Ok(Ok((_, (None, missing), _))) if !missing.is_empty() => Check::fail(
             NAME,
             format!("this role cannot write to {}", missing.join(", ")),
             "grant it SELECT, INSERT, UPDATE and DELETE on the tables of its schema",
+        ),
+        Ok(Ok((_, _, Some(days)))) if days < 2 => Check::warn(
+            NAME,
+            match days {
+                ..0 => {
+                    "today has no partition: webhooks are spooled (503) until it exists".to_owned()
+                }
+                _ => format!("partitions exist for only {days} day(s) after today"),
+            },
+            "run `twilio-receiver migrate` as the tables' owner (it makes the coming days), and check that the server's hourly upkeep can (its log says why not)",
         ),
         Ok(Ok(_)) => Check::pass(NAME, "reachable, migrated, and this role can write"),
     }

@@ -44,10 +44,13 @@ pub async fn unwritable(pool: &PgPool) -> Result<(Option<&'static str>, Vec<Stri
     }
     // Each privilege on its own: a list in one call asks whether any of them is held.
     // Identity columns need no right on their sequences, and the schema has no others.
+    // Partitions are left out: rows reach them through their parent, whose rights count
+    // (the owner makes new days, which carry no grants of their own).
     let missing = sqlx::query_scalar!(
         r#"select c.relname::text as "name!"
              from pg_class c join pg_namespace n on n.oid = c.relnamespace
             where n.nspname = current_schema() and c.relkind in ('r', 'p')
+              and not c.relispartition
               and not (has_table_privilege(c.oid, 'SELECT')
                        and has_table_privilege(c.oid, 'INSERT')
                        and has_table_privilege(c.oid, 'UPDATE')
@@ -57,4 +60,11 @@ pub async fn unwritable(pool: &PgPool) -> Result<(Option<&'static str>, Vec<Stri
     .fetch_all(pool)
     .await?;
     Ok((None, missing))
+}
+
+/// Whole days after today that every daily-partitioned table covers (-1: today is missing).
+pub async fn partition_days_ahead(pool: &PgPool) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar!(r#"select partition_days_ahead() as "days!""#)
+        .fetch_one(pool)
+        .await
 }

@@ -898,3 +898,45 @@ async fn doctor_reads_a_senders_urls_from_twilio_flags_the_wrong_one_and_connect
         .count();
     assert_eq!(probed, 3, "{report:#}");
 }
+
+/// Days made after the grants of a least-privilege role carry none of their own: rows reach
+/// them through their parent, so doctor does not count them against the role. And it warns
+/// when the coming days run short.
+#[sqlx::test]
+async fn doctor_counts_partitions_for_their_parent_and_warns_when_days_run_short(pool: PgPool) {
+    let db = database_url(&pool);
+    let role = format!("doctor_app_{}", std::process::id());
+    for sql in [
+        format!("create role {role} login"),
+        format!("grant select, insert, update, delete on all tables in schema public to {role}"),
+        // A day the owner makes later: no grant reaches it.
+        "select create_day_partitions('2026-03-01', '2026-03-01')".to_owned(),
+        format!(
+            "alter table replies detach partition {}",
+            (chrono::Utc::now() + chrono::Duration::days(1)).format("replies_p%Y%m%d")
+        ),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let app_url = db.replacen("postgres@", &format!("{role}@"), 1);
+    let out = doctor(
+        &["--url", "http://127.0.0.1:9/twilio/messages"],
+        &[("DATABASE_URL", &app_url)],
+    )
+    .await;
+    let report = text(&out);
+    for sql in [format!("drop owned by {role}"), format!("drop role {role}")] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    assert!(
+        report.contains("database: partitions exist for only 0 day(s) after today"),
+        "{report}"
+    );
+    assert!(!report.contains("cannot write"), "{report}");
+}

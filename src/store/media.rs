@@ -151,6 +151,7 @@ pub async fn finish(pool: &PgPool, job: &Job, outcome: &Outcome) -> Result<(), S
         from done, lateral (
             select pg_notify('twilio_receiver',
                              json_build_object('kind', 'media', 'message_sid', $1::text,
+                                               'received_at', $12::timestamptz,
                                                'index', $2::int4, 'state', done.archive_state)::text)
             where done.archive_state <> 'pending'
         ) as n

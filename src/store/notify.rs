@@ -135,8 +135,12 @@ async fn send_batches(pool: PgPool, mut pending: mpsc::Receiver<Queued>) {
 async fn send(pool: &PgPool, kinds: &[&str], sids: &[String]) {
     let sent = sqlx::query_scalar!(
         r#"
+            -- With the message's day (its partitions), so a listener reads one day.
             select count(pg_notify('twilio_receiver',
-                                   json_build_object('kind', n.kind, 'message_sid', n.sid)::text))
+                                   json_build_object('kind', n.kind, 'message_sid', n.sid,
+                                                     'received_at',
+                                                     (select k.received_at from message_keys k
+                                                      where k.message_sid = n.sid))::text))
                    as "sent!"
             from (select set_config('synchronous_commit', 'off', true)) as async_commit,
                  unnest($1::text[], $2::text[]) with ordinality as n (kind, sid, position)

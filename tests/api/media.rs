@@ -677,6 +677,7 @@ async fn serve_archives_fallback_media_in_the_background_and_notifies(pool: PgPo
     };
     assert_eq!(archived["message_sid"], sid(1));
     assert_eq!(archived["state"], "stored");
+    assert!(archived["received_at"].is_string(), "{archived}");
     assert_eq!(
         std::fs::read_to_string(s.dir.join(format!("{}/0", sid(1)))).unwrap(),
         "a tiny jpeg"

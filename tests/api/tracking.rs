@@ -202,6 +202,8 @@ async fn listeners_are_notified_after_each_commit(pool: PgPool) {
             .expect("a notification")
             .unwrap();
         let payload: serde_json::Value = serde_json::from_str(n.payload()).unwrap();
+        // The message's day, for a lookup that reads one partition.
+        assert!(payload["received_at"].is_string(), "{payload}");
         got.push((
             payload["kind"].as_str().unwrap().to_owned(),
             payload["message_sid"].as_str().unwrap().to_owned(),

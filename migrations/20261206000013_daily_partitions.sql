@@ -97,8 +97,10 @@ create index webhook_failures_message_sid_idx on webhook_failures (message_sid);
 create table sessions (like sessions_legacy including defaults including constraints including comments including identity)
     partition by range (started_at);
 alter table sessions add primary key (started_at, id);
-alter table sessions add constraint sessions_business_contact_started_at_key
-    unique (business, contact, started_at);
+-- Led by time like every key here: a day's index grows at its right edge. (None of these
+-- columns changes, so a session's updates stay HOT.)
+alter table sessions add constraint sessions_started_at_business_contact_key
+    unique (started_at, business, contact);
 alter table sessions add constraint sessions_business_contact_fkey
     foreign key (business, contact) references conversations (business, contact) on delete cascade;
 
@@ -384,6 +386,9 @@ begin
     alter table sessions_legacy drop constraint legacy_sessions_pkey;
     alter table sessions_legacy add constraint sessions_legacy_pkey
         primary key using index legacy_sessions_by_day_key;
+    alter table sessions_legacy drop constraint legacy_sessions_business_contact_started_at_key;
+    alter table sessions_legacy add constraint sessions_legacy_started_at_business_contact_key
+        unique using index legacy_sessions_by_day_unique;
     for t in select * from (values ('messages'), ('message_media'), ('replies'),
                                    ('message_status_events'), ('webhook_failures'),
                                    ('sessions')) as v (tbl) loop

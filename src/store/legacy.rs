@@ -18,7 +18,7 @@ const BATCH: i64 = 10_000;
 
 /// The keys each table's parent will have, built on today's table beforehand (named so that
 /// migration 13 finds them once it has renamed the tables).
-const KEYS: [(&str, &str); 8] = [
+const KEYS: [(&str, &str); 9] = [
     ("messages_by_day_key", "messages (received_at, message_sid)"),
     (
         "message_media_by_day_key",
@@ -46,6 +46,10 @@ const KEYS: [(&str, &str); 8] = [
         "webhook_failures (received_at, spool_record)",
     ),
     ("sessions_by_day_key", "sessions (started_at, id)"),
+    (
+        "sessions_by_day_unique",
+        "sessions (started_at, business, contact)",
+    ),
 ];
 
 /// Each table and the column it is split by.

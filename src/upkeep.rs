@@ -40,27 +40,28 @@ impl Upkeep {
                 .partition_days()
                 .is_some_and(|days| days < i64::from(self.ahead));
             if due || short {
-                match store::partitions::upkeep(&self.db, self.ahead).await {
-                    Ok((made, days)) => {
+                match store::partitions::make_ahead(&self.db, self.ahead).await {
+                    Ok(made) => {
                         if made > 0 {
-                            tracing::info!(
-                                partitions = made,
-                                days_ahead = days,
-                                "made the coming days"
-                            );
+                            tracing::info!(partitions = made, "made the coming days");
                         }
-                        self.metrics.partitions_checked(days.into());
                         made_at = Some(tokio::time::Instant::now());
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "partition upkeep failed; trying again in a minute")
-                    }
+                    // Loud only once the days run short: a role that may not make days
+                    // relies on `migrate`, run by the owner.
+                    Err(e) => match self.metrics.partition_days() {
+                        Some(days) if days >= 2 => {
+                            tracing::debug!(error = %e, days, "partition upkeep failed")
+                        }
+                        _ => {
+                            tracing::warn!(error = %e, "partition upkeep failed; trying again in a minute")
+                        }
+                    },
                 }
-            } else {
-                match store::partitions::days_ahead(&self.db).await {
-                    Ok(days) => self.metrics.partitions_checked(days.into()),
-                    Err(e) => tracing::debug!(error = %e, "cannot measure the partitions"),
-                }
+            }
+            match store::partitions::days_ahead(&self.db).await {
+                Ok(days) => self.metrics.partitions_checked(days.into()),
+                Err(e) => tracing::debug!(error = %e, "cannot measure the partitions"),
             }
             tokio::select! {
                 () = tokio::time::sleep(CHECK_EVERY) => {}

@@ -153,7 +153,7 @@ pub async fn migrate(settings: &DatabaseSettings) -> Result<(), MigrateError> {
     let mut result = migrate_pool(&conn).await;
     if result.is_ok() {
         // The coming days, as upkeep would make them (it runs only in the server).
-        result = partitions::upkeep(&conn, settings.partition_days_ahead)
+        result = partitions::make_ahead(&conn, settings.partition_days_ahead)
             .await
             .map(|_| ())
             .map_err(|e| match e {

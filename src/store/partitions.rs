@@ -73,19 +73,18 @@ pub async fn days_ahead(pool: &PgPool) -> Result<i32, StoreError> {
     )
 }
 
-/// Today and the `ahead` days after it, made where missing; then how far ahead the days go.
-pub async fn upkeep(pool: &PgPool, ahead: u32) -> Result<(i32, i32), StoreError> {
+/// Today and the `ahead` days after it, made where missing; returns how many partitions it
+/// made.
+pub async fn make_ahead(pool: &PgPool, ahead: u32) -> Result<i32, StoreError> {
     let today = Utc::now().date_naive();
     let mut conn = pool.acquire().await?;
-    let made = create(
+    create(
         &mut conn,
         today,
         today + chrono::Days::new(u64::from(ahead)),
         Duration::from_secs(10),
     )
-    .await?;
-    drop(conn);
-    Ok((made, days_ahead(pool).await?))
+    .await
 }
 
 impl Cause {

@@ -213,9 +213,13 @@ async fn days_ahead_are_measured_made_and_reported(pool: PgPool) {
         7,
         "migrate makes today and the week ahead"
     );
-    let (made, ahead) = store::partitions::upkeep(&pool, 10).await.unwrap();
-    assert_eq!((made, ahead), (18, 10), "three more days of six tables");
-    assert_eq!(store::partitions::upkeep(&pool, 10).await.unwrap(), (0, 10));
+    let made = store::partitions::make_ahead(&pool, 10).await.unwrap();
+    assert_eq!(
+        (made, days().await.unwrap()),
+        (18, 10),
+        "three more days of six tables"
+    );
+    assert_eq!(store::partitions::make_ahead(&pool, 10).await.unwrap(), 0);
 
     let tomorrow = (Utc::now() + Duration::days(1)).format("replies_p%Y%m%d");
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -686,4 +690,49 @@ async fn the_migration_keeps_every_row_and_every_dedupe(pool: PgPool) {
     assert_eq!(status, "delivered");
     // New days begin where the legacy partitions end.
     assert!(store::partitions::days_ahead(&pool).await.unwrap() >= 7);
+}
+
+/// `serve` keeps `database.partition_days_ahead` days made from its start, and its gauge
+/// says how far they go.
+#[sqlx::test]
+async fn the_server_makes_the_coming_days_and_reports_them(pool: PgPool) {
+    use std::io::{Read, Write};
+    let url = database_url(&pool);
+    let settings = settings(&[
+        ("TWILIO_RECEIVER__SERVER__LISTEN", "127.0.0.1:0"),
+        ("TWILIO_RECEIVER__DATABASE__URL", &url),
+        ("TWILIO_RECEIVER__DATABASE__PARTITION_DAYS_AHEAD", "12"),
+    ]);
+    let app = twilio_receiver::startup::Application::build(&settings)
+        .await
+        .unwrap();
+    let admin_port = app.admin_port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let scrape = move || {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", admin_port)).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    };
+    // Upkeep runs as the server starts: wait for its first report.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let scraped = loop {
+        let scraped = tokio::task::spawn_blocking(scrape).await.unwrap();
+        if scraped.contains("twilio_receiver_partition_days_ahead 12") {
+            break scraped;
+        }
+        assert!(std::time::Instant::now() < deadline, "{scraped}");
+        tokio::task::yield_now().await;
+    };
+    assert!(scraped.contains("# HELP twilio_receiver_partition_days_ahead"));
+    assert_eq!(store::partitions::days_ahead(&pool).await.unwrap(), 12);
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
 }

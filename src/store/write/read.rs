@@ -2,7 +2,7 @@
 
 use super::contact::{Contact, Reads};
 use crate::{rules::ConsentState, store::StoreError};
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use sqlx::PgConnection;
 
 /// Reads what the rules need of each contact of the batch, and which of its SIDs are
@@ -79,7 +79,11 @@ pub(super) async fn read(
                                            and r.message_sid = m.message_sid) as rule
                                  from messages m
                                  where $4::bool and m.business = k.business
-                                   and m.contact = k.contact and m.received_at > k.since) as x
+                                   and m.contact = k.contact and m.received_at > k.since
+                                   -- The batch's earliest bound, known when the statement
+                                   -- starts: only the days since then are opened, not
+                                   -- every day kept.
+                                   and m.received_at > $6) as x
                            cross join unnest(x.rule) as u (rule)) as recent on true
         order by k.n
         "#,
@@ -88,6 +92,12 @@ pub(super) async fn read(
         &reads.since,
         lookback > Duration::zero(),
         &reads.sid as &[&str],
+        reads
+            .since
+            .iter()
+            .min()
+            .copied()
+            .unwrap_or(DateTime::<Utc>::MAX_UTC),
     )
     .fetch_all(&mut *conn)
     .await?;

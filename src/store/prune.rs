@@ -7,8 +7,9 @@
 //! in bounded batches, and the conversations with nothing left.
 //!
 //! Rows up to a day younger than the cutoff stay until the next run; a status event is
-//! kept as long as its message. Consent rows stay: an opt-out must be honoured however old
-//! it is.
+//! kept as long as its message; a day of sessions stays while one of its windows is still
+//! open at the cutoff (a contact who writes every day keeps the window it opened). Consent
+//! rows stay: an opt-out must be honoured however old it is.
 
 use super::StoreError;
 use chrono::{DateTime, Utc};
@@ -96,6 +97,11 @@ where
             }
         }
         for p in day {
+            if p.parent == "sessions" && still_open(pool, &p.name, cutoff).await? {
+                // A contact who wrote every day since keeps the window that day opened:
+                // its day of sessions waits until every window in it has closed.
+                continue;
+            }
             let rows = drop_partition(pool, p).await?;
             pruned.partitions += 1;
             match p.parent.as_str() {
@@ -131,6 +137,22 @@ async fn storage_keys(pool: &PgPool, partition: &str) -> Result<Vec<String>, Sto
     );
     Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
         .fetch_all(pool)
+        .await?)
+}
+
+/// Whether a day of sessions holds a window that closes at or after the cutoff.
+async fn still_open(
+    pool: &PgPool,
+    partition: &str,
+    cutoff: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let sql = format!(
+        "select exists (select 1 from {} where expires_at >= $1)",
+        quote(partition)
+    );
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(cutoff)
+        .fetch_one(pool)
         .await?)
 }
 

@@ -736,3 +736,30 @@ async fn the_server_makes_the_coming_days_and_reports_them(pool: PgPool) {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// A contact who writes every day keeps the window their first message opened: its day of
+/// sessions stays until every window in it has closed, while the day's messages go.
+#[sqlx::test]
+async fn prune_keeps_a_day_of_sessions_while_one_of_its_windows_is_open(pool: PgPool) {
+    let app = app(pool.clone());
+    let day = |d: u32, h: u32| utc(2026, 3, d, h, 0, 0, 0);
+    for (n, at) in [(1, day(1, 9)), (2, day(2, 8)), (3, day(3, 7))] {
+        app.set_now(at);
+        assert_eq!(app.post_text(n).await.status, 200);
+    }
+    let cutoff = day(3, 5);
+    let pruned = store::prune::older_than(&pool, cutoff, 100, |_| async { 0 })
+        .await
+        .unwrap();
+    assert_eq!((pruned.messages, pruned.sessions), (2, 0));
+    assert_eq!(app.count("select count(*) from messages").await, 1);
+
+    app.set_now(day(3, 23));
+    assert_eq!(app.post_text(4).await.status, 200);
+    let sessions: Vec<(DateTime<Utc>, i32)> =
+        sqlx::query_as("select started_at, inbound_count from sessions")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(sessions, [(day(1, 9), 4)], "one window since the first day");
+}

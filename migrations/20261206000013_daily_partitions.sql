@@ -327,22 +327,33 @@ comment on function create_day_partitions(date, date) is
 -- exists, -1 when today itself is missing somewhere. Webhooks for a day that does not
 -- exist cannot be stored.
 create function partition_days_ahead() returns integer
-language sql
+language plpgsql
 stable
 set search_path from current
 as $$
-    select coalesce(min(ahead), -1)::integer
-    from (select t.tbl,
-                 (select coalesce(min(g.n), 400) - 1
-                  from generate_series(0, 400) as g (n)
-                  where not exists (
-                      select 1 from day_partitions p
-                      where p.parent = t.tbl and not p.detach_pending
-                        and p.lower <= ((now() at time zone 'UTC')::date::timestamp at time zone 'UTC') + g.n * interval '1 day'
-                        and p.upper >= ((now() at time zone 'UTC')::date::timestamp at time zone 'UTC') + (g.n + 1) * interval '1 day'))
-                     as ahead
-          from unnest(array['messages', 'message_media', 'replies', 'message_status_events',
-                            'webhook_failures', 'sessions']) as t (tbl)) as per_table
+declare
+    today constant timestamptz := (now() at time zone 'UTC')::date::timestamp at time zone 'UTC';
+    t text;
+    p record;
+    reach timestamptz;
+    ahead integer;
+begin
+    -- Each table's partitions from today on, in order, read once: how far they reach
+    -- without a gap.
+    foreach t in array array['messages', 'message_media', 'replies', 'message_status_events',
+                             'webhook_failures', 'sessions'] loop
+        reach := today;
+        for p in select d.lower, d.upper from day_partitions d
+                 where d.parent = t and not d.detach_pending and d.upper > today
+                 order by d.lower loop
+            exit when p.lower > reach;
+            reach := greatest(reach, p.upper);
+        end loop;
+        -- (least ignores the NULL of the first table.)
+        ahead := least(ahead, floor(extract(epoch from reach - today) / 86400)::integer - 1);
+    end loop;
+    return ahead;
+end
 $$;
 comment on function partition_days_ahead() is
     'whole days after today (UTC) that every table split by day covers (-1: today is missing)';

@@ -221,6 +221,15 @@ async fn days_ahead_are_measured_made_and_reported(pool: PgPool) {
     );
     assert_eq!(store::partitions::make_ahead(&pool, 10).await.unwrap(), 0);
 
+    // A gap ends the reach: days after it do not count.
+    let later = (Utc::now() + Duration::days(5)).format("messages_p%Y%m%d");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "alter table messages detach partition {later}"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(days().await.unwrap(), 4);
     let tomorrow = (Utc::now() + Duration::days(1)).format("replies_p%Y%m%d");
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "alter table replies detach partition {tomorrow}"

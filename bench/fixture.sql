@@ -20,8 +20,13 @@
 -- the day, so a prune with a cutoff at the second day's midnight removes exactly the oldest
 -- day of messages.
 --
--- fixture_day() holds one insert per table: a new table or column (the SID directory, a
--- message's received_at on the rows that hang off it) is one more insert or column there.
+-- fixture_day() holds one insert per table. On the schema of daily partitions (issue 22:
+-- the SID directory message_keys exists) it first makes the day's partitions with
+-- create_day_partitions(), fills message_keys for every message of the day, and sets
+-- message_received_at (the message's received_at) on its media, replies and status events;
+-- on the unpartitioned schema it writes what it always wrote. The two variants of those
+-- inserts are branches of an if: plpgsql plans a statement only when it runs, so the
+-- branch naming columns the schema lacks is never checked there.
 \set ON_ERROR_STOP on
 set timezone = 'UTC';
 -- As the server's connections: no JIT for short statements.
@@ -29,7 +34,8 @@ set jit = off;
 
 select round(:rows / 270.0)::int as per_day,
        date_trunc('day', now()) - interval '90 days' as t0,
-       clock_timestamp() as started \gset
+       clock_timestamp() as started,
+       to_regclass('message_keys') is not null as keyed \gset
 \if :{?contacts}
 \else
 \set contacts 1000
@@ -100,13 +106,21 @@ $$;
 
 -- Day d's rows in every table; returns a progress line.
 create function pg_temp.fixture_day(d int, t0 timestamptz, per_day int, contacts int,
-                                    events boolean, started timestamptz) returns text
+                                    events boolean, started timestamptz, keyed boolean)
+returns text
 language plpgsql as $$
 declare
     question constant text := 'Hola! ¿A qué hora abren mañana? Quiero pedir 2 cafés & 1 tostada';
     answer constant text := 'Abrimos a las 9:00. ¡Te esperamos!';
     thanks constant text := 'Gracias!';
+    day_lo constant timestamptz := t0 + d * interval '1 day';
 begin
+    if keyed then
+        -- The day's partitions of every split table (t0 is a UTC midnight).
+        perform create_day_partitions((day_lo at time zone 'UTC')::date,
+                                      (day_lo at time zone 'UTC')::date);
+    end if;
+
     insert into messages (
         message_sid, account_sid, messaging_service_sid, direction, channel, business, contact,
         body, num_media, num_segments, profile_name, wa_id, message_type, channel_metadata,
@@ -144,35 +158,81 @@ begin
     ) as m
     order by 20;
 
-    insert into message_media (message_sid, index, url, content_type)
-    select x.sid_a, 0, x.media_url, 'image/jpeg'
-    from pg_temp.fixture_exchanges(d, t0, per_day, contacts) x
-    where x.photo;
+    if keyed then
+        -- The directory: one key per message, with its day, in the order the server claims
+        -- them (arrival).
+        insert into message_keys (message_sid, received_at)
+        select message_sid, received_at from messages
+        where received_at >= day_lo and received_at < day_lo + interval '1 day'
+        order by received_at;
+    end if;
 
-    insert into replies (message_sid, rule, twiml, bodies, created_at)
-    select * from (
-        select x.sid_a, array['hours'],
-               '<?xml version="1.0" encoding="UTF-8"?><Response><Message action="'
-               || 'https://hooks.example.com/twilio/status?reply_to=' || x.sid_a
-               || '&amp;part=0&amp;rule=hours" method="POST"><Body>' || answer
-               || '</Body></Message></Response>',
-               array[answer], x.t
+    if keyed then
+        insert into message_media (message_sid, message_received_at, index, url, content_type)
+        select x.sid_a, x.t, 0, x.media_url, 'image/jpeg'
         from pg_temp.fixture_exchanges(d, t0, per_day, contacts) x
-        union all
-        select x.sid_b, null, '<?xml version="1.0" encoding="UTF-8"?><Response/>', '{}',
-               x.t + interval '30 s'
+        where x.photo;
+    else
+        insert into message_media (message_sid, index, url, content_type)
+        select x.sid_a, 0, x.media_url, 'image/jpeg'
         from pg_temp.fixture_exchanges(d, t0, per_day, contacts) x
-    ) as r
-    order by 5;
+        where x.photo;
+    end if;
 
-    insert into message_status_events (message_sid, status, received_at, params, source)
-    select x.sid_out, s.status, x.t + s.after,
-           pg_temp.fixture_status_params(x.sid_out, x.contact, s.status), 'callback'
-    from pg_temp.fixture_exchanges(d, t0, per_day, contacts) x
-    cross join (values ('sent', interval '1 s'), ('delivered', interval '2 s'),
-                       ('read', interval '20 s')) as s (status, after)
-    where events
-    order by 3;
+    if keyed then
+        insert into replies (message_sid, rule, twiml, bodies, created_at, message_received_at)
+        select * from (
+            select x.sid_a, array['hours'],
+                   '<?xml version="1.0" encoding="UTF-8"?><Response><Message action="'
+                   || 'https://hooks.example.com/twilio/status?reply_to=' || x.sid_a
+                   || '&amp;part=0&amp;rule=hours" method="POST"><Body>' || answer
+                   || '</Body></Message></Response>',
+                   array[answer], x.t, x.t
+            from pg_temp.fixture_exchanges(d, t0, per_day, contacts) x
+            union all
+            select x.sid_b, null, '<?xml version="1.0" encoding="UTF-8"?><Response/>', '{}',
+                   x.t + interval '30 s', x.t + interval '30 s'
+            from pg_temp.fixture_exchanges(d, t0, per_day, contacts) x
+        ) as r
+        order by 5;
+    else
+        insert into replies (message_sid, rule, twiml, bodies, created_at)
+        select * from (
+            select x.sid_a, array['hours'],
+                   '<?xml version="1.0" encoding="UTF-8"?><Response><Message action="'
+                   || 'https://hooks.example.com/twilio/status?reply_to=' || x.sid_a
+                   || '&amp;part=0&amp;rule=hours" method="POST"><Body>' || answer
+                   || '</Body></Message></Response>',
+                   array[answer], x.t
+            from pg_temp.fixture_exchanges(d, t0, per_day, contacts) x
+            union all
+            select x.sid_b, null, '<?xml version="1.0" encoding="UTF-8"?><Response/>', '{}',
+                   x.t + interval '30 s'
+            from pg_temp.fixture_exchanges(d, t0, per_day, contacts) x
+        ) as r
+        order by 5;
+    end if;
+
+    if keyed then
+        insert into message_status_events (message_sid, message_received_at, status,
+                                           received_at, params, source)
+        select x.sid_out, x.t + interval '1 s', s.status, x.t + s.after,
+               pg_temp.fixture_status_params(x.sid_out, x.contact, s.status), 'callback'
+        from pg_temp.fixture_exchanges(d, t0, per_day, contacts) x
+        cross join (values ('sent', interval '1 s'), ('delivered', interval '2 s'),
+                           ('read', interval '20 s')) as s (status, after)
+        where events
+        order by 4;
+    else
+        insert into message_status_events (message_sid, status, received_at, params, source)
+        select x.sid_out, s.status, x.t + s.after,
+               pg_temp.fixture_status_params(x.sid_out, x.contact, s.status), 'callback'
+        from pg_temp.fixture_exchanges(d, t0, per_day, contacts) x
+        cross join (values ('sent', interval '1 s'), ('delivered', interval '2 s'),
+                           ('read', interval '20 s')) as s (status, after)
+        where events
+        order by 3;
+    end if;
 
     insert into sessions (business, contact, started_at, last_inbound_at, expires_at,
                           inbound_count, channel)
@@ -202,6 +262,6 @@ from generate_series(0, least(:contacts, 90 * :per_day) - 1) as c,
      lateral (select (90 * :per_day - 1 - c) / :contacts + 1) as k (n),
      lateral (select c + :contacts * (n - 1)) as z (l);
 
-select format('select pg_temp.fixture_day(%s, %L, %s, %s, %L, %L)', d, :'t0', :per_day,
-              :contacts, :events::int::boolean, :'started')
+select format('select pg_temp.fixture_day(%s, %L, %s, %s, %L, %L, %L)', d, :'t0', :per_day,
+              :contacts, :events::int::boolean, :'started', :'keyed'::boolean)
 from generate_series(0, 89) as d \gexec

@@ -64,18 +64,25 @@ const TABLES: [(&str, &str); 6] = [
 
 /// Prepares today's tables when migration 12 is applied, 13 is not, and they hold rows.
 pub(super) async fn prepare(pool: &PgPool) -> Result<(), sqlx::Error> {
-    let needed: bool = sqlx::query_scalar(
+    // The catalog first: once the tables are partitioned (every start after the upgrade),
+    // nothing reads them, which would open every day's partition.
+    let between: bool = sqlx::query_scalar(
         "select to_regclass('legacy_cutover') is not null
-                and (select relkind from pg_class where oid = to_regclass('messages')) = 'r'
-                and (exists (select 1 from messages) or exists (select 1 from message_media)
-                     or exists (select 1 from replies)
-                     or exists (select 1 from message_status_events)
-                     or exists (select 1 from webhook_failures)
-                     or exists (select 1 from sessions))",
+                and (select relkind from pg_class where oid = to_regclass('messages')) = 'r'",
     )
     .fetch_one(pool)
     .await?;
-    if !needed {
+    if !between {
+        return Ok(());
+    }
+    let rows: bool = sqlx::query_scalar(
+        "select exists (select 1 from messages) or exists (select 1 from message_media)
+                or exists (select 1 from replies) or exists (select 1 from message_status_events)
+                or exists (select 1 from webhook_failures) or exists (select 1 from sessions)",
+    )
+    .fetch_one(pool)
+    .await?;
+    if !rows {
         return Ok(());
     }
     tracing::info!("preparing the stored history for daily partitions");

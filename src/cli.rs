@@ -102,6 +102,10 @@ enum Command {
         /// the dropped days, conversations).
         #[arg(long, default_value_t = 5000)]
         batch: i64,
+        /// After each statement and each dropped partition, rest N times as long as it
+        /// took, so the prune takes at most 1/(N+1) of a core from the writers (0: no rest).
+        #[arg(long, default_value_t = 3)]
+        rest: u32,
     },
     /// Import the account's messages sent in a time range that are not stored yet, from
     /// Twilio's REST API (first deploy, after an outage). Resumable: run it again to
@@ -226,8 +230,16 @@ pub fn main() -> ExitCode {
         Command::Erase { contact } => {
             with_settings(&sources, |s| runtime().block_on(erase(s, &contact)))
         }
-        Command::Prune { older_than, batch } => with_settings(&sources, |s| {
-            runtime().block_on(prune(s, &older_than, batch.max(1)))
+        Command::Prune {
+            older_than,
+            batch,
+            rest,
+        } => with_settings(&sources, |s| {
+            let pace = store::prune::Pace {
+                batch: batch.max(1),
+                rest,
+            };
+            runtime().block_on(prune(s, &older_than, pace))
         }),
         Command::Backfill {
             since,
@@ -523,7 +535,7 @@ async fn delete_files(settings: &Settings, keys: &[String]) -> usize {
     failed
 }
 
-async fn prune(settings: Settings, older_than: &str, batch: i64) -> ExitCode {
+async fn prune(settings: Settings, older_than: &str, pace: store::prune::Pace) -> ExitCode {
     let age = match store::prune::parse_age(older_than) {
         Ok(age) => age,
         Err(e) => {
@@ -534,7 +546,7 @@ async fn prune(settings: Settings, older_than: &str, batch: i64) -> ExitCode {
     let cutoff = chrono::Utc::now() - age;
     let settings = &settings;
     let pruned = match store::pool(&settings.database) {
-        Ok(pool) => store::prune::older_than(&pool, cutoff, batch, |keys| async move {
+        Ok(pool) => store::prune::older_than(&pool, cutoff, pace, |keys| async move {
             delete_files(settings, &keys).await
         })
         .await

@@ -14,7 +14,25 @@
 use super::StoreError;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use std::future::Future;
+use std::{future::Future, time::Instant};
+
+/// How hard a prune may work beside live traffic: `batch` rows per statement, and after each
+/// statement and each day's partition a rest of `rest` times as long as the step took, so
+/// that it takes at most 1 / (1 + rest) of a core from the writers (on a small machine a
+/// prune going flat out costs them a second of throughput however few locks it holds).
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    pub batch: i64,
+    pub rest: u32,
+}
+
+impl Pace {
+    async fn rest_after(&self, started: Instant) {
+        if self.rest > 0 {
+            tokio::time::sleep(started.elapsed() * self.rest).await;
+        }
+    }
+}
 
 /// What one prune removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -51,13 +69,13 @@ struct Partition {
 }
 
 /// Drops every day wholly older than `cutoff`, oldest first, then the directory keys of
-/// those days and the conversations with nothing left, `batch` rows per statement.
+/// those days and the conversations with nothing left, at `pace`.
 /// `delete_files` deletes a day's archived files from media storage and returns how many it
 /// could not; it runs before that day's rows go.
 pub async fn older_than<F, Fut>(
     pool: &PgPool,
     cutoff: DateTime<Utc>,
-    batch: i64,
+    pace: Pace,
     mut delete_files: F,
 ) -> Result<Pruned, PruneError>
 where
@@ -102,7 +120,9 @@ where
                 // its day of sessions waits until every window in it has closed.
                 continue;
             }
+            let started = Instant::now();
             let rows = drop_partition(pool, p).await?;
+            pace.rest_after(started).await;
             pruned.partitions += 1;
             match p.parent.as_str() {
                 "messages" => pruned.messages += rows,
@@ -113,8 +133,8 @@ where
             }
         }
     }
-    pruned.keys = keys_without_rows(pool, batch).await?;
-    pruned.conversations = conversations_without_messages(pool, cutoff, batch).await?;
+    pruned.keys = keys_without_rows(pool, pace).await?;
+    pruned.conversations = conversations_without_messages(pool, cutoff, pace).await?;
     // Lookups queued for messages now gone: reconciliation must not bring them back.
     sqlx::query!(
         "with jobs as (
@@ -180,10 +200,11 @@ async fn drop_partition(pool: &PgPool, p: &Partition) -> Result<i64, StoreError>
     Ok(rows)
 }
 
-/// Deletes the directory keys older than every message day still kept, `batch` at a time.
-async fn keys_without_rows(pool: &PgPool, batch: i64) -> Result<i64, StoreError> {
+/// Deletes the directory keys older than every message day still kept, a batch at a time.
+async fn keys_without_rows(pool: &PgPool, pace: Pace) -> Result<i64, StoreError> {
     let mut total = 0;
     loop {
+        let started = Instant::now();
         // `= any(array(…))`: a lookup per key. As `in (subquery)` it was planned as a hash
         // join reading the whole directory for every batch (SCALE.md 3.4).
         let n = sqlx::query_scalar!(
@@ -199,26 +220,28 @@ async fn keys_without_rows(pool: &PgPool, batch: i64) -> Result<i64, StoreError>
                 returning 1)
             select count(*) as "n!" from gone
             "#,
-            batch,
+            pace.batch,
         )
         .fetch_one(pool)
         .await?;
         total += n;
-        if n < batch {
+        if n < pace.batch {
             return Ok(total);
         }
+        pace.rest_after(started).await;
     }
 }
 
 /// Deletes conversations with no message left and no activity since the cutoff (their
-/// remaining sessions, all expired, follow by cascade), `batch` at a time.
+/// remaining sessions, all expired, follow by cascade), a batch at a time.
 async fn conversations_without_messages(
     pool: &PgPool,
     cutoff: DateTime<Utc>,
-    batch: i64,
+    pace: Pace,
 ) -> Result<i64, StoreError> {
     let mut total = 0;
     loop {
+        let started = Instant::now();
         let n = sqlx::query_scalar!(
             r#"
             with gone as (
@@ -233,14 +256,15 @@ async fn conversations_without_messages(
             select count(*) as "n!" from gone
             "#,
             cutoff,
-            batch,
+            pace.batch,
         )
         .fetch_one(pool)
         .await?;
         total += n;
-        if n < batch {
+        if n < pace.batch {
             return Ok(total);
         }
+        pace.rest_after(started).await;
     }
 }
 

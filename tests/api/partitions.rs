@@ -517,6 +517,10 @@ async fn reads_by_sid_touch_one_partition(pool: PgPool) {
     tx.rollback().await.unwrap();
 }
 
+fn pace(batch: i64) -> store::prune::Pace {
+    store::prune::Pace { batch, rest: 0 }
+}
+
 /// Retention drops whole days, files first, and the directory's keys only after their
 /// rows: a day whose files could not be deleted stays, keys and all.
 #[sqlx::test]
@@ -548,7 +552,7 @@ async fn prune_drops_whole_days_and_never_a_key_before_its_rows(pool: PgPool) {
     let cutoff = first + Duration::days(2) + Duration::hours(5);
     // The second day's files cannot be deleted (the first day has none to delete).
     let mut asked = 0;
-    let stopped = store::prune::older_than(&pool, cutoff, 1, |files| {
+    let stopped = store::prune::older_than(&pool, cutoff, pace(1), |files| {
         asked += 1;
         async move { if asked == 2 { files.len().max(1) } else { 0 } }
     })
@@ -559,7 +563,7 @@ async fn prune_drops_whole_days_and_never_a_key_before_its_rows(pool: PgPool) {
         [sid(2), sid(3), sid(12), sid(13)],
         "the first day's keys went with it"
     );
-    let pruned = store::prune::older_than(&pool, cutoff, 1, |_| async { 0 })
+    let pruned = store::prune::older_than(&pool, cutoff, pace(1), |_| async { 0 })
         .await
         .unwrap();
     assert_eq!(
@@ -575,7 +579,7 @@ async fn prune_drops_whole_days_and_never_a_key_before_its_rows(pool: PgPool) {
     assert_eq!(left, ["messages_p20260310"]);
     // Nothing is left to do.
     assert_eq!(
-        store::prune::older_than(&pool, cutoff, 1, |_| async { 0 })
+        store::prune::older_than(&pool, cutoff, pace(1), |_| async { 0 })
             .await
             .unwrap()
             .partitions,
@@ -757,7 +761,7 @@ async fn prune_keeps_a_day_of_sessions_while_one_of_its_windows_is_open(pool: Pg
         assert_eq!(app.post_text(n).await.status, 200);
     }
     let cutoff = day(3, 5);
-    let pruned = store::prune::older_than(&pool, cutoff, 100, |_| async { 0 })
+    let pruned = store::prune::older_than(&pool, cutoff, pace(100), |_| async { 0 })
         .await
         .unwrap();
     assert_eq!((pruned.messages, pruned.sessions), (2, 0));

@@ -4,7 +4,7 @@
 
 use super::{Cause, StoreError};
 use chrono::{DateTime, NaiveDate, Utc};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
 use std::{collections::BTreeSet, time::Duration};
 
 /// Makes sure the days a write is about to store rows in exist, before its rules decide
@@ -45,22 +45,17 @@ pub async fn create(
     last: NaiveDate,
     lock_timeout: Duration,
 ) -> Result<i32, StoreError> {
-    let mut tx = conn.begin().await?;
-    sqlx::query_scalar!(
-        "select set_config('lock_timeout', $1, true)",
-        format!("{}ms", lock_timeout.as_millis())
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    let made = sqlx::query_scalar!(
-        r#"select create_day_partitions($1, $2) as "made!""#,
+    // One statement, one round trip: the timeout is set (for this transaction only) in
+    // FROM, before the function takes any lock.
+    Ok(sqlx::query_scalar!(
+        r#"select create_day_partitions($1, $2) as "made!"
+           from (select set_config('lock_timeout', $3, true)) as bounded"#,
         first,
-        last
+        last,
+        format!("{}ms", lock_timeout.as_millis()),
     )
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(made)
+    .fetch_one(conn)
+    .await?)
 }
 
 /// Whole days after today (UTC) that every partitioned table covers: 0 when only today

@@ -200,14 +200,31 @@ async fn drop_partition(pool: &PgPool, p: &Partition) -> Result<i64, StoreError>
     Ok(rows)
 }
 
-/// Deletes the directory keys older than every message day still kept, a batch at a time.
-async fn keys_without_rows(pool: &PgPool, pace: Pace) -> Result<i64, StoreError> {
+/// Runs `step` (which deletes at most `pace.batch` rows and returns how many) until a batch
+/// comes back short, resting between batches; returns the total.
+async fn in_batches<F, Fut>(pace: Pace, mut step: F) -> Result<i64, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<i64, sqlx::Error>>,
+{
     let mut total = 0;
     loop {
         let started = Instant::now();
+        let n = step().await?;
+        total += n;
+        if n < pace.batch {
+            return Ok(total);
+        }
+        pace.rest_after(started).await;
+    }
+}
+
+/// Deletes the directory keys older than every message day still kept, a batch at a time.
+async fn keys_without_rows(pool: &PgPool, pace: Pace) -> Result<i64, StoreError> {
+    in_batches(pace, || {
         // `= any(array(…))`: a lookup per key. As `in (subquery)` it was planned as a hash
         // join reading the whole directory for every batch (SCALE.md 3.4).
-        let n = sqlx::query_scalar!(
+        sqlx::query_scalar!(
             r#"
             with gone as (
                 delete from message_keys
@@ -223,13 +240,8 @@ async fn keys_without_rows(pool: &PgPool, pace: Pace) -> Result<i64, StoreError>
             pace.batch,
         )
         .fetch_one(pool)
-        .await?;
-        total += n;
-        if n < pace.batch {
-            return Ok(total);
-        }
-        pace.rest_after(started).await;
-    }
+    })
+    .await
 }
 
 /// Deletes conversations with no message left and no activity since the cutoff (their
@@ -239,10 +251,8 @@ async fn conversations_without_messages(
     cutoff: DateTime<Utc>,
     pace: Pace,
 ) -> Result<i64, StoreError> {
-    let mut total = 0;
-    loop {
-        let started = Instant::now();
-        let n = sqlx::query_scalar!(
+    in_batches(pace, || {
+        sqlx::query_scalar!(
             r#"
             with gone as (
                 delete from conversations c
@@ -259,13 +269,8 @@ async fn conversations_without_messages(
             pace.batch,
         )
         .fetch_one(pool)
-        .await?;
-        total += n;
-        if n < pace.batch {
-            return Ok(total);
-        }
-        pace.rest_after(started).await;
-    }
+    })
+    .await
 }
 
 /// A catalog name as an SQL identifier.

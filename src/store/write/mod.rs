@@ -321,17 +321,15 @@ async fn attempts(
             // A row for a day with no partition: make the day and store the batch now, if
             // that can be done at once; otherwise the batch is unavailable (spooled).
             Err(e) if days_made < MISSING_DAYS && e.missing_partition().is_some() => {
-                let day = e.missing_partition().unwrap_or_default().date_naive();
-                let made = super::partitions::create(conn, day, day, CREATE_DAY_LOCK_TIMEOUT).await;
-                match made {
-                    Ok(n) => {
-                        tracing::debug!(%day, partitions = n, "made a missing day for a write")
-                    }
-                    Err(made) => {
-                        tracing::warn!(%day, error = %made, "cannot make a missing day");
-                        return Err(e);
-                    }
+                let Some(day) = e.missing_partition().map(|at| at.date_naive()) else {
+                    return Err(e);
+                };
+                let made = super::partitions::create(conn, day, day, CREATE_DAY_LOCK_TIMEOUT);
+                if let Err(cannot) = made.await {
+                    tracing::warn!(%day, error = %cannot, "cannot make a missing day");
+                    return Err(e);
                 }
+                tracing::debug!(%day, "made a missing day for a write");
                 days_made += 1;
             }
             result => return result,

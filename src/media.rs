@@ -26,6 +26,8 @@ use url::Url;
 
 /// How many redirects a download may follow.
 const MAX_REDIRECTS: usize = 5;
+/// How long past media.timeout_ms a download may take to delete its partial file.
+const CLEAN_UP: Duration = Duration::from_secs(5);
 /// How long an idle worker waits before looking for due jobs again.
 const IDLE_POLL: Duration = Duration::from_millis(500);
 /// The longest wait between two attempts.
@@ -122,10 +124,16 @@ impl Archiver {
     /// attempt, so the next start picks it up at once.
     async fn run_once_until(&self, stop: impl std::future::Future<Output = ()>) -> bool {
         let deadline = Duration::from_millis(self.settings.timeout_ms);
-        // The lease outlasts the whole attempt (deadline included), so no other worker can
-        // take the job over while this one still works on it.
+        // The lease outlasts the whole attempt (deadline and clean-up included), so no other
+        // worker can take the job over while this one still works on it.
         let lease = deadline + Duration::from_secs(30);
         let claimed_at = tokio::time::Instant::now();
+        let late = || {
+            format!(
+                "not finished within media.timeout_ms ({} ms)",
+                deadline.as_millis()
+            )
+        };
         let job = match store::media::claim(&self.db, lease).await {
             Ok(Some(job)) => job,
             Ok(None) => return false,
@@ -136,9 +144,11 @@ impl Archiver {
         };
         tokio::pin!(stop);
         let outcome = tokio::select! {
-            outcome = tokio::time::timeout(deadline, self.archive(&job)) => outcome.unwrap_or_else(|_| {
-                self.retry_or_give_up(&job, format!("not finished within media.timeout_ms ({} ms)", deadline.as_millis()))
-            }),
+            // The download keeps the deadline itself, so that it can delete its partial
+            // file (dropped, an upload deletes it only later, in the background); this one
+            // is the backstop should the storage hang.
+            outcome = tokio::time::timeout(deadline + CLEAN_UP, self.archive(&job, claimed_at + deadline, late()))
+                => outcome.unwrap_or_else(|_| self.retry_or_give_up(&job, late())),
             () = &mut stop => Outcome::Released,
         };
         match &outcome {
@@ -185,8 +195,9 @@ impl Archiver {
         true
     }
 
-    async fn archive(&self, job: &Job) -> Outcome {
-        match self.download(job).await {
+    /// `late`: the error when `deadline` passes.
+    async fn archive(&self, job: &Job, deadline: tokio::time::Instant, late: String) -> Outcome {
+        match self.download(job, deadline, late).await {
             Ok(stored) => stored,
             Err(Failure::Refused(error)) => Outcome::Refused { error },
             Err(Failure::Permanent(error)) => Outcome::Failed { error },
@@ -207,9 +218,16 @@ impl Archiver {
         }
     }
 
-    async fn download(&self, job: &Job) -> Result<Outcome, Failure> {
-        let response = self.fetch(job).await?;
-        self.keep(job, response).await
+    async fn download(
+        &self,
+        job: &Job,
+        deadline: tokio::time::Instant,
+        late: String,
+    ) -> Result<Outcome, Failure> {
+        let response = tokio::time::timeout_at(deadline, self.fetch(job))
+            .await
+            .map_err(|_| Failure::Transient(late.clone()))??;
+        self.keep(job, response, deadline, late).await
     }
 
     fn retry(&self, job: &Job, error: String, counts: bool) -> Outcome {
@@ -285,8 +303,15 @@ impl Archiver {
         Ok(response)
     }
 
-    /// Streams `response` into storage, at most `media.max_bytes`, hashing as it goes.
-    async fn keep(&self, job: &Job, response: reqwest::Response) -> Result<Outcome, Failure> {
+    /// Streams `response` into storage, at most `media.max_bytes`, hashing as it goes, until
+    /// `deadline` (then the error is `late`).
+    async fn keep(
+        &self,
+        job: &Job,
+        response: reqwest::Response,
+        deadline: tokio::time::Instant,
+        late: String,
+    ) -> Result<Outcome, Failure> {
         let max = self.settings.max_bytes;
         let too_large = || Failure::Permanent(format!("larger than media.max_bytes ({max})"));
         if response.content_length().is_some_and(|len| len > max) {
@@ -314,11 +339,13 @@ impl Archiver {
         let mut hasher = Sha256::new();
         let mut bytes: u64 = 0;
         let mut body = response.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let failure = match chunk {
-                Err(e) => Failure::Transient(crate::rest::describe(&e)),
-                Ok(chunk) if bytes + chunk.len() as u64 > max => too_large(),
-                Ok(chunk) => {
+        loop {
+            let failure = match tokio::time::timeout_at(deadline, body.next()).await {
+                Ok(None) => break,
+                Err(_) => Failure::Transient(late),
+                Ok(Some(Err(e))) => Failure::Transient(crate::rest::describe(&e)),
+                Ok(Some(Ok(chunk))) if bytes + chunk.len() as u64 > max => too_large(),
+                Ok(Some(Ok(chunk))) => {
                     bytes += chunk.len() as u64;
                     hasher.update(&chunk);
                     writer.write(&chunk);

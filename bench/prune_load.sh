@@ -11,6 +11,8 @@
 #
 # REPORT=1 also starts, 0.5 s before the prune, a 4-second report reading `messages` in one
 # transaction (a count of the last 2 days, then pg_sleep(4)), as a dashboard might.
+# PRUNE=0 is the control run: the same without the prune, its worst second taken over the
+# report (REPORT=1) or the second the prune would have started in.
 #
 # Settings (environment): PGURL, CONNECTIONS (64), RULES and BIN as in bench/run.sh;
 # FIXTURE_ROWS (1000000) and FIXTURE_EVENTS (1) as in bench/run.sh, RUN_SECONDS (30), PRUNE_AT (8), REPORT (0), REQUESTS (25,000 per
@@ -26,6 +28,7 @@ FIXTURE_ROWS=${FIXTURE_ROWS:-1000000}
 RUN_SECONDS=${RUN_SECONDS:-30}
 PRUNE_AT=${PRUNE_AT:-8}
 REPORT=${REPORT:-0}
+PRUNE=${PRUNE:-1}
 REQUESTS=${REQUESTS:-$((25000 * RUN_SECONDS))}
 PORT=${PORT:-18280}
 DB=${DB:-twr_scale_prune}
@@ -88,11 +91,17 @@ sleep_until_ms $((start + PRUNE_AT * 1000))
 # its own start-up; the fixture has no row in a day's first minute.
 age=$(($(date +%s) - cutoff))s
 prune_start=$(now_ms)
-DATABASE_URL="$PGURL/$DB" RUST_LOG=warn "$BIN" prune --older-than "$age" >"$work/prune" 2>&1
+if ((PRUNE)); then
+  DATABASE_URL="$PGURL/$DB" RUST_LOG=warn "$BIN" prune --older-than "$age" >"$work/prune" 2>&1
+else
+  echo "(control run: no prune)" >"$work/prune"
+fi
 prune_end=$(now_ms)
 if ((REPORT)); then
   wait "$report_pid"
   report_end=$(cat "$work/report_end")
+  # The control run's window is the report's.
+  ((PRUNE)) || prune_end=$report_end
 fi
 wait "$load_pid"
 stop_servers
@@ -108,7 +117,7 @@ if ((REPORT)); then
 fi
 grep '^second=' "$work/load" | sed 's/[a-z_]*=//g' |
   awk -v ps="$(at "$prune_start")" -v pe="$(at "$prune_end")" -v rs="$rs" \
-    -v report="$REPORT" -v run="$RUN_SECONDS" '
+    -v report="$REPORT" -v prune="$PRUNE" -v run="$RUN_SECONDS" '
     function median(a, n,   i, j, t) {
       if (!n) return 0
       for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
@@ -127,7 +136,7 @@ grep '^second=' "$work/load" | sed 's/[a-z_]*=//g' |
     }
     END {
       before = median(b, nb)
-      printf "prune_under_load report=%d prune_s=%.2f before_median_per_s=%d worst_during_per_s=%d worst_ratio=%.2f after_median_per_s=%d max_ms_before=%s max_ms_during=%s\n",
+      printf "prune_under_load prune=" prune " report=%d prune_s=%.2f before_median_per_s=%d worst_during_per_s=%d worst_ratio=%.2f after_median_per_s=%d max_ms_before=%s max_ms_during=%s\n",
         report, pe - ps, before, worst, before ? worst / before : 0, median(a, na), bmax, dmax
     }'
 grep -v -e '^second=' -e '^started_unix_ms=' "$work/load" | sed "s/\$/ fixture_rows=$FIXTURE_ROWS/"

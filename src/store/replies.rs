@@ -51,12 +51,11 @@ pub async fn reply_on_record(
     message_sid: &str,
 ) -> Result<Option<String>, StoreError> {
     Ok(sqlx::query_scalar!(
-        "select twiml from replies
-         where message_received_at = (select received_at from message_keys where message_sid = $1)
-           and message_sid = $1",
+        // NULL: no reply recorded (or no such message).
+        r#"select (reply_of($1)).twiml as "twiml?""#,
         message_sid
     )
-    .fetch_optional(db)
+    .fetch_one(db)
     .await?)
 }
 

@@ -396,6 +396,22 @@ async fn touched(conn: &mut PgConnection, table: &str) -> Vec<String> {
     .unwrap()
 }
 
+/// The partitions of `table` this transaction holds a lock on: every one a statement
+/// planned or started a scan of, read or not.
+async fn locked(conn: &mut PgConnection, table: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "select distinct c.relname::text from pg_locks l
+         join pg_class c on c.oid = l.relation
+         join pg_inherits i on i.inhrelid = c.oid
+         where l.pid = pg_backend_pid() and i.inhparent = $1::regclass
+         order by 1",
+    )
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap()
+}
+
 /// Every read by SID finds its message's day first (in the directory) and reads that day's
 /// partition alone: duplicate replay, the reply on record, the body of a tracked reply, the
 /// media worker's account, reconciliation's "stored already". (Counted per partition in
@@ -461,6 +477,11 @@ async fn reads_by_sid_touch_one_partition(pool: PgPool) {
         Vec::<String>::new(),
         "the directory said"
     );
+    // Nor does it plan or open the other days (a lookup whose day is known only as the
+    // statement runs would lock and start a scan of every day kept): of sessions, only the
+    // day of the contact's current one (opened by its last message, two days later).
+    assert_eq!(locked(&mut tx, "replies").await, ["replies_p20260301"]);
+    assert_eq!(locked(&mut tx, "sessions").await, ["sessions_p20260303"]);
     tx.rollback().await.unwrap();
 
     // A tracked reply's body comes from the reply of the message it answers.
@@ -476,6 +497,7 @@ async fn reads_by_sid_touch_one_partition(pool: PgPool) {
     .await
     .unwrap();
     assert_eq!(touched(&mut tx, "replies").await, ["replies_p20260301"]);
+    assert_eq!(locked(&mut tx, "replies").await, ["replies_p20260301"]);
     let body: Option<String> =
         sqlx::query_scalar("select body from messages where message_sid = $1")
             .bind(sid(50))

@@ -47,22 +47,17 @@ pub(super) async fn read(
                c.session_started_at, c.inbound_count as "inbound_count?",
                (select o.state from consent o
                 where o.business = k.business and o.contact = k.contact) as consent,
-               (select s.inbound_count from sessions s
-                where s.business = k.business and s.contact = k.contact
-                  and s.started_at = c.session_started_at) as session_count,
+               -- Lookups in a day known only per row are functions (migration 14):
+               -- inline, they would plan and open every day kept.
+               session_inbound_count(k.business, k.contact, c.session_started_at)
+                   as session_count,
                coalesce(recent.rules, '{}') as "recent_rules!",
                coalesce(recent.times, '{}') as "recent_times!",
                -- Not correlated: computed once, the same in every row. (Scalar subqueries,
                -- not `exists`, which the planner may turn into a join.)
                array(select x.sid from stored x order by x.n) as "stored!",
-               -- The reply in its message's day: the day as a parameter, so only that
-               -- day's partition is probed.
-               array(select (select r.twiml from replies r
-                             where r.message_received_at = (select k.received_at
-                                                            from message_keys k
-                                                            where k.message_sid = x.sid)
-                               and r.message_sid = x.sid)
-                     from stored x order by x.n) as "stored_twiml!: Vec<Option<String>>"
+               array(select (reply_of(x.sid)).twiml from stored x order by x.n)
+                   as "stored_twiml!: Vec<Option<String>>"
         from unnest($1::text[], $2::text[], $3::timestamptz[]) with ordinality
             as k (business, contact, since, n)
         -- `limit 1` keeps this a lookup per contact: the planner cannot make it a join.
@@ -76,7 +71,10 @@ pub(super) async fn read(
                            from (select m.received_at,
                                         (select r.rule from replies r
                                          where r.message_received_at = m.received_at
-                                           and r.message_sid = m.message_sid) as rule
+                                           and r.message_sid = m.message_sid
+                                           -- Implied; stated so that only these days
+                                           -- of replies are planned and opened.
+                                           and r.message_received_at > $6) as rule
                                  from messages m
                                  where $4::bool and m.business = k.business
                                    and m.contact = k.contact and m.received_at > k.since
@@ -92,11 +90,13 @@ pub(super) async fn read(
         &reads.since,
         lookback > Duration::zero(),
         &reads.sid as &[&str],
+        // No lookback: no day at all.
         reads
             .since
             .iter()
             .min()
             .copied()
+            .filter(|_| lookback > Duration::zero())
             .unwrap_or(DateTime::<Utc>::MAX_UTC),
     )
     .fetch_all(&mut *conn)

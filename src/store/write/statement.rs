@@ -104,12 +104,9 @@ pub(super) async fn execute(
             union all
             select u.message_sid, u.account_sid, u.messaging_service_sid, 'outbound',
                    u.channel, u.business, u.contact,
-                   coalesce(u.body,
-                            (select r.bodies[u.reply_part + 1] from replies r
-                             where r.message_received_at = (select k.received_at
-                                                            from message_keys k
-                                                            where k.message_sid = u.in_reply_to)
-                               and r.message_sid = u.in_reply_to)),
+                   -- A function (migration 14): inline, this lookup would make every
+                   -- write plan and open every day of replies.
+                   coalesce(u.body, (reply_of(u.in_reply_to)).bodies[u.reply_part + 1]),
                    u.num_media, u.num_segments,
                    null, null, null, null, null, null, null, null, null, null, null, null,
                    null, null, null, null, null, null, null, null, null, null, null,

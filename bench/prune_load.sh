@@ -11,6 +11,7 @@
 #
 # REPORT=1 also starts, 0.5 s before the prune, a 4-second report reading `messages` in one
 # transaction (a count of the last 2 days, then pg_sleep(4)), as a dashboard might.
+# PRUNE_REST sets prune's --rest (its default when unset).
 # PRUNE=0 is the control run: the same without the prune, its worst second taken over the
 # report (REPORT=1), or over the 2 seconds from the prune's start (about as long as a day's
 # prune takes at 10M).
@@ -93,7 +94,8 @@ sleep_until_ms $((start + PRUNE_AT * 1000))
 age=$(($(date +%s) - cutoff))s
 prune_start=$(now_ms)
 if ((PRUNE)); then
-  DATABASE_URL="$PGURL/$DB" RUST_LOG=warn "$BIN" prune --older-than "$age" >"$work/prune" 2>&1
+  DATABASE_URL="$PGURL/$DB" RUST_LOG=warn "$BIN" prune --older-than "$age" \
+    ${PRUNE_REST:+--rest "$PRUNE_REST"} >"$work/prune" 2>&1
 else
   echo "(control run: no prune)" >"$work/prune"
   ((REPORT)) || sleep_until_ms $((prune_start + 2000))

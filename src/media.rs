@@ -128,12 +128,6 @@ impl Archiver {
         // worker can take the job over while this one still works on it.
         let lease = deadline + Duration::from_secs(30);
         let claimed_at = tokio::time::Instant::now();
-        let late = || {
-            format!(
-                "not finished within media.timeout_ms ({} ms)",
-                deadline.as_millis()
-            )
-        };
         let job = match store::media::claim(&self.db, lease).await {
             Ok(Some(job)) => job,
             Ok(None) => return false,
@@ -147,8 +141,8 @@ impl Archiver {
             // The download keeps the deadline itself, so that it can delete its partial
             // file (dropped, an upload deletes it only later, in the background); this one
             // is the backstop should the storage hang.
-            outcome = tokio::time::timeout(deadline + CLEAN_UP, self.archive(&job, claimed_at + deadline, late()))
-                => outcome.unwrap_or_else(|_| self.retry_or_give_up(&job, late())),
+            outcome = tokio::time::timeout(deadline + CLEAN_UP, self.archive(&job, claimed_at + deadline))
+                => outcome.unwrap_or_else(|_| self.retry_or_give_up(&job, self.late())),
             () = &mut stop => Outcome::Released,
         };
         match &outcome {
@@ -195,9 +189,8 @@ impl Archiver {
         true
     }
 
-    /// `late`: the error when `deadline` passes.
-    async fn archive(&self, job: &Job, deadline: tokio::time::Instant, late: String) -> Outcome {
-        match self.download(job, deadline, late).await {
+    async fn archive(&self, job: &Job, deadline: tokio::time::Instant) -> Outcome {
+        match self.download(job, deadline).await {
             Ok(stored) => stored,
             Err(Failure::Refused(error)) => Outcome::Refused { error },
             Err(Failure::Permanent(error)) => Outcome::Failed { error },
@@ -222,12 +215,19 @@ impl Archiver {
         &self,
         job: &Job,
         deadline: tokio::time::Instant,
-        late: String,
     ) -> Result<Outcome, Failure> {
         let response = tokio::time::timeout_at(deadline, self.fetch(job))
             .await
-            .map_err(|_| Failure::Transient(late.clone()))??;
-        self.keep(job, response, deadline, late).await
+            .map_err(|_| Failure::Transient(self.late()))??;
+        self.keep(job, response, deadline).await
+    }
+
+    /// The error of an attempt still unfinished at its deadline.
+    fn late(&self) -> String {
+        format!(
+            "not finished within media.timeout_ms ({} ms)",
+            self.settings.timeout_ms
+        )
     }
 
     fn retry(&self, job: &Job, error: String, counts: bool) -> Outcome {
@@ -304,13 +304,12 @@ impl Archiver {
     }
 
     /// Streams `response` into storage, at most `media.max_bytes`, hashing as it goes, until
-    /// `deadline` (then the error is `late`).
+    /// `deadline`.
     async fn keep(
         &self,
         job: &Job,
         response: reqwest::Response,
         deadline: tokio::time::Instant,
-        late: String,
     ) -> Result<Outcome, Failure> {
         let max = self.settings.max_bytes;
         let too_large = || Failure::Permanent(format!("larger than media.max_bytes ({max})"));
@@ -342,7 +341,7 @@ impl Archiver {
         loop {
             let failure = match tokio::time::timeout_at(deadline, body.next()).await {
                 Ok(None) => break,
-                Err(_) => Failure::Transient(late),
+                Err(_) => Failure::Transient(self.late()),
                 Ok(Some(Err(e))) => Failure::Transient(crate::rest::describe(&e)),
                 Ok(Some(Ok(chunk))) if bytes + chunk.len() as u64 > max => too_large(),
                 Ok(Some(Ok(chunk))) => {

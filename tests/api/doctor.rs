@@ -661,30 +661,15 @@ async fn doctor_fails_a_database_that_is_not_migrated(pool: PgPool) {
 async fn doctor_fails_a_role_that_cannot_write(pool: PgPool) {
     // A role that may read the messages but not write them (roles are cluster-wide: one of
     // this test process's own).
-    let db = database_url(&pool);
     let role = format!("doctor_read_only_{}", std::process::id());
-    for sql in [
-        format!("create role {role} login"),
-        format!("grant select on all tables in schema public to {role}"),
-    ] {
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
-    let ro_url = db.replacen("postgres@", &format!("{role}@"), 1);
-    let out = doctor(
-        &["--url", "http://127.0.0.1:9/twilio/messages"],
-        &[("DATABASE_URL", &ro_url)],
+    let report = doctor_as(
+        &pool,
+        &role,
+        [format!(
+            "grant select on all tables in schema public to {role}"
+        )],
     )
     .await;
-    let report = text(&out);
-    for sql in [format!("drop owned by {role}"), format!("drop role {role}")] {
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
     let line = report
         .lines()
         .find(|l| l.starts_with("FAIL  database: this role cannot write to "))
@@ -904,39 +889,50 @@ async fn doctor_reads_a_senders_urls_from_twilio_flags_the_wrong_one_and_connect
 /// when the coming days run short.
 #[sqlx::test]
 async fn doctor_counts_partitions_for_their_parent_and_warns_when_days_run_short(pool: PgPool) {
-    let db = database_url(&pool);
     let role = format!("doctor_app_{}", std::process::id());
-    for sql in [
-        format!("create role {role} login"),
-        format!("grant select, insert, update, delete on all tables in schema public to {role}"),
-        // A day the owner makes later: no grant reaches it.
-        "select create_day_partitions('2026-03-01', '2026-03-01')".to_owned(),
-        format!(
-            "alter table replies detach partition {}",
-            (chrono::Utc::now() + chrono::Duration::days(1)).format("replies_p%Y%m%d")
-        ),
-    ] {
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
-    let app_url = db.replacen("postgres@", &format!("{role}@"), 1);
-    let out = doctor(
-        &["--url", "http://127.0.0.1:9/twilio/messages"],
-        &[("DATABASE_URL", &app_url)],
+    let report = doctor_as(
+        &pool,
+        &role,
+        [
+            format!(
+                "grant select, insert, update, delete on all tables in schema public to {role}"
+            ),
+            // A day the owner makes later: no grant reaches it.
+            "select create_day_partitions('2026-03-01', '2026-03-01')".to_owned(),
+            format!(
+                "alter table replies detach partition {}",
+                (chrono::Utc::now() + chrono::Duration::days(1)).format("replies_p%Y%m%d")
+            ),
+        ],
     )
     .await;
-    let report = text(&out);
-    for sql in [format!("drop owned by {role}"), format!("drop role {role}")] {
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
     assert!(
         report.contains("database: partitions exist for only 0 day(s) after today"),
         "{report}"
     );
     assert!(!report.contains("cannot write"), "{report}");
+}
+
+/// doctor's report with the database as `role` (created, prepared by `setup` as the owner,
+/// and dropped again: roles are cluster-wide), against a webhook URL nothing answers.
+async fn doctor_as<const N: usize>(pool: &PgPool, role: &str, setup: [String; N]) -> String {
+    let run = |sql: String| async move {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(pool)
+            .await
+            .unwrap();
+    };
+    run(format!("create role {role} login")).await;
+    for sql in setup {
+        run(sql).await;
+    }
+    let url = database_url(pool).replacen("postgres@", &format!("{role}@"), 1);
+    let out = doctor(
+        &["--url", "http://127.0.0.1:9/twilio/messages"],
+        &[("DATABASE_URL", &url)],
+    )
+    .await;
+    run(format!("drop owned by {role}")).await;
+    run(format!("drop role {role}")).await;
+    text(&out)
 }

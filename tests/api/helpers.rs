@@ -256,6 +256,22 @@ pub fn database_url(pool: &PgPool) -> String {
     )
 }
 
+/// The whole HTTP response of a running server's admin listener to `GET /metrics`.
+pub async fn scrape_metrics(admin_port: u16) -> String {
+    use std::io::{Read, Write};
+    tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", admin_port)).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    })
+    .await
+    .unwrap()
+}
+
 impl TestApp {
     /// An app whose pool is built from settings (as `serve` builds it) for the test database.
     pub fn with_own_pool(pool: &PgPool, env: &[(&str, &str)]) -> Self {

@@ -98,7 +98,6 @@ async fn a_scenario_is_counted(pool: PgPool) {
 
 #[sqlx::test]
 async fn metrics_answer_on_the_admin_listener_only(pool: PgPool) {
-    use std::io::{Read, Write};
     let url = database_url(&pool);
     let settings = settings(&[
         ("TWILIO_RECEIVER__SERVER__LISTEN", "127.0.0.1:0"),
@@ -114,17 +113,7 @@ async fn metrics_answer_on_the_admin_listener_only(pool: PgPool) {
         let _ = stopped.await;
     }));
 
-    let scraped = tokio::task::spawn_blocking(move || {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", admin_port)).unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
-    })
-    .await
-    .unwrap();
+    let scraped = scrape_metrics(admin_port).await;
     assert!(scraped.starts_with("HTTP/1.1 200"), "{scraped}");
     assert!(
         scraped.contains("twilio_receiver_pool_connections_idle"),

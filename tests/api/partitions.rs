@@ -731,7 +731,6 @@ async fn the_migration_keeps_every_row_and_every_dedupe(pool: PgPool) {
 /// says how far they go.
 #[sqlx::test]
 async fn the_server_makes_the_coming_days_and_reports_them(pool: PgPool) {
-    use std::io::{Read, Write};
     let url = database_url(&pool);
     let settings = settings(&[
         ("TWILIO_RECEIVER__SERVER__LISTEN", "127.0.0.1:0"),
@@ -746,19 +745,10 @@ async fn the_server_makes_the_coming_days_and_reports_them(pool: PgPool) {
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    let scrape = move || {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", admin_port)).unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
-    };
     // Upkeep runs as the server starts: wait for its first report.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let scraped = loop {
-        let scraped = tokio::task::spawn_blocking(scrape).await.unwrap();
+        let scraped = scrape_metrics(admin_port).await;
         if scraped.contains("twilio_receiver_partition_days_ahead 12") {
             break scraped;
         }

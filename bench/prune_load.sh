@@ -11,15 +11,20 @@
 #
 # REPORT=1 also starts, 0.5 s before the prune, a 4-second report reading `messages` in one
 # transaction (a count of the last 2 days, then pg_sleep(4)), as a dashboard might.
+# REPORT=idle holds the same transaction open as long, idle (psql's `\! sleep 4`): its
+# lock on `messages` without a snapshot, which tells the cost of the lock from the cost of
+# the snapshot (row versions the writers replace cannot be cleaned up while it lasts).
 # PRUNE_REST sets prune's --rest (its default when unset).
 # PRUNE=0 is the control run: the same without the prune, its worst second taken over the
 # report (REPORT=1), or over the 2 seconds from the prune's start (about as long as a day's
 # prune takes at 10M).
 #
 # Settings (environment): PGURL, CONNECTIONS (64), RULES and BIN as in bench/run.sh;
-# FIXTURE_ROWS (1000000) and FIXTURE_EVENTS (1) as in bench/run.sh, RUN_SECONDS (30), PRUNE_AT (8), REPORT (0), REQUESTS (25,000 per
-# second of the run: the generator stops early when they run out), PORT (18280), DB
-# (twr_scale_prune: created from the fixture's template, dropped at the end).
+# FIXTURE_ROWS (1000000) and FIXTURE_EVENTS (1) as in bench/run.sh, RUN_SECONDS (30),
+# PRUNE_AT (8), REPORT (0), REQUESTS (25,000 per second of the run: the generator stops
+# early when they run out), LOAD_CONTACTS (1,000: the contacts the load's webhooks come
+# from), PORT (18280), DB (twr_scale_prune: created from the fixture's template, dropped at
+# the end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +35,7 @@ FIXTURE_ROWS=${FIXTURE_ROWS:-1000000}
 RUN_SECONDS=${RUN_SECONDS:-30}
 PRUNE_AT=${PRUNE_AT:-8}
 REPORT=${REPORT:-0}
+LOAD_CONTACTS=${LOAD_CONTACTS:-1000}
 PRUNE=${PRUNE:-1}
 REQUESTS=${REQUESTS:-$((25000 * RUN_SECONDS))}
 PORT=${PORT:-18280}
@@ -63,7 +69,7 @@ cutoff=$(psql -At "$PGURL/$DB" \
       from messages")
 
 "$load_bin" --addr "127.0.0.1:$PORT" --workload inbound --connections "$CONNECTIONS" \
-  --seconds "$RUN_SECONDS" --requests "$REQUESTS" --token bench-token \
+  --seconds "$RUN_SECONDS" --requests "$REQUESTS" --contacts "$LOAD_CONTACTS" --token bench-token \
   --public-url https://hooks.example.com --database-url "$PGURL/$DB" --per-second \
   --label "rules=$RULES" >"$work/load" 2>"$work/load.err" &
 load_pid=$!
@@ -75,13 +81,17 @@ done
 start=$(sed -n 's/^started_unix_ms=//p' "$work/load")
 
 report_start=0 report_end=0
-if ((REPORT)); then
+reporting=0
+if [[ $REPORT != 0 ]]; then reporting=1; fi
+hold=(-c "select pg_sleep(4)")
+if [[ $REPORT == idle ]]; then hold=(-c '\! sleep 4'); fi
+if ((reporting)); then
   sleep_until_ms $((start + PRUNE_AT * 1000 - 500))
   report_start=$(now_ms)
   {
     psql -q -o /dev/null "$PGURL/$DB" -c "begin" \
       -c "select count(*) from messages where received_at > now() - interval '2 days'" \
-      -c "select pg_sleep(4)" -c "commit"
+      "${hold[@]}" -c "commit"
     now_ms >"$work/report_end"
   } &
   report_pid=$!
@@ -98,10 +108,10 @@ if ((PRUNE)); then
     ${PRUNE_REST:+--rest "$PRUNE_REST"} >"$work/prune" 2>&1
 else
   echo "(control run: no prune)" >"$work/prune"
-  ((REPORT)) || sleep_until_ms $((prune_start + 2000))
+  ((reporting)) || sleep_until_ms $((prune_start + 2000))
 fi
 prune_end=$(now_ms)
-if ((REPORT)); then
+if ((reporting)); then
   wait "$report_pid"
   report_end=$(cat "$work/report_end")
   # The control run's window is the report's.
@@ -115,13 +125,13 @@ psql -q "$PGURL/postgres" -c "drop database $DB"
 at() { local ms=$(($1 - start)); echo "$((ms / 1000)).$(printf %03d $((ms % 1000)))"; }
 echo "prune: $(at "$prune_start") to $(at "$prune_end") s: $(tr '\n' ' ' <"$work/prune")"
 rs=$PRUNE_AT
-if ((REPORT)); then
+if ((reporting)); then
   rs=$(at "$report_start")
   echo "report: $rs to $(at "$report_end") s"
 fi
 grep '^second=' "$work/load" | sed 's/[a-z_]*=//g' |
   awk -v ps="$(at "$prune_start")" -v pe="$(at "$prune_end")" -v rs="$rs" \
-    -v report="$REPORT" -v prune="$PRUNE" -v run="$RUN_SECONDS" '
+    -v report="$reporting" -v kind="$REPORT" -v contacts="$LOAD_CONTACTS" -v prune="$PRUNE" -v run="$RUN_SECONDS" '
     function median(a, n,   i, j, t) {
       if (!n) return 0
       for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
@@ -140,7 +150,7 @@ grep '^second=' "$work/load" | sed 's/[a-z_]*=//g' |
     }
     END {
       before = median(b, nb)
-      printf "prune_under_load prune=" prune " report=%d prune_s=%.2f before_median_per_s=%d worst_during_per_s=%d worst_ratio=%.2f after_median_per_s=%d max_ms_before=%s max_ms_during=%s\n",
-        report, pe - ps, before, worst, before ? worst / before : 0, median(a, na), bmax, dmax
+      printf "prune_under_load prune=" prune " report=" kind " contacts=" contacts " prune_s=%.2f before_median_per_s=%d worst_during_per_s=%d worst_ratio=%.2f after_median_per_s=%d max_ms_before=%s max_ms_during=%s\n",
+        pe - ps, before, worst, before ? worst / before : 0, median(a, na), bmax, dmax
     }'
 grep -v -e '^second=' -e '^started_unix_ms=' "$work/load" | sed "s/\$/ fixture_rows=$FIXTURE_ROWS/"

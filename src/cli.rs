@@ -102,7 +102,7 @@ enum Command {
         /// the dropped days, conversations).
         #[arg(long, default_value_t = 5000)]
         batch: i64,
-        /// After each statement and each dropped partition, rest N times as long as it
+        /// After each statement and each dropped day, rest N times as long as it
         /// took, so the prune takes at most 1/(N+1) of a core from the writers (0: no rest).
         #[arg(long, default_value_t = 3)]
         rest: u32,

@@ -35,6 +35,14 @@ async fn days_of(pool: &PgPool, table: &str, sid: &str) -> Vec<String> {
     .unwrap()
 }
 
+/// The partitions of `messages` that hold a row.
+async fn days_holding_messages(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar("select distinct tableoid::regclass::text from messages order by 1")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
 #[sqlx::test]
 async fn a_retry_across_midnight_is_stored_once_and_answered_the_same(pool: PgPool) {
     let app = app(pool);
@@ -593,12 +601,7 @@ async fn prune_drops_whole_days_and_never_a_key_before_its_rows(pool: PgPool) {
         (2, 1, 2)
     );
     assert_eq!(keys().await, [sid(3), sid(13)]);
-    let left: Vec<String> =
-        sqlx::query_scalar("select distinct tableoid::regclass::text from messages")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    assert_eq!(left, ["messages_p20260310"]);
+    assert_eq!(days_holding_messages(&pool).await, ["messages_p20260310"]);
     // Nothing is left to do.
     assert_eq!(
         store::prune::older_than(&pool, cutoff, pace(1), |_| async { 0 })
@@ -787,4 +790,57 @@ async fn prune_keeps_a_day_of_sessions_while_one_of_its_windows_is_open(pool: Pg
             .await
             .unwrap();
     assert_eq!(sessions, [(day(1, 9), 4)], "one window since the first day");
+}
+
+/// A report holding `messages` open: prune cannot take the day's tables at once, so it
+/// detaches them one at a time without queueing a single writer, and finishes once the
+/// report ends.
+#[sqlx::test]
+async fn prune_never_queues_writers_behind_a_long_report(pool: PgPool) {
+    let app = app(pool.clone());
+    let day = |d: u32, h: u32| utc(2026, 3, d, h, 0, 0, 0);
+    app.set_now(day(1, 9));
+    assert_eq!(app.post_text(1).await.status, 200);
+    app.set_now(day(3, 9));
+    assert_eq!(app.post_text(2).await.status, 200);
+
+    let mut report = pool.begin().await.unwrap();
+    sqlx::query("select count(*) from messages")
+        .execute(&mut *report)
+        .await
+        .unwrap();
+    let prune = tokio::spawn({
+        let pool = pool.clone();
+        async move { store::prune::older_than(&pool, day(2, 5), pace(100), |_| async { 0 }).await }
+    });
+    let waiting = async {
+        loop {
+            let waits: bool = sqlx::query_scalar(
+                "select exists (select 1 from pg_stat_activity
+                                where wait_event_type = 'Lock' and query ilike '%detach partition%')",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if waits {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), waiting)
+        .await
+        .expect("prune waits for the report");
+    // A writer while prune waits: answered, not queued behind it.
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), app.post_text(3))
+        .await
+        .expect("a writer is not held up by prune waiting for a report");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(!prune.is_finished(), "prune waits for the report to end");
+
+    report.commit().await.unwrap();
+    let pruned = prune.await.unwrap().unwrap();
+    assert_eq!(pruned.messages, 1);
+    assert_eq!(days_holding_messages(&pool).await, ["messages_p20260303"]);
+    assert_eq!(app.count("select count(*) from messages").await, 2);
 }

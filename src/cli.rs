@@ -102,9 +102,11 @@ enum Command {
         /// the dropped days, conversations).
         #[arg(long, default_value_t = 5000)]
         batch: i64,
-        /// After each statement and each dropped day, rest N times as long as it
+        /// After each statement and each dropped partition, rest N times as long as it
         /// took, so the prune takes at most 1/(N+1) of a core from the writers (0: no rest).
-        #[arg(long, default_value_t = 3)]
+        // A tenth of a core: on two cores a quarter (3) cost busy writers 11 % of their
+        // throughput for as long as the prune ran (BENCHMARKS.md, sixth session).
+        #[arg(long, default_value_t = 9)]
         rest: u32,
     },
     /// Import the account's messages sent in a time range that are not stored yet, from

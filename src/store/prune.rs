@@ -1,9 +1,8 @@
 //! Retention by whole days. Every table that grows with traffic is split into daily
 //! partitions (migration 13), so a day wholly older than the cutoff goes as a whole: its
-//! archived media files first, then its partitions are detached and dropped: in one
-//! transaction when every table's lock comes at once, and otherwise each with `DETACH
-//! PARTITION … CONCURRENTLY`, which never queues writers behind a long report the way a
-//! plain `DROP` of a partition does. Only then do the directory's keys of those days go
+//! archived media files first, then each table's partition is detached (`DETACH PARTITION
+//! … CONCURRENTLY`, which never queues writers behind a long report the way a plain `DROP`
+//! of a partition does) and dropped. Only then do the directory's keys of those days go
 //! (a key must never go before its rows: a late callback would store its message again),
 //! in bounded batches, and the conversations with nothing left.
 //!
@@ -18,7 +17,7 @@ use sqlx::PgPool;
 use std::{future::Future, time::Instant};
 
 /// How hard a prune may work beside live traffic: `batch` rows per statement, and after each
-/// statement and each day's partitions a rest of `rest` times as long as the step took, so
+/// statement and each day's partition a rest of `rest` times as long as the step took, so
 /// that it takes at most 1 / (1 + rest) of a core from the writers (on a small machine a
 /// prune going flat out costs them a second of throughput however few locks it holds).
 #[derive(Debug, Clone, Copy)]
@@ -115,17 +114,13 @@ where
                 break 'days;
             }
         }
-        let mut going = Vec::with_capacity(day.len());
         for p in day {
             if p.parent == "sessions" && still_open(pool, &p.name, cutoff).await? {
                 // A contact who wrote every day since keeps the window that day opened:
                 // its day of sessions waits until every window in it has closed.
                 continue;
             }
-            going.push(p);
-        }
-        let started = Instant::now();
-        for (p, rows) in drop_day(pool, &going).await? {
+            let rows = drop_partition(pool, p, pace).await?;
             pruned.partitions += 1;
             match p.parent.as_str() {
                 "messages" => pruned.messages += rows,
@@ -135,7 +130,6 @@ where
                 _ => {}
             }
         }
-        pace.rest_after(started).await;
     }
     pruned.keys = keys_without_rows(pool, pace).await?;
     pruned.conversations = conversations_without_messages(pool, cutoff, pace).await?;
@@ -180,80 +174,18 @@ async fn still_open(
         .await?)
 }
 
-/// How long the one-transaction detach of a day waits for each table's lock before it gives
-/// up: the writers queued behind it wait at most this long.
-const LOCK_WAIT: &str = "50ms";
-
-/// How often the one-transaction detach is tried before each table is detached on its own.
-const TRIES: usize = 3;
-
-/// Counts the rows of a day's partitions, then detaches and drops them all. First in one
-/// transaction, each table's lock waited for at most [`LOCK_WAIT`]: every detach commits
-/// a change to its table's partition list, which makes every connection rebuild it and
-/// re-plan its statements; one commit for the day costs them that once instead of twice
-/// per table (BENCHMARKS.md). When a long report holds a table, waiting would
-/// queue every writer behind it: after [`TRIES`] timeouts each partition is detached on its
-/// own with `DETACH … CONCURRENTLY`, which never queues writers, and then dropped.
-async fn drop_day<'a>(
-    pool: &PgPool,
-    day: &[&'a Partition],
-) -> Result<Vec<(&'a Partition, i64)>, StoreError> {
-    let mut counted = Vec::with_capacity(day.len());
-    for p in day {
-        let sql = format!("select count(*) from {}", quote(&p.name));
-        let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .fetch_one(pool)
-            .await?;
-        counted.push((*p, rows));
-    }
-    // An interrupted `CONCURRENTLY` can only be finished (`FINALIZE`), on its own.
-    if !day.iter().any(|p| p.detach_pending) {
-        for _ in 0..TRIES {
-            match detach_together(pool, day).await {
-                Ok(()) => return Ok(counted),
-                Err(e) if lock_not_available(&e) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        tracing::info!("a day's tables are in use: detaching them one at a time");
-    }
-    for p in day {
-        detach_concurrently(pool, p).await?;
-    }
-    Ok(counted)
-}
-
-/// Detaches and drops a day's partitions in one transaction, or in none when a lock is not
-/// granted within [`LOCK_WAIT`].
-async fn detach_together(pool: &PgPool, day: &[&Partition]) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("select set_config('lock_timeout', $1, true)")
-        .bind(LOCK_WAIT)
-        .execute(&mut *tx)
-        .await?;
-    for p in day {
-        let (parent, name) = (quote(&p.parent), quote(&p.name));
-        let sql = format!("alter table {parent} detach partition {name}; drop table {name}");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    for p in day {
-        tracing::info!(partition = %p.name, "dropped a day");
-    }
-    Ok(())
-}
-
-/// Whether Postgres gave up waiting for a lock (`lock_timeout`).
-fn lock_not_available(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
-}
-
-/// Detaches one partition without blocking writers, and drops it. A detach that an earlier
-/// run started and could not finish is finished.
-async fn detach_concurrently(pool: &PgPool, p: &Partition) -> Result<(), StoreError> {
+/// Counts a partition's rows, detaches it without blocking writers, and drops it, resting
+/// at `pace` after the count and after the drop. A detach that an earlier run started and
+/// could not finish is finished.
+async fn drop_partition(pool: &PgPool, p: &Partition, pace: Pace) -> Result<i64, StoreError> {
     let (parent, name) = (quote(&p.parent), quote(&p.name));
+    let started = Instant::now();
+    let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from {name}")))
+        .fetch_one(pool)
+        .await?;
+    pace.rest_after(started).await;
+    // No rest after the detach: its time is spent waiting for transactions that began
+    // before it (a 4-second report made a rest of 36 s), not working.
     // Neither may run inside a transaction block: each is sent alone.
     let detach = if p.detach_pending {
         format!("alter table {parent} detach partition {name} finalize")
@@ -264,11 +196,13 @@ async fn detach_concurrently(pool: &PgPool, p: &Partition) -> Result<(), StoreEr
         .execute(pool)
         .await?;
     // No longer a partition: dropping it locks nothing anyone else reads.
+    let started = Instant::now();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop table {name}")))
         .execute(pool)
         .await?;
-    tracing::info!(partition = %p.name, "dropped a day");
-    Ok(())
+    pace.rest_after(started).await;
+    tracing::info!(partition = %p.name, rows, "dropped a day");
+    Ok(rows)
 }
 
 /// Runs `step` (which deletes at most `pace.batch` rows and returns how many) until a batch

@@ -523,6 +523,27 @@ async fn reads_by_sid_touch_one_partition(pool: PgPool) {
     assert_eq!(touched(&mut tx, "replies").await, ["replies_p20260301"]);
     tx.rollback().await.unwrap();
 
+    // The lookups keep to their day on a generic plan too, which the plan cache may
+    // choose for them after five calls: such a plan locks every day on each call and
+    // keeps the scan it chose for a day that was empty when it was made (migration 15).
+    let mut tx = fresh(&pool).await;
+    sqlx::query("set local plan_cache_mode = force_generic_plan")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        sqlx::query("select (reply_of($1)).rule, session_inbound_count('b', $2, $3)")
+            .bind(sid(1))
+            .bind(CONTACT)
+            .bind(day)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    }
+    assert_eq!(locked(&mut tx, "replies").await, ["replies_p20260301"]);
+    assert_eq!(locked(&mut tx, "sessions").await, ["sessions_p20260301"]);
+    tx.rollback().await.unwrap();
+
     // The media worker reads the account of its job's message.
     sqlx::query("update message_media set archive_next_at = now() + interval '1 hour' where message_sid <> $1")
         .bind(sid(1))

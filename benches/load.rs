@@ -71,6 +71,10 @@ struct Args {
     /// line per second of the run: 2xx answers completed in it and the slowest of them.
     #[arg(long)]
     per_second: bool,
+    /// With --per-second: the same per tenth of a second as well (`tenth=` lines), to line
+    /// a short stall up with what the database logged at the time.
+    #[arg(long)]
+    tenths: bool,
     // `cargo bench` passes --bench to every bench binary.
     #[arg(long, hide = true)]
     bench: bool,
@@ -351,7 +355,10 @@ async fn main() {
     }
     let elapsed = started.elapsed().as_secs_f64();
     if args.per_second {
-        print_per_second(&answers, &latencies);
+        print_per(&answers, &latencies, 1_000_000, "second");
+        if args.tenths {
+            print_per(&answers, &latencies, 100_000, "tenth");
+        }
     }
     latencies.sort_unstable();
     let ok = |a: &&Answer| (200..300).contains(&a.code);
@@ -387,21 +394,21 @@ async fn main() {
     );
 }
 
-/// One line per second of the run: the 2xx answers completed in it, and the slowest of them
-/// (`latencies` in the order of `answers`).
-fn print_per_second(answers: &[Answer], latencies: &[u32]) {
-    let seconds = answers.iter().map(|a| a.at_us / 1_000_000 + 1).max();
-    let mut per_second = vec![(0u64, 0u32); seconds.unwrap_or(0) as usize];
+/// One line per `slice_us` of the run: the 2xx answers completed in it, and the slowest of
+/// them (`latencies` in the order of `answers`).
+fn print_per(answers: &[Answer], latencies: &[u32], slice_us: u64, name: &str) {
+    let slices = answers.iter().map(|a| a.at_us / slice_us + 1).max();
+    let mut per_slice = vec![(0u64, 0u32); slices.unwrap_or(0) as usize];
     for (a, &latency) in answers.iter().zip(latencies) {
         if (200..300).contains(&a.code) {
-            let s = &mut per_second[(a.at_us / 1_000_000) as usize];
+            let s = &mut per_slice[(a.at_us / slice_us) as usize];
             s.0 += 1;
             s.1 = s.1.max(latency);
         }
     }
-    for (second, (n, max)) in per_second.iter().enumerate() {
+    for (slice, (n, max)) in per_slice.iter().enumerate() {
         println!(
-            "second={second} acknowledged={n} max_ms={:.1}",
+            "{name}={slice} acknowledged={n} max_ms={:.1}",
             f64::from(*max) / 1000.0
         );
     }

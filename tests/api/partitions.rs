@@ -813,9 +813,9 @@ async fn prune_keeps_a_day_of_sessions_while_one_of_its_windows_is_open(pool: Pg
     assert_eq!(sessions, [(day(1, 9), 4)], "one window since the first day");
 }
 
-/// A report holding `messages` open: prune cannot take the day's tables at once, so it
-/// detaches them one at a time without queueing a single writer, and finishes once the
-/// report ends.
+/// A report holding `messages` open: prune's detach waits for it without queueing a single
+/// writer behind it (a plain `DETACH` or `DROP` would hold up every writer until the
+/// report ends), and prune finishes once the report ends.
 #[sqlx::test]
 async fn prune_never_queues_writers_behind_a_long_report(pool: PgPool) {
     let app = app(pool.clone());

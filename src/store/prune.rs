@@ -14,7 +14,10 @@
 use super::StoreError;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use std::{future::Future, time::Instant};
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
 
 /// How hard a prune may work beside live traffic: `batch` rows per statement, and after each
 /// statement and each day's partition a rest of `rest` times as long as the step took, so
@@ -28,11 +31,20 @@ pub struct Pace {
 
 impl Pace {
     async fn rest_after(&self, started: Instant) {
+        self.rest_for(started.elapsed()).await;
+    }
+
+    /// Rests `rest` times `took`.
+    async fn rest_for(&self, took: Duration) {
         if self.rest > 0 {
-            tokio::time::sleep(started.elapsed() * self.rest).await;
+            tokio::time::sleep(took * self.rest).await;
         }
     }
 }
+
+/// What a detach's own work takes at most: beyond that it is waiting for transactions that
+/// began before it, which is no reason to rest (a 4-second report made a rest of 36 s).
+const DETACH_WORK: Duration = Duration::from_millis(100);
 
 /// What one prune removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -175,7 +187,7 @@ async fn still_open(
 }
 
 /// Counts a partition's rows, detaches it without blocking writers, and drops it, resting
-/// at `pace` after the count and after the drop. A detach that an earlier run started and
+/// at `pace` after each. A detach that an earlier run started and
 /// could not finish is finished.
 async fn drop_partition(pool: &PgPool, p: &Partition, pace: Pace) -> Result<i64, StoreError> {
     let (parent, name) = (quote(&p.parent), quote(&p.name));
@@ -184,17 +196,19 @@ async fn drop_partition(pool: &PgPool, p: &Partition, pace: Pace) -> Result<i64,
         .fetch_one(pool)
         .await?;
     pace.rest_after(started).await;
-    // No rest after the detach: its time is spent waiting for transactions that began
-    // before it (a 4-second report made a rest of 36 s), not working.
     // Neither may run inside a transaction block: each is sent alone.
     let detach = if p.detach_pending {
         format!("alter table {parent} detach partition {name} finalize")
     } else {
         format!("alter table {parent} detach partition {name} concurrently")
     };
+    let started = Instant::now();
     sqlx::raw_sql(sqlx::AssertSqlSafe(detach))
         .execute(pool)
         .await?;
+    // Resting after it too spreads out what each detach costs the writers (every
+    // connection plans its statements again).
+    pace.rest_for(started.elapsed().min(DETACH_WORK)).await;
     // No longer a partition: dropping it locks nothing anyone else reads.
     let started = Instant::now();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop table {name}")))

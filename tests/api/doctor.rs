@@ -604,10 +604,10 @@ async fn doctor_fails_an_unreachable_database_and_an_unwritable_spool(pool: PgPo
     let file = spool_parent.join("a-file");
     std::fs::write(&file, b"not a directory").unwrap();
     let spool = file.join("spool");
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // Port 9: nothing listens there, and no test's server can take it (they bind port 0,
+    // which is never below 1024). A port freed by another test could be bound again by a
+    // server that accepts and never answers.
+    let closed = "127.0.0.1:9";
     let out = doctor(
         &["--url", "http://127.0.0.1:9/twilio/messages"],
         &[

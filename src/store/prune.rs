@@ -20,9 +20,10 @@ use std::{
 };
 
 /// How hard a prune may work beside live traffic: `batch` rows per statement, and after each
-/// statement and each day's partition a rest of `rest` times as long as the step took, so
-/// that it takes at most 1 / (1 + rest) of a core from the writers (on a small machine a
-/// prune going flat out costs them a second of throughput however few locks it holds).
+/// statement and each step of dropping a partition a rest of `rest` times as long as it
+/// took, so that it takes at most 1 / (1 + rest) of a core from the writers (on a small
+/// machine a prune going flat out costs them a second of throughput however few locks it
+/// holds).
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {
     pub batch: i64,
@@ -187,8 +188,8 @@ async fn still_open(
 }
 
 /// Counts a partition's rows, detaches it without blocking writers, and drops it, resting
-/// at `pace` after each. A detach that an earlier run started and
-/// could not finish is finished.
+/// at `pace` after each. A detach that an earlier run started and could not finish is
+/// finished.
 async fn drop_partition(pool: &PgPool, p: &Partition, pace: Pace) -> Result<i64, StoreError> {
     let (parent, name) = (quote(&p.parent), quote(&p.name));
     let started = Instant::now();

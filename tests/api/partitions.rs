@@ -532,13 +532,16 @@ async fn reads_by_sid_touch_one_partition(pool: PgPool) {
         .await
         .unwrap();
     for _ in 0..6 {
-        sqlx::query("select (reply_of($1)).rule, session_inbound_count('b', $2, $3)")
-            .bind(sid(1))
-            .bind(CONTACT)
-            .bind(day)
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
+        sqlx::query(
+            "select (reply_of($1)).rule, (reply_in($3, $1)).rule,
+                    session_inbound_count('b', $2, $3)",
+        )
+        .bind(sid(1))
+        .bind(CONTACT)
+        .bind(day)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
     }
     assert_eq!(locked(&mut tx, "replies").await, ["replies_p20260301"]);
     assert_eq!(locked(&mut tx, "sessions").await, ["sessions_p20260301"]);

@@ -367,6 +367,99 @@ async fn a_remembered_contact_that_was_erased_and_came_back_is_read_again(pool: 
     assert!(!first_contact);
 }
 
+/// A redelivery to a writer that remembers its contacts looks up the SIDs only: no
+/// conversation, consent or session is read again (a tenth of the deliveries are
+/// redeliveries at busy times, and each made its whole batch read every contact). A new
+/// message beside one is decided from what the writer remembers.
+#[sqlx::test]
+async fn a_redelivery_among_remembered_contacts_reads_only_its_sids(pool: PgPool) {
+    let at = Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap();
+    let mut memory = Memory::default();
+    let mut conn = pool.acquire().await.unwrap();
+    let first = [
+        inbound(&sid(1), BATCHED, CONTACTS[0], "hello", at),
+        inbound(&sid(2), BATCHED, CONTACTS[1], "hello", at),
+    ];
+    let received = receive_many(&mut conn, &first, &mut memory, |i, f| {
+        reply(&first[i].msg, f)
+    })
+    .await
+    .unwrap();
+    let Received::New { twiml } = &received[0] else {
+        panic!("{received:?}")
+    };
+
+    let before = contact_reads(&mut conn).await;
+    let again = receive_many(&mut conn, &first, &mut memory, |_, _| {
+        panic!("a stored message is not decided again")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        again[0],
+        Received::Duplicate {
+            twiml: Some(twiml.clone())
+        }
+    );
+    assert_eq!(contact_reads(&mut conn).await, before);
+
+    let mixed = [
+        inbound(&sid(1), BATCHED, CONTACTS[0], "hello", at),
+        inbound(
+            &sid(3),
+            BATCHED,
+            CONTACTS[0],
+            "again",
+            at + Duration::minutes(1),
+        ),
+    ];
+    let mut saw = None;
+    let received = receive_many(&mut conn, &mixed, &mut memory, |i, f| {
+        saw = Some(seen(f));
+        reply(&mixed[i].msg, f)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        received[0],
+        Received::Duplicate {
+            twiml: Some(twiml.clone())
+        }
+    );
+    let (first_contact, new_session, count, ..) = saw.expect("the new message is decided");
+    assert_eq!((first_contact, new_session, count), (false, false, 2));
+    let stored: i64 =
+        sqlx::query_scalar("select inbound_count from conversations where contact = $1")
+            .bind(CONTACTS[0])
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, 2);
+}
+
+/// Scans of the tables that hold a contact's state, as flushed by the given connection.
+async fn contact_reads(conn: &mut sqlx::PgConnection) -> Vec<(String, i64)> {
+    flushed_stats(
+        conn,
+        "select regexp_replace(relname, '_p[0-9]+$', ''),
+                sum(seq_scan + coalesce(idx_scan, 0))::int8
+         from pg_stat_user_tables
+         where relname in ('conversations', 'consent') or relname like 'sessions_p%'
+         group by 1 order by 1",
+    )
+    .await
+}
+
+/// `query` on the table statistics, once the connection's own are flushed to them.
+async fn flushed_stats(conn: &mut sqlx::PgConnection, query: &'static str) -> Vec<(String, i64)> {
+    // Pending statistics reach the view when the backend goes idle after this.
+    sqlx::query("select pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query_as(query).fetch_all(&mut *conn).await.unwrap()
+}
+
 /// Returns once a session of the test's database waits for a lock; fails after 30 s.
 async fn wait_for_a_lock(pool: &PgPool) {
     let name = pool.connect_options().get_database().unwrap().to_owned();
@@ -509,20 +602,14 @@ async fn a_batch_that_cannot_be_stored_whole_is_stored_one_webhook_at_a_time(poo
 
 /// Sequential scans of the tables a batch writes, as flushed by the given connection.
 async fn seq_scans(conn: &mut sqlx::PgConnection) -> Vec<(String, i64)> {
-    // Pending statistics reach the view when the backend goes idle after this.
-    sqlx::query("select pg_stat_force_next_flush()")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    sqlx::query_as(
+    flushed_stats(
+        conn,
         "select relname::text, seq_scan from pg_stat_user_tables
          where relname in ('messages', 'message_media', 'conversations', 'sessions',
                            'consent', 'replies')
          order by relname",
     )
-    .fetch_all(&mut *conn)
     .await
-    .unwrap()
 }
 
 /// A statement's plan is cached per connection after a few runs, while the tables are still

@@ -53,35 +53,39 @@ impl Memory {
         }
     }
 
-    /// Every contact of the batch, if all are remembered, none of its SIDs was stored by
-    /// this writer, and no message is older than what is remembered of its contact (the
-    /// clock went back: replies it should count may not have been kept).
+    /// What this writer remembers of the batch: each contact in key order (`None`: read
+    /// it), and whether it stored one of the batch's SIDs before (then the SIDs are looked
+    /// up: the batch holds a redelivery). A contact is not recalled when one of its
+    /// messages is older than what is remembered of it (the clock went back: replies it
+    /// should count may not have been kept).
     pub(super) fn recall(
         &mut self,
         batch: &[Inbound],
         firsts: &[usize],
         keys: &[(&str, &str)],
-    ) -> Option<Vec<Contact>> {
-        if firsts
-            .iter()
-            .any(|&i| self.sids.contains(hash(batch[i].msg.sid.as_str())))
-        {
-            return None;
-        }
-        let contacts: Vec<Contact> = keys
+    ) -> Recalled {
+        let mut contacts: Vec<Option<Contact>> = keys
             .iter()
             .map(|key| self.contacts.take(hash(key)))
-            .collect::<Option<_>>()?;
-        firsts
-            .iter()
-            .all(|&i| {
-                let msg = &batch[i].msg;
-                let k = keys
-                    .binary_search(&(msg.to.expose(), msg.from.expose()))
-                    .expect("every contact of the batch has a key");
-                contacts[k].last.is_none_or(|last| last <= batch[i].at)
-            })
-            .then_some(contacts)
+            .collect();
+        let mut stored_before = false;
+        for &i in firsts {
+            let msg = &batch[i].msg;
+            stored_before |= self.sids.contains(hash(msg.sid.as_str()));
+            let k = keys
+                .binary_search(&(msg.to.expose(), msg.from.expose()))
+                .expect("every contact of the batch has a key");
+            if contacts[k]
+                .as_ref()
+                .is_some_and(|c| c.last.is_some_and(|last| last > batch[i].at))
+            {
+                contacts[k] = None;
+            }
+        }
+        Recalled {
+            contacts,
+            stored_before,
+        }
     }
 
     pub(super) fn forget(&mut self, keys: &[(&str, &str)]) {
@@ -107,6 +111,29 @@ impl Memory {
             self.sids
                 .insert(hash(batch[i].msg.sid.as_str()), (), MEMORY_SIDS);
         }
+    }
+}
+
+/// What a writer remembers of a batch (see [`Memory::recall`]).
+pub(super) struct Recalled {
+    pub contacts: Vec<Option<Contact>>,
+    pub stored_before: bool,
+}
+
+impl Recalled {
+    /// Nothing remembered: every contact and SID is read.
+    pub(super) fn nothing(keys: usize) -> Self {
+        Recalled {
+            contacts: std::iter::repeat_with(|| None).take(keys).collect(),
+            stored_before: true,
+        }
+    }
+
+    /// The batch needs no read: every contact is remembered, and none of its SIDs was
+    /// stored by this writer (one stored elsewhere fails the write's claim, and the batch
+    /// is read again).
+    pub(super) fn is_complete(&self) -> bool {
+        !self.stored_before && self.contacts.iter().all(Option::is_some)
     }
 }
 

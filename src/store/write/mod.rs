@@ -20,6 +20,7 @@ mod rows;
 mod statement;
 
 pub use memory::Memory;
+use memory::Recalled;
 
 use super::StoreError;
 use crate::{
@@ -410,15 +411,29 @@ async fn store_once(
     if batch.lock {
         read::lock(conn, &reads).await?;
     }
-    let remembered = batch
-        .trust_memory
-        .then(|| memory.recall(inbound, &copies.firsts, keys))
-        .flatten();
+    let recalled = if batch.trust_memory {
+        memory.recall(inbound, &copies.firsts, keys)
+    } else {
+        Recalled::nothing(keys.len())
+    };
     // Forgotten until this batch is stored: if the write fails, nobody knows what it left.
     memory.forget(keys);
-    let (mut contacts, stored_rows) = match remembered {
-        Some(contacts) => (contacts, Vec::new()),
-        None => read::read(conn, &reads, batch.options.lookback).await?,
+    let (mut contacts, stored_rows): (Vec<Contact>, _) = if recalled.is_complete() {
+        (
+            recalled.contacts.into_iter().flatten().collect(),
+            Vec::new(),
+        )
+    } else {
+        // A redelivery among remembered contacts reads only the SIDs.
+        let needed: Vec<bool> = recalled.contacts.iter().map(Option::is_none).collect();
+        let (read, stored) = read::read(conn, &reads, &needed, batch.options.lookback).await?;
+        let contacts = recalled
+            .contacts
+            .into_iter()
+            .zip(read)
+            .map(|(remembered, read)| remembered.unwrap_or(read))
+            .collect();
+        (contacts, stored)
     };
     let stored: HashMap<&str, Option<&str>> = stored_rows
         .iter()

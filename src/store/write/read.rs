@@ -5,8 +5,6 @@ use crate::{rules::ConsentState, store::StoreError};
 use chrono::{DateTime, Duration, Utc};
 use sqlx::PgConnection;
 
-/// Reads what the rules need of each contact of the batch, and which of its SIDs are
-/// stored already (with the reply on record).
 /// Locks the batch's existing conversation rows, in key order (the order every write locks
 /// them in), until the transaction ends.
 pub(super) async fn lock(conn: &mut PgConnection, reads: &Reads<'_>) -> Result<(), StoreError> {
@@ -25,9 +23,15 @@ pub(super) async fn lock(conn: &mut PgConnection, reads: &Reads<'_>) -> Result<(
     Ok(())
 }
 
+/// Reads what the rules need of each contact of the batch, and which of its SIDs are
+/// stored already (with the reply on record).
+///
+/// Only the contacts marked `needed` are read (the writer remembers the others); the row of
+/// any other is empty. The SIDs are always looked up.
 pub(super) async fn read(
     conn: &mut PgConnection,
     reads: &Reads<'_>,
+    needed: &[bool],
     lookback: Duration,
 ) -> Result<(Vec<Contact>, Vec<(String, Option<String>)>), StoreError> {
     // Every lookup below probes a unique index once per key: a plan cached while a table was
@@ -35,20 +39,24 @@ pub(super) async fn read(
     // turn into a scan of a whole table (seen: every batch reading every reply).
     let read = sqlx::query!(
         r#"
-        with stored as (
-            select d.sid, d.n
-            from unnest($5::text[]) with ordinality as d (sid, n)
+        with keyed as materialized (
             -- The directory: one probe of one index, whatever the number of days kept.
-            where (select k.message_sid from message_keys k where k.message_sid = d.sid)
-                  is not null
-        )
+            -- Its day is where the reply on record is (`reply_in`, migration 16).
+            select d.sid, d.n,
+                   (select k.received_at from message_keys k where k.message_sid = d.sid)
+                       as day
+            from unnest($5::text[]) with ordinality as d (sid, n)
+        ),
+        stored as (select * from keyed x where x.day is not null)
         select c.created_at as "created_at?", c.first_inbound_at, c.last_inbound_at,
                c.window_expires_at,
                c.session_started_at, c.inbound_count as "inbound_count?",
                (select o.state from consent o
-                where o.business = k.business and o.contact = k.contact) as consent,
+                where k.needed and o.business = k.business and o.contact = k.contact)
+                   as consent,
                -- Lookups in a day known only per row are functions (migration 14):
-               -- inline, they would plan and open every day kept.
+               -- inline, they would plan and open every day kept. (Strict: not called
+               -- for a contact not read, whose `c` is null.)
                session_inbound_count(k.business, k.contact, c.session_started_at)
                    as session_count,
                coalesce(recent.rules, '{}') as "recent_rules!",
@@ -56,13 +64,14 @@ pub(super) async fn read(
                -- Not correlated: computed once, the same in every row. (Scalar subqueries,
                -- not `exists`, which the planner may turn into a join.)
                array(select x.sid from stored x order by x.n) as "stored!",
-               array(select (reply_of(x.sid)).twiml from stored x order by x.n)
+               array(select (reply_in(x.day, x.sid)).twiml from stored x order by x.n)
                    as "stored_twiml!: Vec<Option<String>>"
-        from unnest($1::text[], $2::text[], $3::timestamptz[]) with ordinality
-            as k (business, contact, since, n)
+        from unnest($1::text[], $2::text[], $3::timestamptz[], $7::bool[]) with ordinality
+            as k (business, contact, since, needed, n)
         -- `limit 1` keeps this a lookup per contact: the planner cannot make it a join.
         left join lateral (select * from conversations c
-                           where c.business = k.business and c.contact = k.contact
+                           where k.needed and c.business = k.business
+                             and c.contact = k.contact
                            limit 1) as c on true
         -- Each rule that answered a recent message, with the message's time: two
         -- aggregates over the same rows, fed in the same order, so the arrays pair up
@@ -76,7 +85,7 @@ pub(super) async fn read(
                                            -- of replies are planned and opened.
                                            and r.message_received_at > $6) as rule
                                  from messages m
-                                 where $4::bool and m.business = k.business
+                                 where $4::bool and k.needed and m.business = k.business
                                    and m.contact = k.contact and m.received_at > k.since
                                    -- The batch's earliest bound, known when the statement
                                    -- starts: only the days since then are opened, not
@@ -90,14 +99,17 @@ pub(super) async fn read(
         &reads.since,
         lookback > Duration::zero(),
         &reads.sid as &[&str],
-        // No lookback: no day at all.
+        // No lookback, or no contact to read: no day at all.
         reads
             .since
             .iter()
+            .zip(needed)
+            .filter_map(|(since, &needed)| needed.then_some(since))
             .min()
             .copied()
             .filter(|_| lookback > Duration::zero())
             .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        needed,
     )
     .fetch_all(&mut *conn)
     .await?;

@@ -618,10 +618,9 @@ async fn every_answer_is_counted_by_status() {
     client.fetch_message(ACCOUNT, &sid(1)).await.unwrap();
     client.fetch_message(ACCOUNT, &sid(9)).await.unwrap_err();
 
-    // No answer at all: a port nobody listens on.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    // No answer at all: port 9 (discard), where nothing listens here and no test's server
+    // can bind (a port freed by this test could be taken by another's server meanwhile).
+    let dead = "http://127.0.0.1:9".to_owned();
     let settings = settings(&[
         ("TWILIO_ACCOUNT_SID", ACCOUNT),
         ("TWILIO_RECEIVER__TWILIO__API_BASE_URL", &dead),

@@ -69,6 +69,14 @@ pub fn spawn_server(pool: &PgPool, env: &[(&str, &str)]) -> Server {
     }
 }
 
+/// The warnings and errors a server has logged so far (to show when a test fails).
+pub fn warnings(rx: &mpsc::Receiver<serde_json::Value>) -> Vec<String> {
+    rx.try_iter()
+        .filter(|line| matches!(line["level"].as_str(), Some("WARN" | "ERROR")))
+        .map(|line| line.to_string())
+        .collect()
+}
+
 pub fn wait_for_log(rx: &mpsc::Receiver<serde_json::Value>, message: &str) -> serde_json::Value {
     loop {
         let line = rx

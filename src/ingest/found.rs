@@ -84,7 +84,8 @@ impl Ingest {
                 .map_err(fail)?;
             return Ok(match stored.received {
                 Received::New { .. } => {
-                    self.parts.notifier.send(Notice::Message, &sid);
+                    let day = Some(stored.received_at);
+                    self.parts.notifier.send(Notice::Message, &sid, day);
                     Imported::Stored
                 }
                 Received::Duplicate { .. } => Imported::AlreadyStored,
@@ -107,11 +108,12 @@ impl Ingest {
             .within_deadline(None, self.writer.record(callback))
             .await
             .map_err(fail)?;
+        let day = recorded.message_received_at;
         if recorded.new_event {
-            self.parts.notifier.send(Notice::Status, &sid);
+            self.parts.notifier.send(Notice::Status, &sid, day);
         }
         Ok(if recorded.created_message {
-            self.parts.notifier.send(Notice::Message, &sid);
+            self.parts.notifier.send(Notice::Message, &sid, day);
             Imported::Stored
         } else {
             Imported::Completed {

@@ -291,12 +291,13 @@ impl Ingest {
             }
             Err(Failed::Refused(e)) => return Err(e),
         };
+        let day = Some(stored.received_at);
         if stored.failure_recorded {
-            self.parts.notifier.send(Notice::Failure, &sid);
+            self.parts.notifier.send(Notice::Failure, &sid, day);
         }
         let twiml = match stored.received {
             Received::New { twiml } => {
-                self.parts.notifier.send(Notice::Message, &sid);
+                self.parts.notifier.send(Notice::Message, &sid, day);
                 tracing::info!(%channel, media, "stored inbound message");
                 twiml
             }
@@ -398,7 +399,8 @@ impl Ingest {
             Err(Failed::Refused(e)) => return Err(e),
         };
         if recorded.new_event {
-            self.parts.notifier.send(Notice::Status, &sid);
+            let day = recorded.message_received_at;
+            self.parts.notifier.send(Notice::Status, &sid, day);
         }
         if !recorded.advanced {
             self.parts.metrics.status_not_advanced.inc();

@@ -13,6 +13,7 @@
 //! far behind that the queue fills. Listeners use it as a wake-up and catch up by query, as
 //! with any NOTIFY.
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -53,7 +54,7 @@ impl Kind {
 
 #[derive(Debug)]
 enum Queued {
-    Notice(Kind, String),
+    Notice(Kind, String, Option<DateTime<Utc>>),
     /// Send everything queued before it now, then answer.
     Flush(oneshot::Sender<()>),
 }
@@ -67,11 +68,13 @@ impl Notifier {
         Notifier { queue }
     }
 
-    /// Announces `{"kind": kind, "message_sid": sid}`; call it after the commit.
-    pub fn send(&self, kind: Kind, message_sid: &str) {
+    /// Announces `{"kind": kind, "message_sid": sid, "received_at": day}`; call it after
+    /// the commit. `received_at` is the message's, as the write knew it (without it, the
+    /// notification looks it up).
+    pub fn send(&self, kind: Kind, message_sid: &str, received_at: Option<DateTime<Utc>>) {
         if self
             .queue
-            .try_send(Queued::Notice(kind, message_sid.to_owned()))
+            .try_send(Queued::Notice(kind, message_sid.to_owned(), received_at))
             .is_err()
         {
             tracing::warn!(
@@ -113,18 +116,20 @@ async fn send_batches(pool: PgPool, mut pending: mpsc::Receiver<Queued>) {
                 }
             }
         }
-        let (mut kinds, mut sids, mut flushed) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut kinds, mut sids, mut days) = (Vec::new(), Vec::new(), Vec::new());
+        let mut flushed = Vec::new();
         for queued in batch.drain(..) {
             match queued {
-                Queued::Notice(kind, sid) => {
+                Queued::Notice(kind, sid, day) => {
                     kinds.push(kind.as_str());
                     sids.push(sid);
+                    days.push(day);
                 }
                 Queued::Flush(done) => flushed.push(done),
             }
         }
         if !sids.is_empty() {
-            send(&pool, &kinds, &sids).await;
+            send(&pool, &kinds, &sids, &days).await;
         }
         for done in flushed {
             let _ = done.send(());
@@ -132,21 +137,27 @@ async fn send_batches(pool: PgPool, mut pending: mpsc::Receiver<Queued>) {
     }
 }
 
-async fn send(pool: &PgPool, kinds: &[&str], sids: &[String]) {
+async fn send(pool: &PgPool, kinds: &[&str], sids: &[String], days: &[Option<DateTime<Utc>>]) {
     let sent = sqlx::query_scalar!(
         r#"
-            -- With the message's day (its partitions), so a listener reads one day.
+            -- With the message's day (its partitions), so a listener reads one day. The
+            -- writer knows it: looked up here (2 µs a notification) only when it did not.
             select count(pg_notify('twilio_receiver',
                                    json_build_object('kind', n.kind, 'message_sid', n.sid,
                                                      'received_at',
-                                                     (select k.received_at from message_keys k
-                                                      where k.message_sid = n.sid))::text))
+                                                     coalesce(n.day,
+                                                              (select k.received_at
+                                                               from message_keys k
+                                                               where k.message_sid = n.sid))
+                                                    )::text))
                    as "sent!"
             from (select set_config('synchronous_commit', 'off', true)) as async_commit,
-                 unnest($1::text[], $2::text[]) with ordinality as n (kind, sid, position)
+                 unnest($1::text[], $2::text[], $3::timestamptz[]) with ordinality
+                     as n (kind, sid, day, position)
             "#,
         kinds as &[&str],
         sids,
+        days as &[Option<DateTime<Utc>>],
     )
     .fetch_one(pool)
     .await;

@@ -179,46 +179,64 @@ async fn listeners_are_notified_after_each_commit(pool: PgPool) {
     let mut listener = PgListener::connect_with(&pool).await.unwrap();
     listener.listen("twilio_receiver").await.unwrap();
     let app = TestApp::new(pool);
+    let first = app.now();
+    let outbound = "SM55555555555555555555555555555555";
+    let status = |status: &str| {
+        pairs(&[
+            ("MessageSid", outbound),
+            ("AccountSid", "AC00000000000000000000000000000000"),
+            ("From", BUSINESS),
+            ("To", "whatsapp:+15551234567"),
+            ("MessageStatus", status),
+        ])
+    };
+    let fallback = |n: u32| {
+        let mut params = whatsapp_text(&sid(n), "whatsapp:+15551234567", "x");
+        params.push(("ErrorCode".into(), "11205".into()));
+        params
+    };
 
     app.post_text(1).await;
     app.post_text(1).await; // a duplicate: nothing new, no notification
-    let status = pairs(&[
-        ("MessageSid", "SM55555555555555555555555555555555"),
-        ("AccountSid", "AC00000000000000000000000000000000"),
-        ("From", BUSINESS),
-        ("To", "whatsapp:+15551234567"),
-        ("MessageStatus", "sent"),
-    ]);
-    app.post_signed("/twilio/status", &status).await;
-    app.post_signed("/twilio/status", &status).await; // a redelivery: no notification
-    let mut fallback = whatsapp_text(&sid(2), "whatsapp:+15551234567", "x");
-    fallback.push(("ErrorCode".into(), "11205".into()));
-    app.post_signed("/twilio/fallback", &fallback).await;
+    app.set_now(first + chrono::Duration::minutes(1));
+    app.post_signed("/twilio/status", &status("sent")).await;
+    app.post_signed("/twilio/status", &status("sent")).await; // a redelivery: no notification
+    app.set_now(first + chrono::Duration::minutes(2));
+    app.post_signed("/twilio/fallback", &fallback(2)).await;
+    // Days later: a new event of the outbound message, and a fallback call carrying a
+    // message stored before. Each names its message's day, not the day of the call.
+    app.set_now(first + chrono::Duration::days(2));
+    app.post_signed("/twilio/status", &status("delivered"))
+        .await;
+    app.post_signed("/twilio/fallback", &fallback(1)).await;
 
     let mut got = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..6 {
         let n = tokio::time::timeout(Duration::from_secs(5), listener.recv())
             .await
             .expect("a notification")
             .unwrap();
         let payload: serde_json::Value = serde_json::from_str(n.payload()).unwrap();
         // The message's day, for a lookup that reads one partition.
-        assert!(payload["received_at"].is_string(), "{payload}");
+        let day: chrono::DateTime<chrono::Utc> =
+            serde_json::from_value(payload["received_at"].clone())
+                .unwrap_or_else(|e| panic!("{e}: {payload}"));
         got.push((
             payload["kind"].as_str().unwrap().to_owned(),
             payload["message_sid"].as_str().unwrap().to_owned(),
+            day,
         ));
     }
+    let at = |minutes| first + chrono::Duration::minutes(minutes);
     assert_eq!(
         got,
         [
-            ("message".to_owned(), sid(1)),
-            (
-                "status".to_owned(),
-                "SM55555555555555555555555555555555".to_owned()
-            ),
-            ("failure".to_owned(), sid(2)),
-            ("message".to_owned(), sid(2)),
+            ("message".to_owned(), sid(1), at(0)),
+            ("status".to_owned(), outbound.to_owned(), at(1)),
+            ("failure".to_owned(), sid(2), at(2)),
+            ("message".to_owned(), sid(2), at(2)),
+            ("status".to_owned(), outbound.to_owned(), at(1)),
+            ("failure".to_owned(), sid(1), at(0)),
         ]
     );
 }

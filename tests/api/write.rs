@@ -749,7 +749,8 @@ async fn a_callback_for_an_inbound_message_of_the_same_batch_is_stored(pool: PgP
         written.inbound[..],
         [Stored {
             received: Received::New { .. },
-            failure_recorded: false
+            failure_recorded: false,
+            ..
         }]
     ));
     assert!(written.callbacks[0].new_event);

@@ -159,6 +159,8 @@ pub enum Received {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
     pub received: Received,
+    /// The message's `received_at`: the day of its rows (that of its first delivery).
+    pub received_at: DateTime<Utc>,
     /// A fallback call's failure row was stored (not a replay of one already stored).
     pub failure_recorded: bool,
 }
@@ -172,6 +174,8 @@ pub struct Recorded {
     pub created_message: bool,
     /// This event set the message's current status (a new event that won on precedence).
     pub advanced: bool,
+    /// The message's `received_at` (the day of its rows), as the write found or made it.
+    pub message_received_at: Option<DateTime<Utc>>,
 }
 
 /// What a write stored: one entry per item, in the order given.
@@ -189,6 +193,7 @@ struct Output {
     event_error_code: Vec<Option<String>>,
     event_dlr_done: Vec<Option<String>>,
     message_sid: Vec<String>,
+    message_received_at: Vec<DateTime<Utc>>,
     created: Vec<bool>,
     status: Vec<Option<String>>,
     failure_records: Vec<String>,
@@ -237,8 +242,9 @@ const CREATE_DAY_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// after [`OPTIMISTIC`] attempts with its conversations locked first, so that writers busy
 /// with one contact (an album, one webhook per photo) take turns instead of failing.
 ///
-/// `memory` may stand in for the read when it holds every contact of the batch as this
-/// writer left them and none of its SIDs: the same check guards it.
+/// `memory` stands in for the read of each contact it holds as this writer left them; the
+/// read is skipped when it holds them all and none of the batch's SIDs. The same check
+/// guards it.
 ///
 /// A callback for a SID that is also an inbound message of this batch (Twilio sends none)
 /// is stored by a second write: one statement may touch a row only once.
@@ -435,10 +441,8 @@ async fn store_once(
             .collect();
         (contacts, stored)
     };
-    let stored: HashMap<&str, Option<&str>> = stored_rows
-        .iter()
-        .map(|(sid, twiml)| (sid.as_str(), twiml.as_deref()))
-        .collect();
+    let stored: HashMap<&str, &read::StoredSid> =
+        stored_rows.iter().map(|s| (s.sid.as_str(), s)).collect();
     let decided = decide_new(batch, &copies, &stored, keys, &mut contacts, decide);
 
     let failures = FailureRows::new(inbound);
@@ -485,6 +489,10 @@ async fn store_once(
         .enumerate()
         .map(|(i, item)| Stored {
             received: received(i, &copies, &decided, &stored, item),
+            // A stored SID's day is the directory's; a new one's is its first copy's arrival.
+            received_at: stored
+                .get(item.msg.sid.as_str())
+                .map_or_else(|| inbound[copies.copy_of[i].unwrap_or(i)].at, |s| s.day),
             failure_recorded: item.failure.is_some()
                 && item
                     .spool_record
@@ -499,7 +507,7 @@ async fn store_once(
 fn decide_new(
     batch: &Batch<'_>,
     copies: &Copies,
-    stored: &HashMap<&str, Option<&str>>,
+    stored: &HashMap<&str, &read::StoredSid>,
     keys: &[(&str, &str)],
     contacts: &mut [Contact],
     decide: &mut impl FnMut(usize, &Facts) -> Reply,
@@ -573,7 +581,7 @@ fn received(
     i: usize,
     copies: &Copies,
     decided: &Decided,
-    stored: &HashMap<&str, Option<&str>>,
+    stored: &HashMap<&str, &read::StoredSid>,
     item: &Inbound,
 ) -> Received {
     let first = copies.copy_of[i].unwrap_or(i);
@@ -587,9 +595,7 @@ fn received(
         (None, _) => Received::Duplicate {
             twiml: stored
                 .get(item.msg.sid.as_str())
-                .copied()
-                .flatten()
-                .map(str::to_owned),
+                .and_then(|s| s.twiml.clone()),
         },
     }
 }

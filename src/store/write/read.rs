@@ -5,6 +5,14 @@ use crate::{rules::ConsentState, store::StoreError};
 use chrono::{DateTime, Duration, Utc};
 use sqlx::PgConnection;
 
+/// A SID of the batch that is stored already: its message's day, and the TwiML it was
+/// answered with, if any.
+pub(super) struct StoredSid {
+    pub sid: String,
+    pub day: DateTime<Utc>,
+    pub twiml: Option<String>,
+}
+
 /// Locks the batch's existing conversation rows, in key order (the order every write locks
 /// them in), until the transaction ends.
 pub(super) async fn lock(conn: &mut PgConnection, reads: &Reads<'_>) -> Result<(), StoreError> {
@@ -33,7 +41,7 @@ pub(super) async fn read(
     reads: &Reads<'_>,
     needed: &[bool],
     lookback: Duration,
-) -> Result<(Vec<Contact>, Vec<(String, Option<String>)>), StoreError> {
+) -> Result<(Vec<Contact>, Vec<StoredSid>), StoreError> {
     // Every lookup below probes a unique index once per key: a plan cached while a table was
     // small stays in use as it grows, so no statement here leaves the planner a join it could
     // turn into a scan of a whole table (seen: every batch reading every reply).
@@ -64,6 +72,7 @@ pub(super) async fn read(
                -- Not correlated: computed once, the same in every row. (Scalar subqueries,
                -- not `exists`, which the planner may turn into a join.)
                array(select x.sid from stored x order by x.n) as "stored!",
+               array(select x.day from stored x order by x.n) as "stored_day!: Vec<DateTime<Utc>>",
                array(select (reply_in(x.day, x.sid)).twiml from stored x order by x.n)
                    as "stored_twiml!: Vec<Option<String>>"
         from unnest($1::text[], $2::text[], $3::timestamptz[], $7::bool[]) with ordinality
@@ -118,8 +127,13 @@ pub(super) async fn read(
     let stored = read.first().map_or_else(Vec::new, |row| {
         row.stored
             .iter()
-            .cloned()
-            .zip(row.stored_twiml.iter().cloned())
+            .zip(&row.stored_day)
+            .zip(&row.stored_twiml)
+            .map(|((sid, day), twiml)| StoredSid {
+                sid: sid.clone(),
+                day: *day,
+                twiml: twiml.clone(),
+            })
             .collect()
     });
     let contacts: Vec<Contact> = read

@@ -393,12 +393,16 @@ impl<'a> StatusRows<'a> {
                 (key, true)
             })
             .collect();
-        let messages: HashMap<&str, (bool, Option<&str>)> = written
+        let messages: HashMap<&str, (bool, Option<&str>, DateTime<Utc>)> = written
             .message_sid
             .iter()
             .enumerate()
             .map(|(k, sid)| {
-                let current = (written.created[k], written.status[k].as_deref());
+                let current = (
+                    written.created[k],
+                    written.status[k].as_deref(),
+                    written.message_received_at[k],
+                );
                 (sid.as_str(), current)
             })
             .collect();
@@ -416,13 +420,16 @@ impl<'a> StatusRows<'a> {
                 // gone.
                 let new_event = inserted.insert(key, false).unwrap_or(false);
                 let winner = self.winner_of.get(c.cb.sid.as_str()) == Some(&i);
-                let (created, current) = messages
+                let (created, current, day) = messages
                     .get(c.cb.sid.as_str())
-                    .map_or((false, None), |&(created, status)| (created, status));
+                    .map_or((false, None, None), |&(created, status, day)| {
+                        (created, status, Some(day))
+                    });
                 Recorded {
                     new_event,
                     created_message: created && winner,
                     advanced: new_event && winner && current == Some(c.cb.status.as_str()),
+                    message_received_at: day,
                 }
             })
             .collect()

@@ -329,6 +329,7 @@ pub(super) async fn execute(
                array(select raw_dlr_done_date from ev order by id)
                    as "event_dlr_done!: Vec<Option<String>>",
                array(select message_sid from sent) as "message_sid!",
+               array(select received_at from sent) as "message_received_at!",
                array(select created from sent) as "created!: Vec<bool>",
                array(select status from sent) as "status!: Vec<Option<String>>",
                array(select spool_record from failed where spool_record is not null)

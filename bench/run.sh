@@ -16,7 +16,9 @@
 # once a day by bench/template.sh; FIXTURE_EVENTS=0 leaves out its status events, and the
 # copy is dropped at the end), DB (twr_bench). The database DB is dropped and created for
 # each workload; after each run bench/checks.sql prints its consistency checks (all must be 0;
-# CHECKS=0 skips them, which takes minutes on a large fixture).
+# CHECKS=0 skips them, which takes minutes on a large fixture). REQUESTS (200000) are
+# prepared per workload; a run also ends when they are used up (status callbacks may take
+# fewer than RUN_SECONDS: raise it for a full-length run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +33,7 @@ AFFINITY=${AFFINITY:-0}
 RECONCILE=${RECONCILE:-0}
 FIXTURE_ROWS=${FIXTURE_ROWS:-0}
 CHECKS=${CHECKS:-1}
+REQUESTS=${REQUESTS:-200000}
 DB=${DB:-twr_bench}
 
 cargo build --release --locked --quiet --bin twilio-receiver
@@ -104,7 +107,7 @@ for workload in $WORKLOADS; do
   fake_before=$( ((RECONCILE)) && cpu_ticks "${fake[0]}" || echo 0)
   line=$(cargo bench --locked --quiet --bench load -- --addr "$addrs" \
     --workload "$workload" --connections "$CONNECTIONS" --seconds "$RUN_SECONDS" \
-    --token bench-token --public-url https://hooks.example.com \
+    --requests "$REQUESTS" --token bench-token --public-url https://hooks.example.com \
     --database-url "$PGURL/$DB" --label "rules=$RULES" \
     $( ((AFFINITY)) && echo --affinity) 2>/dev/null)
   server_cpu=$(( $(servers_ticks) - server_before ))

@@ -33,14 +33,21 @@ pub(super) async fn execute(
     let row = sqlx::query_as!(
         Output,
         r#"
-        with claimed as (
+        with known as materialized (
+            -- The messages the callbacks name that are stored already, with their day.
+            select k.message_sid, k.received_at from message_keys k
+            where k.message_sid = any($76::text[])
+        ), claimed as (
             -- The SID directory first (migration 12): the one place a bare SID is unique.
             -- A concurrent copy of a SID waits here, and finds it taken once that commits.
-            -- What is claimed here is new, and its time is the day of all its rows.
+            -- What is claimed here is new, and its time is the day of all its rows. (A
+            -- callback's SID found above is not claimed again: one probe of the directory
+            -- each, not two.)
             insert into message_keys (message_sid, received_at)
             select * from (select * from unnest($1::text[], $34::timestamptz[])
                            union all
-                           select * from unnest($76::text[], $89::timestamptz[])) as k
+                           select * from unnest($76::text[], $89::timestamptz[]) as u (sid, at)
+                           where u.sid not in (select message_sid from known)) as k
             order by 1
             on conflict (message_sid) do nothing
             returning message_sid, received_at
@@ -51,8 +58,7 @@ pub(super) async fn execute(
             select message_sid, received_at from claimed
             where message_sid = any($76::text[])
             union all
-            select k.message_sid, k.received_at from message_keys k
-            where k.message_sid = any($76::text[])
+            select message_sid, received_at from known
         ), upserted as (
             -- Every message row the batch adds or changes, in one insert: new inbound
             -- messages, and the outbound messages its status callbacks name. Each goes to

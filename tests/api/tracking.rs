@@ -196,23 +196,35 @@ async fn listeners_are_notified_after_each_commit(pool: PgPool) {
         params
     };
 
-    app.post_text(1).await;
-    app.post_text(1).await; // a duplicate: nothing new, no notification
+    // Every call is answered 2xx (a 503 would be spooled, and notified only on replay).
+    let answered = |response: TestResponse| {
+        assert!(
+            response.status.is_success(),
+            "{} {}",
+            response.status,
+            response.body
+        );
+    };
+    answered(app.post_text(1).await);
+    answered(app.post_text(1).await); // a duplicate: nothing new, no notification
     app.set_now(first + chrono::Duration::minutes(1));
-    app.post_signed("/twilio/status", &status("sent")).await;
-    app.post_signed("/twilio/status", &status("sent")).await; // a redelivery: no notification
+    answered(app.post_signed("/twilio/status", &status("sent")).await);
+    // A redelivery: no notification.
+    answered(app.post_signed("/twilio/status", &status("sent")).await);
     app.set_now(first + chrono::Duration::minutes(2));
-    app.post_signed("/twilio/fallback", &fallback(2)).await;
-    // Days later: a new event of the outbound message, and a fallback call carrying a
-    // message stored before. Each names its message's day, not the day of the call.
-    app.set_now(first + chrono::Duration::days(2));
-    app.post_signed("/twilio/status", &status("delivered"))
-        .await;
-    app.post_signed("/twilio/fallback", &fallback(1)).await;
+    answered(app.post_signed("/twilio/fallback", &fallback(2)).await);
+    // An hour later: a new event of the outbound message, and a fallback call carrying a
+    // message stored before. Each names its message's time, not the time of the call.
+    app.set_now(first + chrono::Duration::hours(1));
+    answered(
+        app.post_signed("/twilio/status", &status("delivered"))
+            .await,
+    );
+    answered(app.post_signed("/twilio/fallback", &fallback(1)).await);
 
     let mut got = Vec::new();
     for _ in 0..6 {
-        let n = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        let n = tokio::time::timeout(Duration::from_secs(30), listener.recv())
             .await
             .expect("a notification")
             .unwrap();

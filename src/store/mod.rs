@@ -102,14 +102,16 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // 08: connection exceptions; 53: insufficient resources (too many connections);
             // 57: operator intervention (statement timeout 57014, admin shutdown 57P01);
-            // 40001/40P01: serialization failure and deadlock, safe to retry; 23514 without
-            // a constraint: no partition for the row's day (an outage of upkeep, not a bug).
+            // 40001/40P01: serialization failure and deadlock, safe to retry; 55P03: a lock
+            // not had within lock_timeout; 23514 without a constraint: no partition for the
+            // row's day (an outage of upkeep, not a bug).
             (code == "23514" && db.constraint().is_none())
                 || code.starts_with("08")
                 || code.starts_with("53")
                 || code.starts_with("57")
                 || code == "40001"
                 || code == "40P01"
+                || code == "55P03"
         }),
         _ => false,
     }

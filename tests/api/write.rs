@@ -462,6 +462,11 @@ async fn flushed_stats(conn: &mut sqlx::PgConnection, query: &'static str) -> Ve
 
 /// Returns once a session of the test's database waits for a lock; fails after 30 s.
 async fn wait_for_a_lock(pool: &PgPool) {
+    wait_for_locks(pool, 1).await;
+}
+
+/// Returns once `sessions` sessions of the test's database wait for a lock; fails after 30 s.
+async fn wait_for_locks(pool: &PgPool, sessions: i64) {
     let name = pool.connect_options().get_database().unwrap().to_owned();
     let deadline = Instant::now() + std::time::Duration::from_secs(30);
     loop {
@@ -472,15 +477,132 @@ async fn wait_for_a_lock(pool: &PgPool) {
         .fetch_one(pool)
         .await
         .unwrap();
-        if waiting > 0 {
+        if waiting >= sessions {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "no session waited for a lock within 30 s"
-        );
+        if Instant::now() > deadline {
+            let activity: Vec<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+                "select state, wait_event_type, left(query, 200) from pg_stat_activity
+                 where datname = $1",
+            )
+            .bind(&name)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+            panic!("{sessions} sessions did not wait for a lock within 30 s: {activity:#?}");
+        }
         tokio::task::yield_now().await;
     }
+}
+
+/// A write that lost its race twice locks its conversations before it reads them. If it then
+/// has to wait for a replica's write that is itself waiting for one of those conversations
+/// (the replica stores a copy of the same SID: it claimed the SID, then updates the
+/// conversation, as every write statement does), it lets go of them within its lock
+/// timeout: the replica's write goes through instead of being aborted by Postgres's
+/// deadlock detector a second later (seen: two such deadlocks in a row kept a writer busy
+/// past the time a webhook may wait for one, and the webhooks behind it got 503).
+#[sqlx::test]
+async fn a_locked_write_lets_go_of_its_conversations_for_a_replica_it_waits_for(pool: PgPool) {
+    let at = Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap();
+    let (x, y) = (CONTACTS[0], CONTACTS[1]);
+    let mut memory = Memory::default();
+    let mut conn = pool.acquire().await.unwrap();
+    store_alone(
+        &mut conn,
+        &mut memory,
+        inbound(&sid(1), BATCHED, x, "hi", at),
+    )
+    .await;
+    store_alone(
+        &mut conn,
+        &mut memory,
+        inbound(&sid(2), BATCHED, y, "hi", at),
+    )
+    .await;
+    drop(conn);
+
+    // This writer's first two claims of sid(3) fail as a lost race does (the write check's
+    // error), so that its third attempt locks its conversations first. The replica's claim
+    // below draws the sequence's first number.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "create sequence claims_of_3;
+         create function lose_twice() returns trigger language plpgsql as $$
+         begin
+             if new.message_sid = '{}' and nextval('claims_of_3') in (2, 3) then
+                 raise exception 'lost a race (test)' using errcode = 'TR409';
+             end if;
+             return new;
+         end $$;
+         create trigger lose_twice before insert on message_keys
+             for each row execute function lose_twice();",
+        sid(3)
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    // The replica has claimed sid(3) for its copy and not yet committed.
+    let mut replica = pool.begin().await.unwrap();
+    sqlx::query("insert into message_keys (message_sid, received_at) values ($1, $2)")
+        .bind(sid(3))
+        .bind(at + Duration::seconds(1))
+        .execute(&mut *replica)
+        .await
+        .unwrap();
+    // Someone holds y's conversation, so the locked attempt stops holding x's.
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("select 1 from conversations where contact = $1 for update")
+        .bind(y)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    let db = pool.clone();
+    let batch = tokio::spawn(async move {
+        let later = at + Duration::seconds(2);
+        let batch = [
+            inbound(&sid(3), BATCHED, x, "again", later),
+            inbound(&sid(4), BATCHED, y, "and you", later),
+        ];
+        let mut conn = db.acquire().await.unwrap();
+        receive_many(&mut conn, &batch, &mut Memory::default(), |i, f| {
+            reply(&batch[i].msg, f)
+        })
+        .await
+    });
+    wait_for_locks(&pool, 1).await;
+    // The replica's write reaches x's conversation, which the batch holds.
+    let replica = tokio::spawn(async move {
+        let updated = sqlx::query(
+            "update conversations set inbound_count = inbound_count + 1 where contact = $1",
+        )
+        .bind(x)
+        .execute(&mut *replica)
+        .await;
+        (replica, updated)
+    });
+    wait_for_locks(&pool, 2).await;
+    // The batch gets y's conversation, reads, and its write reaches sid(3): it waits for the
+    // replica, which waits for it.
+    holder.commit().await.unwrap();
+
+    let (replica, updated) = replica.await.unwrap();
+    if let Err(e) = updated {
+        panic!("the replica's write was aborted: {e}");
+    }
+    replica.commit().await.unwrap();
+    let received = batch.await.unwrap().unwrap();
+    assert_eq!(received[0], Received::Duplicate { twiml: None });
+    assert!(matches!(received[1], Received::New { .. }), "{received:?}");
+    let count = |sql| sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool);
+    assert_eq!(
+        count("select inbound_count from conversations where contact = 'whatsapp:+15550000001'")
+            .await
+            .unwrap(),
+        2,
+        "the replica's count; the batch's copy added nothing"
+    );
 }
 
 #[sqlx::test]

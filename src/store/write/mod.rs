@@ -222,6 +222,10 @@ const OPTIMISTIC: usize = 2;
 /// conversation created meanwhile can still fail the check, once). After these the write
 /// reports [`StoreError::Conflict`].
 const LOCKED: usize = 4;
+/// How long a locked attempt's write waits for another transaction's lock before it gives
+/// up and tries again (see [`read::lock`]): well below Postgres's default `deadlock_timeout`
+/// of 1 s, well above the few milliseconds a batch's statement holds its locks.
+const LOCKED_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 /// Days a write may create on the way (a batch from the past: a spool replay, backfill,
 /// reconciliation), one per failed try.
 const MISSING_DAYS: usize = 8;
@@ -344,13 +348,17 @@ async fn attempts(
     }
 }
 
-/// Another transaction got in the way: the check failed, or Postgres chose this one as a
-/// deadlock's or a serialization failure's victim. Worth trying again.
+/// Another transaction got in the way: the check failed, Postgres chose this one as a
+/// deadlock's or a serialization failure's victim, or a locked attempt stopped waiting for
+/// a lock (55P03, see [`LOCKED_WAIT`]). Worth trying again.
 fn is_conflict(e: &StoreError) -> bool {
     match e {
         StoreError::Conflict => true,
         StoreError::Unavailable(cause) => {
-            matches!(cause.sqlstate().as_deref(), Some("40001" | "40P01"))
+            matches!(
+                cause.sqlstate().as_deref(),
+                Some("40001" | "40P01" | "55P03")
+            )
         }
         _ => false,
     }
@@ -415,7 +423,7 @@ async fn store_once(
     let reads = Reads::new(inbound, &copies.firsts, batch.options.lookback);
     let keys = &reads.keys;
     if batch.lock {
-        read::lock(conn, &reads).await?;
+        read::lock(conn, &reads, LOCKED_WAIT).await?;
     }
     let recalled = if batch.trust_memory {
         memory.recall(inbound, &copies.firsts, keys)

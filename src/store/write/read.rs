@@ -14,19 +14,39 @@ pub(super) struct StoredSid {
 }
 
 /// Locks the batch's existing conversation rows, in key order (the order every write locks
-/// them in), until the transaction ends.
-pub(super) async fn lock(conn: &mut PgConnection, reads: &Reads<'_>) -> Result<(), StoreError> {
+/// them in), until the transaction ends; from then on, the transaction waits at most
+/// `then_wait` for any other lock.
+///
+/// Why the bound: every write statement claims its SIDs (and updates its messages) before it
+/// updates conversations, but a locked attempt holds its conversations before its write
+/// claims anything. A replica's write that claimed a SID of this batch, or updates one of its
+/// outbound messages, and then reaches one of these conversations waits for this transaction
+/// while this one's write waits for it. Postgres breaks such a deadlock only after
+/// `deadlock_timeout` (1 s by default), by aborting one of them; bounded, this attempt lets
+/// go first (a conflict, tried again) and the replica's write goes through.
+pub(super) async fn lock(
+    conn: &mut PgConnection,
+    reads: &Reads<'_>,
+    then_wait: std::time::Duration,
+) -> Result<(), StoreError> {
+    // One round trip: the count consumes every locked row before the timeout is set, so the
+    // locks themselves are waited for as long as it takes.
     sqlx::query!(
         r#"
-        select 1 as "locked!" from conversations c
-        where (c.business, c.contact) in (select * from unnest($1::text[], $2::text[]))
-        order by c.business, c.contact
-        for update
+        with locked as (
+            select 1 from conversations c
+            where (c.business, c.contact) in (select * from unnest($1::text[], $2::text[]))
+            order by c.business, c.contact
+            for update
+        )
+        select set_config('lock_timeout', $3, true) as "bounded!"
+        from (select count(*) from locked) as every_row
         "#,
         &reads.business as &[&str],
         &reads.contact as &[&str],
+        format!("{}ms", then_wait.as_millis()),
     )
-    .fetch_all(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
     Ok(())
 }

@@ -589,7 +589,12 @@ async fn a_locked_write_lets_go_of_its_conversations_for_a_replica_it_waits_for(
 
     let (replica, updated) = replica.await.unwrap();
     if let Err(e) = updated {
-        panic!("the replica's write was aborted: {e}");
+        // The batch's bound (200 ms) must be below the server's deadlock_timeout.
+        let detector: String = sqlx::query_scalar("show deadlock_timeout")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        panic!("the replica's write was aborted: {e} (deadlock_timeout = {detector})");
     }
     replica.commit().await.unwrap();
     let received = batch.await.unwrap().unwrap();

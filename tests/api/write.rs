@@ -600,12 +600,14 @@ async fn a_locked_write_lets_go_of_its_conversations_for_a_replica_it_waits_for(
     let received = batch.await.unwrap().unwrap();
     assert_eq!(received[0], Received::Duplicate { twiml: None });
     assert!(matches!(received[1], Received::New { .. }), "{received:?}");
-    let count = |sql| sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool);
-    assert_eq!(
-        count("select inbound_count from conversations where contact = 'whatsapp:+15550000001'")
+    let count: i64 =
+        sqlx::query_scalar("select inbound_count from conversations where contact = $1")
+            .bind(x)
+            .fetch_one(&pool)
             .await
-            .unwrap(),
-        2,
+            .unwrap();
+    assert_eq!(
+        count, 2,
         "the replica's count; the batch's copy added nothing"
     );
 }
